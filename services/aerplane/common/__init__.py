@@ -1,0 +1,1 @@
+"""Plumbing shared by every service: settings base, Redis streams, ops HTTP server, processes, logging."""

@@ -1,0 +1,1 @@
+"""Tasks and datasets: reasoning-gym training tasks, held-out evaluation sets, users' jsonl/parquet."""

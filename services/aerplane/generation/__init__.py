@@ -1,0 +1,1 @@
+"""The generation service: samples G responses per prompt with the current policy (vLLM or transformers)."""

@@ -1,0 +1,1 @@
+"""Generated and hand-written gRPC code."""

@@ -1,0 +1,118 @@
+"""The shared plumbing: message encoding and validation, settings errors, the ops server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import msgpack
+import pytest
+from pydantic import Field
+
+from aerplane.common import messages as m
+from aerplane.common.ops import OpsServer, new_registry
+from aerplane.common.process import free_port
+from aerplane.common.settings import ServiceSettings, SettingsError, load_settings
+
+
+def _sample(**kw: object) -> m.GeneratedSample:
+    base = dict(
+        run_id="r1", step=3, prompt_id="p7", sample_index=1, num_samples=4, policy_version=2, task="math",
+        difficulty="hard", ground_truth="42", prompt_token_ids=[1, 2, 3], response_token_ids=[70000, 5],
+        logprobs=[-0.25, -1.5], response_text="\\boxed{42}",
+    )  # fmt: skip
+    base.update(kw)
+    return m.GeneratedSample(**base)  # type: ignore[arg-type]
+
+
+def test_generated_sample_round_trips_with_packed_arrays() -> None:
+    s = _sample()
+    data = s.encode()
+    body = msgpack.unpackb(data, raw=False)
+    assert isinstance(body["response_token_ids"], bytes) and len(body["response_token_ids"]) == 8
+    assert isinstance(body["logprobs"], bytes) and len(body["logprobs"]) == 8
+    assert m.decode(data) == s
+    scored = m.ScoredSample.from_generated(s, 1.0, "match")
+    back = m.decode(scored.encode(), expect=m.ScoredSample)
+    assert back == scored and back.key == s.key
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"\xc1", "not msgpack"),
+        (msgpack.packb([1, 2]), "expected a map"),
+        (msgpack.packb({"k": "nope", "v": 1}), "unknown record kind"),
+        (msgpack.packb({"k": "event", "v": 99, "run_id": "r", "kind": "x"}), "schema version"),
+        (msgpack.packb({"k": "event", "v": 1, "run_id": "r", "kind": "x", "extra": 1}), "unknown fields"),
+        (msgpack.packb({"k": "event", "v": 1, "run_id": "r", "kind": 5}), "kind: expected a string"),
+        (msgpack.packb({"k": "event", "v": 1, "run_id": "r"}), "missing"),
+        (msgpack.packb({"k": "event", "v": 1, "run_id": "r", "kind": "x", "step": -1}), "non-negative"),
+        (msgpack.packb({"k": "event", "v": 1, "run_id": "", "kind": "x"}), "run_id"),
+    ],
+)
+def test_decode_rejects_malformed_payloads_with_a_reason(payload: bytes, reason: str) -> None:
+    with pytest.raises(m.MessageError, match=reason):
+        m.decode(payload)
+
+
+def test_decode_rejects_mismatched_logprobs_and_bad_arrays() -> None:
+    body = msgpack.unpackb(_sample().encode(), raw=False)
+    body["logprobs"] = body["logprobs"][:4]
+    with pytest.raises(m.MessageError, match="logprobs: 1 values for 2"):
+        m.decode(msgpack.packb(body, use_bin_type=True))
+    body["logprobs"] = b"abc"
+    with pytest.raises(m.MessageError, match="multiple of 4"):
+        m.decode(msgpack.packb(body, use_bin_type=True))
+    with pytest.raises(m.MessageError, match="expected 'rollout_request'"):
+        m.decode(_sample().encode(), expect=m.RolloutRequest)
+
+
+def test_encode_validates() -> None:
+    with pytest.raises(m.MessageError, match="sample_index"):
+        _sample(sample_index=4).encode()
+    with pytest.raises(m.MessageError, match="finite"):
+        m.ScoredSample.from_generated(_sample(), float("nan"), "match").encode()
+
+
+class _Demo(ServiceSettings):
+    port: int = Field(8000, ge=1, le=65535)
+    name: str = "x"
+
+
+def test_settings_errors_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AERPLANE_PORT", "70000")
+    with pytest.raises(SettingsError, match=r"demo\.port: .*65535"):
+        load_settings(_Demo, section="demo")
+    assert load_settings(_Demo, {"port": 9000, "name": None}).port == 9000
+
+
+def test_ops_server_answers_health_ready_and_metrics() -> None:
+    from prometheus_client import Counter
+
+    reg = new_registry()
+    Counter("aerplane_demo_things_total", "things", registry=reg).inc(3)
+    state = {"ok": False}
+    with OpsServer("127.0.0.1", free_port(), reg, lambda: (state["ok"], {"engine": "loading"})) as ops:
+        base = f"http://127.0.0.1:{ops.port}"
+        assert json.load(urllib.request.urlopen(base + "/healthz")) == {"status": "ok"}
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(base + "/readyz")
+        assert err.value.code == 503
+        state["ok"] = True
+        assert json.load(urllib.request.urlopen(base + "/readyz"))["ready"] is True
+        text = urllib.request.urlopen(base + "/metrics").read().decode()
+        assert "aerplane_demo_things_total 3.0" in text
+
+
+def test_cli_help_imports_nothing_heavy() -> None:
+    out = subprocess.run([sys.executable, "-m", "aerplane.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "aerplane" in out.stdout
+    mods = subprocess.run(
+        [sys.executable, "-c", "import sys, aerplane.cli as c; c.build_parser(); print(sorted(sys.modules))"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for heavy in ("torch", "vllm", "transformers", "fastapi", "grpc"):
+        assert f"'{heavy}'" not in mods, f"{heavy} imported by `aerplane --help`"
