@@ -1,0 +1,247 @@
+"""Reward verification throughput (pool vs one process) and stream round trip (vs redis-benchmark's raw XADD).
+
+    .venv/bin/python bench/reward.py                          # 120 items × 3 rounds; 5000 stream messages × 3
+    .venv/bin/python bench/reward.py --items 60 --messages 2000 --rounds 2 --workers 4
+
+1. Verification. Candidate: `WorkerPool.score_many` (N worker processes, each item with its hard timeout, sent over
+   a pipe). Baseline: the same items scored one after another in this process by the same scorer functions
+   (`pool.score_item`: no timeout, no isolation — what you would get without the pool). Items are a fixed mix of
+   math-verify (fractions, powers, sets, intervals, units) and reasoning-gym (chain_sum, basic_arithmetic,
+   gsm_symbolic) answers, right and wrong, with numbers that change per item so parse caches do not flatter either
+   side; each path gets fresh items of the same mix every round.
+2. Stream round trip. Candidate: `StreamClient.publish_many` (batches of 100) of GeneratedSample records (128
+   prompt + 256 response tokens with logprobs, ~2.7 KB each) from one thread while a consumer `read`s (count 100),
+   decodes and `publish_and_ack`s a ScoredSample per message — the reward service's transport path, minus scoring
+   — until every message is acked. Baseline: `redis-benchmark -n 20000 -q XADD` (50 clients, no pipelining,
+   a 1-byte field) against the same private redis-server in the same run: Redis' raw XADD rate on this machine.
+
+Rounds alternate candidate and baseline; figures are medians over rounds. Benchmarks report, they never assert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def item(i: int) -> tuple[str, str, str]:
+    """Item `i` of a fixed mix; numbers vary with `i` so no two items hit math-verify's parse caches alike."""
+    k, j = i % 12, i // 12 + 2
+    return [
+        ("math", rf"so the answer is \boxed{{\frac{{1}}{{{j}}}}}", str(1 / j)),
+        ("math", rf"\boxed{{\dfrac{{{j}}}{{4}}}}", str(j / 4)),
+        ("math", rf"\boxed{{{j}^{{n-1}}}}", f"{j}^(n-1)"),
+        ("math", rf"\boxed{{\{{1, {j}, {j + 1}\}}}}", rf"\{{{j + 1},{j},1\}}"),
+        ("math", rf"\boxed{{(0, {j}]}}", rf"\left(0,{j}\right]"),
+        ("math", rf"\boxed{{{j}\text{{ cm}}}}", str(j)),
+        ("math", f"After simplifying we get {j} apples.", str(j + 1)),
+        ("math", rf"\boxed{{\sqrt{{{4 * j}}}}}", rf"2\sqrt{{{j}}}"),
+        ("chain_sum", rf"\boxed{{-{j}4282}}", f"-{j}4282"),
+        ("basic_arithmetic", f"the total is {j}06475279601", f"{j}06475279601"),
+        ("gsm_symbolic", rf"\boxed{{{j},080}}", f"{j}080"),
+        ("gsm_symbolic", rf"\boxed{{{j}}}", f"{j}080"),
+    ][k]
+
+
+def items(n: int, offset: int = 0) -> list[tuple[str, str, str]]:
+    return [item(offset + i) for i in range(n)]
+
+
+# --- 1. verification ----------------------------------------------------------------------------------------------
+
+
+def bench_verification(n_items: int, rounds: int, workers: int) -> dict:
+    from aerplane.reward.pool import PoolConfig, WorkerPool, score_item
+
+    for it in items(24, offset=10**6):  # import and warm the in-process baseline like the workers warm themselves
+        score_item(*it, "boxed_or_last_number")
+    single, pooled, same = [], [], True
+    with WorkerPool(PoolConfig(workers=workers, timeout_s=10.0)) as pool:
+        pool.score_many(items(24, offset=2 * 10**6))  # warm-up
+        for r in range(rounds):
+            work = items(n_items, offset=r * n_items)  # fresh items every round, same for both paths
+            t = time.perf_counter()
+            base = [score_item(*it, "boxed_or_last_number") for it in work]
+            single.append(n_items / (time.perf_counter() - t))
+            work = items(n_items, offset=(rounds + r) * n_items)
+            t = time.perf_counter()
+            cand = pool.score_many(work)
+            pooled.append(n_items / (time.perf_counter() - t))
+            same = same and [s.reason for s in base] == [s.reason for s in cand]
+    return {
+        "items": n_items,
+        "workers": workers,
+        "single_per_s": statistics.median(single),
+        "pool_per_s": statistics.median(pooled),
+        "single_rounds": single,
+        "pool_rounds": pooled,
+        "same_scores": same,
+    }
+
+
+# --- 2. stream round trip -----------------------------------------------------------------------------------------
+
+
+def sample(i: int, run_id: str):
+    from aerplane.common.messages import GeneratedSample
+
+    return GeneratedSample(
+        run_id=run_id, step=0, prompt_id=f"p{i}", sample_index=0, num_samples=1, policy_version=0, task="math",
+        difficulty="easy", ground_truth="1", prompt_token_ids=list(range(128)), response_token_ids=list(range(256)),
+        logprobs=[-0.5] * 256, response_text=r"the answer is \boxed{1}" * 4,
+    )  # fmt: skip
+
+
+def round_trip(url: str, run_id: str, n: int) -> float:
+    from aerplane.common.messages import ROLLOUT_GENERATED, ROLLOUT_SCORED, GeneratedSample, ScoredSample
+    from aerplane.common.streams import StreamClient
+
+    producer = StreamClient(url, run_id, maxlen=max(100_000, 2 * n))
+    worker = StreamClient(url, run_id, maxlen=max(100_000, 2 * n))
+    consumer = worker.consumer(ROLLOUT_GENERATED, "reward", "bench", GeneratedSample)
+    records = [sample(i, run_id) for i in range(n)]
+
+    def produce() -> None:
+        for start in range(0, n, 100):
+            producer.publish_many(ROLLOUT_GENERATED, records[start : start + 100])
+
+    t = time.perf_counter()
+    thread = threading.Thread(target=produce)
+    thread.start()
+    done = 0
+    while done < n:
+        batch = consumer.read(count=100, block_ms=1000)
+        ids = [d.id for d in batch]
+        out = [ScoredSample.from_generated(d.record, 1.0, "match") for d in batch]
+        consumer.publish_and_ack(ROLLOUT_SCORED, out, ids, sources=ids)
+        done += len(batch)
+    elapsed = time.perf_counter() - t
+    thread.join()
+    assert worker.pending(ROLLOUT_GENERATED, "reward") == 0
+    producer.close()
+    worker.close()
+    return n / elapsed
+
+
+def redis_benchmark_xadd(port: int, n: int = 20_000, clients: int = 50) -> float:
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        raise SystemExit("redis-benchmark not found (it ships with redis-server / redis-tools)")
+    out = subprocess.run(
+        [
+            exe,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-c",
+            str(clients),
+            "-n",
+            str(n),
+            "-q",
+            "XADD",
+            "benchxadd",
+            "*",
+            "f",
+            "v",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    match = re.search(r"([\d.]+) requests per second", out.replace("\r", "\n"))
+    if match is None:
+        raise RuntimeError(f"could not read redis-benchmark's output: {out!r}")
+    return float(match.group(1))
+
+
+def bench_streams(n: int, rounds: int) -> dict:
+    import redis
+
+    from aerplane.common.redis_server import LocalRedis
+
+    rt, raw, raw1 = [], [], []
+    with LocalRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        for r in range(rounds):
+            client.flushall()
+            raw.append(redis_benchmark_xadd(server.port))
+            raw1.append(redis_benchmark_xadd(server.port, n=5000, clients=1))
+            client.flushall()
+            rt.append(round_trip(server.url, f"bench{r}", n))
+        payload = len(sample(0, "bench0").encode())
+        client.close()
+    return {
+        "messages": n,
+        "payload_bytes": payload,
+        "roundtrip_msgs_per_s": statistics.median(rt),
+        "raw_xadd_per_s": statistics.median(raw),
+        "roundtrip_rounds": rt,
+        "raw_rounds": raw,
+        "raw_xadd_1_client_per_s": statistics.median(raw1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=120)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    v = bench_verification(args.items, args.rounds, args.workers)
+    s = bench_streams(args.messages, args.rounds)
+    speedup = v["pool_per_s"] / v["single_per_s"]
+    ratio = s["roundtrip_msgs_per_s"] / s["raw_xadd_per_s"]
+
+    print(f"reward verification, {v['items']} items × {args.rounds} rounds (medians)")
+    print(f"{'path':<66}{'items/s':>12}")
+    print(f"{'one process, in-line (baseline)':<66}{v['single_per_s']:>12.1f}")
+    pool_label = f"pool, {v['workers']} workers (timeout + isolation)"
+    print(f"{pool_label:<66}{v['pool_per_s']:>12.1f}")
+    print(f"pool / one process: {speedup:.2f}x; scores identical: {v['same_scores']}")
+    print()
+    print(f"stream round trip, {s['messages']} messages of {s['payload_bytes']} B × {args.rounds} rounds (medians)")
+    print(f"{'path':<66}{'msgs/s':>12}")
+    print(f"{'redis-benchmark XADD, 50 clients, 1-byte field (baseline)':<66}{s['raw_xadd_per_s']:>12.0f}")
+    print(f"{'publish_many → read → publish_and_ack (1 producer, 1 consumer)':<66}{s['roundtrip_msgs_per_s']:>12.0f}")
+    print(f"{'redis-benchmark XADD, 1 client (context, not the baseline)':<66}{s['raw_xadd_1_client_per_s']:>12.0f}")
+    print(f"round trip / raw XADD: {ratio:.2f}")
+    print()
+    lines = [
+        {
+            "bench": "reward",
+            "metric": "pool_speedup",
+            "value": round(speedup, 3),
+            "baseline": "same scorers in one process, in-line",
+            "target": None,
+            "better": "higher",
+            "figures": v,
+        },
+        {
+            "bench": "reward",
+            "metric": "stream_roundtrip_ratio",
+            "value": round(ratio, 3),
+            "baseline": "redis-benchmark XADD (50 clients, no pipelining) on the same redis-server",
+            "target": None,
+            "better": "higher",
+            "figures": s,
+        },
+    ]
+    for line in lines:
+        print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()

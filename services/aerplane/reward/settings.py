@@ -1,0 +1,131 @@
+"""Configuration of `aerplane reward serve`: one settings class, validated at start-up.
+
+Environment variables (CLI flags override them):
+
+| setting | env var | default |
+|---|---|---|
+| run_id | `AERPLANE_RUN_ID` (shared) | unset: required unless `consume` is false |
+| redis_url | `AERPLANE_REDIS_URL` (shared) | `redis://127.0.0.1:6379/0` |
+| host | `AERPLANE_REWARD_HOST` | `0.0.0.0` |
+| http_port | `AERPLANE_REWARD_HTTP_PORT` | 8001 |
+| workers | `AERPLANE_REWARD_WORKERS` | 2 |
+| timeout_s | `AERPLANE_REWARD_TIMEOUT_S` | 5.0 |
+| max_response_bytes | `AERPLANE_REWARD_MAX_RESPONSE_BYTES` | 65536 |
+| extraction | `AERPLANE_REWARD_EXTRACTION` | `boxed_or_last_number` |
+| … | `AERPLANE_REWARD_<FIELD>` for the rest | see the fields |
+
+The service-specific variables carry the `REWARD_` part so that one environment can configure every service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from aerplane.common.settings import ServiceSettings
+from aerplane.reward.scorers import EXTRACTION_MODES
+
+
+def _default_consumer() -> str:
+    return f"reward-{socket.gethostname()}-{os.getpid()}"
+
+
+class RewardSettings(ServiceSettings):
+    """Settings of the reward verification service (stream consumer + POST /v1/verify)."""
+
+    model_config = SettingsConfigDict(env_prefix="AERPLANE_REWARD_", validate_by_name=True)
+
+    run_id: str | None = Field(None, validation_alias=AliasChoices("AERPLANE_RUN_ID", "run_id"), min_length=1)
+    """The run whose `rollout:generated` stream this service scores (keys `aerplane:{run_id}:...`)."""
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("AERPLANE_REDIS_URL", "redis_url"), min_length=1
+    )
+    """Redis ≥ 6.2 holding the run's streams."""
+
+    consume: bool = True
+    """Consume the generated-rollouts stream; false serves only POST /v1/verify (no run or Redis needed)."""
+
+    host: str = Field("0.0.0.0", min_length=1)
+    """Interface the HTTP server binds to."""
+
+    http_port: int = Field(8001, ge=0, le=65535)
+    """POST /v1/verify, /healthz, /readyz, /metrics (0: any free port)."""
+
+    workers: int = Field(2, ge=1, le=256)
+    """Verification worker processes (items scored at once)."""
+
+    timeout_s: float = Field(5.0, gt=0, le=600)
+    """Hard per-item time limit: a worker still busy after it (plus 0.5 s grace) is killed and replaced."""
+
+    max_response_bytes: int = Field(64 * 1024, ge=64, le=64 * 1024 * 1024)
+    """Responses longer than this (UTF-8 bytes) score 0 with reason `too_long`, unparsed."""
+
+    worker_memory_mb: int = Field(1024, ge=0)
+    """Address-space cap of each worker process in MiB (0: none); a scorer that needs more scores `error`."""
+
+    extraction: str = "boxed_or_last_number"
+    """How the answer is found in a response: `boxed_or_last_number`, `boxed` or `last_number`."""
+
+    math_tasks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Extra task names scored with math-verify like `math` (e.g. `gsm8k,dapo`; env: JSON list or comma list)."""
+
+    group: str = Field("reward", min_length=1)
+    """Consumer group on `rollout:generated` (all reward replicas share it)."""
+
+    consumer: str = Field(default_factory=_default_consumer, min_length=1)
+    """This replica's consumer name in the group (unique per replica; a restart may reuse it)."""
+
+    batch_size: int = Field(16, ge=1, le=4096)
+    """Entries read from the stream at once (scored concurrently by the pool)."""
+
+    block_ms: int = Field(1000, ge=10, le=20_000)
+    """How long one stream read waits for new entries."""
+
+    claim_idle_ms: int = Field(30_000, ge=100)
+    """Entries pending this long with another (dead) consumer are reclaimed (XAUTOCLAIM)."""
+
+    max_deliveries: int = Field(5, ge=1, le=1000)
+    """Entries delivered more often than this go to the dead-letter stream instead of being scored again."""
+
+    stream_maxlen: int = Field(100_000, ge=100)
+    """Approximate cap of the streams this service writes (XADD MAXLEN ~)."""
+
+    downstream_group: str = Field("learner", min_length=1)
+    """The group that consumes `rollout:scored`, watched for back-pressure."""
+
+    downstream_max_lag: int = Field(10_000, ge=0)
+    """Stop reading new work while `downstream_group` has more unfinished scored entries than this (0: no limit)."""
+
+    shutdown_grace_s: float = Field(30.0, ge=0, le=600)
+    """On SIGTERM, the batch in flight gets this long to finish and be published; the rest stays pending."""
+
+    @field_validator("extraction")
+    @classmethod
+    def _known_extraction(cls, value: str) -> str:
+        if value not in EXTRACTION_MODES:
+            raise ValueError(f"must be one of {', '.join(EXTRACTION_MODES)}")
+        return value
+
+    @field_validator("math_tasks", mode="before")
+    @classmethod
+    def _split_tasks(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [t.strip() for t in text.split(",") if t.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RewardSettings:
+        if self.consume and self.run_id is None:
+            raise ValueError("run_id is required to consume the run's stream (or set consume=false for HTTP only)")
+        if self.downstream_max_lag >= self.stream_maxlen:
+            raise ValueError(
+                f"downstream_max_lag ({self.downstream_max_lag}) must be below stream_maxlen ({self.stream_maxlen})"
+            )
+        return self
