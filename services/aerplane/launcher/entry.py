@@ -43,11 +43,20 @@ def _add_up(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--eval-size", type=int, default=32, help="held-out problems (default 32)")
     e.add_argument("--eval-k", type=int, default=4, help="samples per problem for avg@k / pass@k (default 4)")
     s = p.add_argument_group("services")
-    s.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults 8000-8003")
+    s.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults below")
+    for flag, default in _PORT_FLAGS.items():
+        s.add_argument(f"--{flag.replace('_', '-')}-port", dest=f"port_{flag}", type=int, default=None,
+                       help=f"default {default}")  # fmt: skip
     s.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
                    help="live terminal view (default: when stdout is a terminal)")  # fmt: skip
     _add_strategy_flags(p)
     p.set_defaults(func=_up)
+
+
+_PORT_FLAGS = {  # UpConfig.Ports field -> default, as in DESIGN §2
+    "coefficient_grpc": 50051, "coefficient_http": 8000, "reward_http": 8001, "generation_http": 8002,
+    "vllm": 8100, "learner_http": 8003,
+}  # fmt: skip
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -65,13 +74,17 @@ def _up(args: argparse.Namespace) -> int:
     from aerplane.launcher.up import Ports, UpConfig, run_up
 
     params = {k: float(v) for k, v in strategy.numeric_params.items()}
+    ports = Ports.free() if args.free_ports else Ports()
+    for name in _PORT_FLAGS:
+        if getattr(args, f"port_{name}") is not None:
+            setattr(ports, name, getattr(args, f"port_{name}"))
     cfg = UpConfig(
         steps=args.steps, model=args.model, task=args.task, data=args.data, strategy=args.strategy,
         params=params, options=dict(strategy.options), backend=args.backend, run_dir=args.run_dir,
         run_id=args.run_id, resume=args.resume, eval_every=args.eval_every, eval_split=args.eval_split,
         eval_size=args.eval_size, eval_k=args.eval_k, prompts_per_step=args.prompts_per_step,
         samples_per_prompt=args.samples_per_prompt, max_tokens=args.max_tokens, temperature=args.temperature,
-        lr=args.lr, seed=args.seed, nproc=args.nproc, ports=Ports.free() if args.free_ports else Ports(),
+        lr=args.lr, seed=args.seed, nproc=args.nproc, ports=ports,
         live=args.live, redis_url=os.environ.get("AERPLANE_REDIS_URL") or None,
     )  # fmt: skip
     return run_up(cfg)
