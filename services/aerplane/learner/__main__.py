@@ -1,0 +1,47 @@
+"""Worker entrypoint: `torchrun --nproc_per_node N -m aerplane.learner [flags]`, or `python -m aerplane.learner`.
+
+Parses the flags (the same as `aerplane learner train` without the launcher ones), validates the settings, then
+imports torch and trains. Ends through `distributed.finish` (barrier, destroy the group, flush, `os._exit`) so a
+successful gloo run exits 0; exit code 2 for invalid settings, 1 for a failed run.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    from aerplane.common.logs import setup_logging
+    from aerplane.common.settings import SettingsError, load_settings
+    from aerplane.learner.entry import overrides_from_args, parse_worker_args
+    from aerplane.learner.settings import SECTION, LearnerSettings
+
+    args = parse_worker_args(argv)
+    log = setup_logging("learner")
+    try:
+        settings = load_settings(LearnerSettings, overrides_from_args(args), section=SECTION)
+    except SettingsError as exc:
+        print(f"aerplane learner: invalid configuration: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+    import transformers
+
+    from aerplane.learner import distributed
+    from aerplane.learner.train import train
+
+    transformers.utils.logging.disable_progress_bar()
+
+    try:
+        code = train(settings)
+    except SettingsError as exc:
+        log.error("invalid configuration: %s", exc)
+        distributed.finish(2, clean=False)
+    except BaseException:
+        logging.getLogger("aerplane.learner").exception("learner failed")
+        distributed.finish(1, clean=False)
+    distributed.finish(code)
+
+
+if __name__ == "__main__":
+    main()

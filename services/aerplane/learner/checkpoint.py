@@ -1,0 +1,177 @@
+"""Checkpoints (to resume training) and published weights (for generation), both written atomically.
+
+Run directory::
+
+    <run dir>/
+      metrics.jsonl                   one JSON line per step (rank 0)
+      learner_settings.json           the resolved settings of the latest start
+      checkpoints/step_000004/        state after 4 completed steps (the next step to run is 4)
+        trainer.pt                    model, optimizer, scheduler, step, run id, data position, coefficient state
+        rng_rank0.pt rng_rank1.pt …   each rank's RNG states (torch, CUDA, Python, NumPy)
+        meta.json                     step, run id, world size, time — human-readable
+      weights/v4/                     policy version 4 (= after 4 optimizer steps), what vLLM reloads from
+        model.safetensors config.json generation_config.json
+
+A folder is written under a temporary name (`.step_000004.tmp`, `.v4.tmp`) and renamed when complete, so a crash
+never leaves a half-written checkpoint or weight version that a reader could pick up; only names without the dot
+prefix count. Checkpoints need a folder every rank can write (a shared volume on several nodes): each rank adds its
+own RNG file to the temporary folder before rank 0 renames it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / "trainer.pt").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> tuple[int, Path] | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def temp_dir(root: Path, step: int) -> Path:
+    return root / f".{step_dir_name(step)}.tmp"
+
+
+def rng_state() -> dict[str, Any]:
+    import numpy as np
+
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": json.dumps(random.getstate()),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype("int64")), *map(int, np_state[2:4]),
+                  float(np_state[4])],
+    }  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_rank_rng(tmp: Path, rank: int) -> None:
+    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+
+
+def begin(root: Path, step: int) -> Path:
+    """Rank 0: a fresh temporary folder for the checkpoint of `step`."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(root, step)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def commit(root: Path, step: int, trainer_state: dict[str, Any], meta: dict[str, Any], keep: int) -> Path:
+    """Rank 0: write the trainer state into the temporary folder, rename it into place, drop old checkpoints."""
+    tmp = temp_dir(root, step)
+    torch.save(trainer_state, tmp / "trainer.pt")
+    (tmp / "meta.json").write_text(json.dumps({**meta, "step": step, "time": time.time()}, indent=2) + "\n")
+    _fsync_dir(tmp)
+    final = root / step_dir_name(step)
+    if final.exists():  # a re-run of the same step after a resume
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    for _, old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    return torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+
+
+def load_rank_rng(path: Path, rank: int) -> dict[str, Any] | None:
+    f = path / f"rng_rank{rank}.pt"
+    return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
+
+
+# --- weights for generation ----------------------------------------------------------------------------------------
+
+
+def list_versions(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _VERSION_DIR.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def publish_weights(model: Any, root: Path, version: int, keep: int) -> tuple[Path, int]:
+    """Save `model` (a Hugging Face model) as `root/v<version>/` (safetensors + config); keep the newest `keep`.
+
+    Returns the folder and the size of its weight files in bytes.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"v{version}"
+    tmp = root / f".v{version}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size="1000GB")
+    num_bytes = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    for _, old in list_versions(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final, num_bytes
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

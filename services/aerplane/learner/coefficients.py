@@ -1,0 +1,137 @@
+"""Where the learner gets α_t and λ_q, and where it reports H_t: the coefficient service, or the strategy in-process.
+
+`RemoteCoefficients` talks to the coefficient service over gRPC (DESIGN §2): the service owns the run's state, so
+people can watch and override it while the run goes; resuming a run resumes its state there. `LocalCoefficients`
+runs the same `aerplane.core.strategies` object inside the learner (`--coefficient-target local`) for benchmarks
+and runs without the service; its state travels in the learner's checkpoint instead. Both report the same way,
+so the learner's loop does not know which one it has.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+PromptStats = tuple[str, float, int]  # (prompt_id, accuracy, num_samples)
+
+
+class CoefficientSource(Protocol):
+    def start(self, resume: bool) -> dict[str, Any]: ...
+    def coefficients(self, step: int, prompts: Sequence[PromptStats]) -> tuple[float, list[float], float | None]: ...
+    def report(self, step: int, mean_entropy: float, num_tokens: int) -> dict[str, Any]: ...
+    def state(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, data: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+class LocalCoefficients:
+    """The strategy in-process: same maths, no service, no overrides; state kept in the learner's checkpoint."""
+
+    def __init__(self, strategy: str, params: dict[str, float], options: dict[str, str]) -> None:
+        from aerplane.core.strategies import build_strategy
+        from aerplane.learner.settings import strategy_kwargs
+
+        self.strategy = build_strategy(strategy, **strategy_kwargs(params, options))
+        self.name = strategy
+        self._state = self.strategy.initial_state()
+        self._applied_step = -1
+
+    def start(self, resume: bool) -> dict[str, Any]:
+        return self.state()
+
+    def coefficients(self, step: int, prompts: Sequence[PromptStats]) -> tuple[float, list[float], float | None]:
+        weights = self.strategy.prompt_weights(self._state, [acc for _, acc, _ in prompts])
+        return self.strategy.coefficient(self._state), list(weights), self._state.target_entropy
+
+    def report(self, step: int, mean_entropy: float, num_tokens: int) -> dict[str, Any]:
+        if step > self._applied_step:  # idempotent by step, like the service
+            self._state = self.strategy.observe(self._state, entropy=mean_entropy)
+            self._applied_step = step
+        return self.state()
+
+    def state(self) -> dict[str, Any]:
+        return {"strategy": self.name, **self._state.to_dict()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self._state.to_dict(), "applied_step": self._applied_step}
+
+    def load_state_dict(self, data: dict[str, Any]) -> None:
+        from aerplane.core.strategies import StrategyState
+
+        self._state = StrategyState.from_dict(data["state"])
+        self._applied_step = int(data["applied_step"])
+
+    def close(self) -> None:
+        return None
+
+
+class RemoteCoefficients:
+    """The coefficient service over gRPC (`aerplane.coefficient.client.CoefficientClient`)."""
+
+    def __init__(
+        self,
+        target: str,
+        run_id: str,
+        strategy: str,
+        params: dict[str, float],
+        options: dict[str, str],
+        *,
+        timeout: float = 10.0,
+        token: str | None = None,
+    ) -> None:
+        from aerplane.coefficient.client import CoefficientClient
+
+        self.client = CoefficientClient(target, timeout=timeout, token=token)
+        self.run_id = run_id
+        self.strategy = strategy
+        self.params = dict(params)
+        self.options = dict(options)
+
+    def start(self, resume: bool) -> dict[str, Any]:
+        return dict(self.client.start_run(self.run_id, self.strategy, self.params, self.options, resume))
+
+    def coefficients(self, step: int, prompts: Sequence[PromptStats]) -> tuple[float, list[float], float | None]:
+        alpha, weights, target = self.client.get_coefficients(self.run_id, step, list(prompts))
+        return float(alpha), [float(w) for w in weights], (float(target) if target else None)
+
+    def report(self, step: int, mean_entropy: float, num_tokens: int) -> dict[str, Any]:
+        from aerplane.coefficient.client import StaleStepError
+
+        try:
+            return dict(self.client.report_entropy(self.run_id, step, mean_entropy, num_tokens))
+        except StaleStepError:
+            # A resumed learner re-trains steps after its last checkpoint that the service already applied:
+            # the service keeps the first report (α must not move twice), so this one changes nothing.
+            log.warning("step %d was already reported to the coefficient service; keeping its state", step)
+            return self.state()
+
+    def state(self) -> dict[str, Any]:
+        return dict(self.client.get_state(self.run_id))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # the service keeps the state
+
+    def load_state_dict(self, data: dict[str, Any]) -> None:
+        return None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def build_coefficients(settings: Any) -> CoefficientSource:
+    s = settings.strategy
+    if settings.coefficient.target.strip().lower() == "local":
+        return LocalCoefficients(s.name, s.params, s.options)
+    return RemoteCoefficients(
+        settings.coefficient.target,
+        settings.run.run_id,
+        s.name,
+        s.params,
+        s.options,
+        timeout=settings.coefficient.timeout_s,
+        token=settings.coefficient.token,
+    )

@@ -1,0 +1,213 @@
+"""`aerplane learner train`: launch the DDP learner under torchrun (light module: stdlib imports only).
+
+One node, N processes (gloo on CPU, NCCL on GPUs)::
+
+    aerplane learner train --nproc-per-node 2 --run-id exp1 --model smollm2-135m --steps 100
+
+runs ``python -m torch.distributed.run --standalone --nproc_per_node 2 -m aerplane.learner --run-id exp1 ...``.
+The worker entrypoint, ``python -m aerplane.learner`` (or ``torchrun ... -m aerplane.learner``), takes the same
+flags as `train` minus the launcher ones, and also runs as a single process without torchrun.
+
+Several nodes use torchrun's c10d rendezvous: start the same command on every node with the same rendezvous
+endpoint (host:port of any node reachable by all; its port free) and id, e.g. on each of 2 nodes with 8 GPUs::
+
+    aerplane learner train --nnodes 2 --nproc-per-node 8 --rdzv-endpoint node0.example:29400 --rdzv-id exp1 ...
+
+(equivalently ``torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint node0.example:29400
+--rdzv_id exp1 -m aerplane.learner ...``). Rank 0 — wherever the rendezvous places it — talks to Redis and the
+coefficient service and serves /metrics; every node must see the same checkpoint and weights folders (shared
+volume) for `--resume`. The world size must divide `batch.prompts_per_step`; that is checked before launching.
+
+Settings come from `AERPLANE_*` variables (see `aerplane.learner.settings`); a flag given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+# (flag, dotted settings key, type, help). `bool` flags are --x / --no-x; `None` type = store_true.
+WORKER_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--run-id", "run.run_id", str, "run identity (streams, coefficient state)"),
+    ("--run-dir", "run.dir", str, "run directory (default runs/<run-id>)"),
+    ("--steps", "run.steps", int, "total training steps"),
+    ("--seed", "run.seed", int, "random seed"),
+    ("--staleness", "run.staleness", int, "bounded staleness in steps (default 1)"),
+    ("--resume", "run.resume", None, "continue from the last checkpoint"),
+    ("--rollout-timeout", "run.rollout_timeout_s", float, "seconds to wait for a step's rollouts (0 = forever)"),
+    ("--model", "model.path", str, "model folder, or smollm2-135m / tiny"),
+    ("--dtype", "model.dtype", str, "float32 | bfloat16"),
+    ("--gradient-checkpointing", "model.gradient_checkpointing", bool, "recompute activations in backward"),
+    ("--lr", "optim.lr", float, "peak learning rate"),
+    ("--lr-schedule", "optim.schedule", str, "constant | cosine | linear"),
+    ("--warmup-steps", "optim.warmup_steps", int, "learning-rate warm-up updates"),
+    ("--weight-decay", "optim.weight_decay", float, "AdamW weight decay"),
+    ("--grad-clip", "optim.grad_clip", float, "max global gradient norm (0 = off)"),
+    ("--prompts-per-step", "batch.prompts_per_step", int, "prompts per step (global)"),
+    ("--samples-per-prompt", "batch.samples_per_prompt", int, "G, responses per prompt"),
+    ("--micro-batch-size", "batch.micro_batch_size", int, "sequences per forward/backward on one rank"),
+    ("--mini-batches", "batch.mini_batches", int, "optimizer updates per step"),
+    ("--max-prompt-tokens", "lengths.max_prompt_tokens", int, "skip prompts longer than this"),
+    ("--max-response-tokens", "lengths.max_response_tokens", int, "max tokens generated per response"),
+    ("--eps-low", "loss.eps_low", float, "lower clip ε"),
+    ("--eps-high", "loss.eps_high", float, "upper clip ε (clip-higher)"),
+    ("--kl-coef", "loss.kl_coef", float, "k3 KL weight to the initial policy"),
+    ("--policy-loss", "loss.policy_loss", str, "vanilla | clip_cov | kl_cov"),
+    ("--normalize-std", "loss.normalize_std", bool, "divide advantages by the group std"),
+    ("--old-logprobs", "loss.old_logprobs", str, "recompute | sampler"),
+    ("--strategy", "strategy.name", str, "none | fixed | skywork | aer"),
+    ("--temperature", "sampling.temperature", float, "sampling temperature"),
+    ("--top-p", "sampling.top_p", float, "nucleus sampling top-p"),
+    ("--task", "data.task", str, "training task set"),
+    ("--data", "data.file", str, "jsonl/parquet data file instead of --task"),
+    ("--data-size", "data.size", int, "items drawn from the task generator"),
+    ("--checkpoint-dir", "checkpoint.dir", str, "checkpoint folder (default <run-dir>/checkpoints)"),
+    ("--checkpoint-interval", "checkpoint.interval", int, "checkpoint every N steps (0 = only at the end)"),
+    ("--checkpoint-keep", "checkpoint.keep", int, "checkpoints kept"),
+    ("--weights-dir", "weights.dir", str, "published weights folder (default <run-dir>/weights)"),
+    ("--weights-keep", "weights.keep", int, "weight versions kept"),
+    ("--coefficient-target", "coefficient.target", str, "coefficient service gRPC host:port, or `local`"),
+    ("--redis-url", "redis_url", str, "Redis URL of the run's streams"),
+    ("--host", "host", str, "ops server interface"),
+    ("--http-port", "http_port", int, "ops server port on rank 0 (default 8003)"),
+    ("--device", "device", str, "auto | cpu | cuda"),
+)
+STRATEGY_PARAM_FLAG = "--strategy-param"
+
+
+def add_worker_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags shared by `aerplane learner train` and `python -m aerplane.learner`."""
+    for flag, key, kind, help_ in WORKER_FLAGS:
+        dest = _dest(flag)
+        if kind is None:
+            parser.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=help_)
+        elif kind is bool:
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            parser.add_argument(flag, dest=dest, type=kind, default=None, help=f"{help_} [{key}]")
+    parser.add_argument(
+        STRATEGY_PARAM_FLAG,
+        dest="strategy_param",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="a strategy parameter, e.g. rho=0.5 or weighting=linear (repeatable)",
+    )
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags the user gave, as a nested dict for `load_settings` (flags not given are left out)."""
+    out: dict[str, Any] = {}
+    for flag, key, _, _ in WORKER_FLAGS:
+        value = getattr(args, _dest(flag), None)
+        if value is not None:
+            _set(out, key, value)
+    for item in getattr(args, "strategy_param", None) or []:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            from aerplane.common.settings import SettingsError
+
+            raise SettingsError(f"learner.strategy: {STRATEGY_PARAM_FLAG} expects NAME=VALUE, got {item!r}")
+        try:
+            _set(out, f"strategy.params.{name.strip()}", float(raw))
+        except ValueError:
+            _set(out, f"strategy.options.{name.strip()}", raw.strip())
+    return out
+
+
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """Re-emit the worker flags the user gave, for the torchrun command line."""
+    argv: list[str] = []
+    for flag, _, kind, _ in WORKER_FLAGS:
+        value = getattr(args, _dest(flag), None)
+        if value is None:
+            continue
+        if kind is None:
+            argv.append(flag)
+        elif kind is bool:
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(value)]
+    for item in getattr(args, "strategy_param", None) or []:
+        argv += [STRATEGY_PARAM_FLAG, item]
+    return argv
+
+
+def torchrun_argv(args: argparse.Namespace) -> list[str]:
+    """The full torchrun command for `aerplane learner train`."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc_per_node)]
+    if args.nnodes == 1 and not args.rdzv_endpoint:
+        cmd.append("--standalone")
+    else:
+        cmd += ["--nnodes", str(args.nnodes), "--rdzv_backend", "c10d"]
+        cmd += ["--rdzv_endpoint", args.rdzv_endpoint or "127.0.0.1:29400"]
+        cmd += ["--rdzv_id", args.rdzv_id or "aerplane"]
+    if args.max_restarts:
+        cmd += ["--max_restarts", str(args.max_restarts)]
+    return [*cmd, "-m", "aerplane.learner", *worker_argv(args)]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    learner = subparsers.add_parser("learner", help="the DDP learner", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = learner.add_subparsers(dest="learner_command", metavar="COMMAND", required=True)
+    train = sub.add_parser("train", help="train under torchrun (launches the worker processes)")
+    launch = train.add_argument_group("launcher (torchrun)")
+    launch.add_argument("--nproc-per-node", type=int, default=1, help="worker processes on this node (default 1)")
+    launch.add_argument("--nnodes", type=int, default=1, help="nodes taking part (default 1)")
+    launch.add_argument("--rdzv-endpoint", default=None, help="c10d rendezvous host:port (multi-node)")
+    launch.add_argument("--rdzv-id", default=None, help="rendezvous id shared by the nodes (default aerplane)")
+    launch.add_argument("--max-restarts", type=int, default=0, help="torchrun worker-group restarts")
+    launch.add_argument("--dry-run", action="store_true", help="print the torchrun command and exit")
+    add_worker_flags(train.add_argument_group("learner"))  # type: ignore[arg-type]
+    train.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from aerplane.common.settings import load_settings
+    from aerplane.learner.settings import SECTION, LearnerSettings
+
+    if args.nproc_per_node < 1 or args.nnodes < 1:
+        from aerplane.common.settings import SettingsError
+
+        raise SettingsError("learner: --nproc-per-node and --nnodes must be at least 1")
+    settings = load_settings(LearnerSettings, overrides_from_args(args), section=SECTION)
+    settings.check_world(args.nproc_per_node * args.nnodes)
+    settings.check_runtime()
+    cmd = torchrun_argv(args)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    # torchrun forwards SIGTERM/SIGINT to the workers; exec keeps our PID so supervisors signal torchrun directly.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "posix":
+        os.execv(cmd[0], cmd)
+    return subprocess.call(cmd)  # pragma: no cover - non-POSIX
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+def main_worker_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m aerplane.learner", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    add_worker_flags(parser)
+    return parser
+
+
+def parse_worker_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return main_worker_parser().parse_args(argv)

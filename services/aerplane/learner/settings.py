@@ -1,0 +1,318 @@
+"""Learner configuration: `AERPLANE_*` environment variables with `__` nesting, CLI flags on top.
+
+One group per concern (`AERPLANE_MODEL` and `AERPLANE_RUN_ID`, which the other services read too, are accepted as
+`model.path` and the default of `run.run_id`):
+`AERPLANE_OPTIM__LR=1e-6`, `AERPLANE_BATCH__PROMPTS_PER_STEP=16`, `AERPLANE_RUN__RUN_ID=exp1`,
+`AERPLANE_REDIS_URL=redis://...`. CLI flags (`aerplane learner train --lr ...`) override them.
+
+Validation happens twice: the field bounds and the cross-field checks that need no runtime knowledge when the
+settings are built, and `check_world(world_size)` once the number of DDP ranks is known (the CLI runs it before
+launching torchrun, each worker again after joining the process group). Errors name the full key, e.g.
+``learner.batch.prompts_per_step: must be divisible by world size 2 (got 3)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from aerplane.common.settings import ServiceSettings, SettingsError
+
+SECTION = "learner"
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Group):
+    path: str = "tiny"
+    """The policy to train: a Hugging Face model folder, or `smollm2-135m` / `tiny` (the embedded models)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter and compute dtype (float32 on CPU; bfloat16 on GPUs that have it)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+
+
+class OptimSettings(_Group):
+    lr: float = Field(1e-6, gt=0, le=1.0)
+    """AdamW peak learning rate."""
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Learning-rate shape after the warm-up: constant, cosine decay or linear decay to `min_lr_ratio · lr`."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up from 0 over this many optimizer updates."""
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """Floor of the cosine / linear decay, as a fraction of `lr`."""
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = Field(1e-8, gt=0)
+    """AdamW epsilon."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this value (0 = no clipping; the norm is still reported)."""
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"each beta must be in [0, 1), got {v}")
+        return v
+
+
+class BatchSettings(_Group):
+    prompts_per_step: int = Field(8, ge=1, le=100_000)
+    """Prompts per training step (global, over all ranks); each rank trains on an equal share of whole groups."""
+    samples_per_prompt: int = Field(8, ge=1, le=1024)
+    """G: responses sampled per prompt; advantages are normalised within each group of G."""
+    micro_batch_size: int = Field(4, ge=1)
+    """Sequences per forward/backward pass on one rank; gradients accumulate over the micro-batches."""
+    mini_batches: int = Field(1, ge=1)
+    """Optimizer updates per step: the step's batch is split into this many mini-batches (PPO-style)."""
+
+
+class LengthSettings(_Group):
+    max_prompt_tokens: int = Field(512, ge=1)
+    """Prompts longer than this (after the chat template) are skipped when the task list is loaded."""
+    max_response_tokens: int = Field(256, ge=1)
+    """`max_tokens` asked of generation; longer responses that arrive anyway are truncated."""
+
+
+class LossSettings(_Group):
+    eps_low: float = Field(0.2, ge=0, le=1)
+    """Lower clip range of the ratio (1 − ε_low)."""
+    eps_high: float = Field(0.28, ge=0, le=10)
+    """Upper clip range of the ratio (1 + ε_high; "clip-higher")."""
+    aggregation: Literal["token-mean"] = "token-mean"
+    """How per-token losses are reduced: a token mean over the whole global batch (all ranks, all micro-batches)."""
+    kl_coef: float = Field(0.0, ge=0)
+    """Weight of the k3 KL penalty to the initial (reference) policy; > 0 keeps a frozen copy of the model."""
+    policy_loss: Literal["vanilla", "clip_cov", "kl_cov"] = "vanilla"
+    """Policy-loss mode: the clipped surrogate, or Clip-Cov / KL-Cov from "The Entropy Mechanism of RL"."""
+    policy_loss_params: dict[str, float] = Field(default_factory=dict)
+    """Extra numeric parameters of the Clip-Cov / KL-Cov modes, by the names `aerplane.core.losses` uses."""
+    normalize_std: bool = True
+    """Divide group advantages by the group's std (GRPO); false gives Dr. GRPO's mean-centred advantages."""
+    old_logprobs: Literal["recompute", "sampler"] = "recompute"
+    """Behaviour log-probs of the ratio: `recompute` with the learner's current model (a no-grad pass, skipped when
+    there is one update per step because it equals the detached forward), or `sampler`, the generation engine's
+    own log-probs (importance-corrects the bounded staleness)."""
+    entropy_chunk_size: int = Field(1024, ge=1)
+    """Tokens per chunk of the full-vocabulary entropy computation (bounds its peak memory)."""
+
+
+class StrategySettings(_Group):
+    name: Literal["none", "fixed", "skywork", "aer"] = "aer"
+    """Entropy-control strategy (DESIGN §1)."""
+    params: dict[str, float] = Field(default_factory=dict)
+    """Numeric strategy parameters by their `build_strategy` names, e.g. {"rho": 0.5, "eta": 0.001}."""
+    options: dict[str, str] = Field(default_factory=dict)
+    """Non-numeric strategy parameters, e.g. {"weighting": "threshold"}."""
+
+    @field_validator("params")
+    @classmethod
+    def _finite(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, x in v.items() if not math.isfinite(x)]
+        if bad:
+            raise ValueError(f"parameters must be finite numbers: {', '.join(bad)}")
+        return v
+
+
+class SamplingSettings(_Group):
+    temperature: float = Field(1.0, gt=0, le=10)
+    """Sampling temperature asked of generation; the learner divides its logits by it too."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling threshold asked of generation."""
+
+
+class DataSettings(_Group):
+    task: str = "mixed"
+    """Training task set from `aerplane.data.tasks.load_training_tasks` (ignored when `file` is set)."""
+    file: Path | None = None
+    """A verl-style jsonl/parquet file of prompts and ground truths, instead of `task`."""
+    size: int = Field(2000, ge=1)
+    """How many items to draw from the task generator."""
+    shuffle: bool = True
+    """Shuffle the items each epoch (seeded by `run.seed` and the epoch number)."""
+
+
+class RunSettings(_Group):
+    run_id: str = Field("default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Run identity: namespaces the Redis streams and the coefficient state."""
+    dir: Path | None = None
+    """Run directory (metrics.jsonl, checkpoints/, weights/); default `runs/<run_id>`."""
+    steps: int = Field(10, ge=1)
+    """Training steps to run (the total, counting steps before a resume)."""
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    """Seeds model-side randomness, the data order and the generation seeds of the requests."""
+    staleness: int = Field(1, ge=0, le=64)
+    """Bounded staleness: prompts are requested this many steps ahead, and samples whose policy version is older
+    than (current version − staleness) are dropped and requested again."""
+    resume: bool = False
+    """Continue from the last checkpoint in the checkpoint folder (and resume the coefficient run)."""
+    rollout_timeout_s: float = Field(0.0, ge=0)
+    """Give up when a step's rollouts have not all arrived after this many seconds (0 = wait forever)."""
+
+    @property
+    def directory(self) -> Path:
+        return self.dir if self.dir is not None else Path("runs") / self.run_id
+
+
+class CheckpointSettings(_Group):
+    dir: Path | None = None
+    """Checkpoint folder; default `<run dir>/checkpoints`."""
+    interval: int = Field(1, ge=0)
+    """Write a checkpoint every this many steps (and after the last step); 0 = only after the last step."""
+    keep: int = Field(2, ge=1)
+    """Checkpoints kept; older ones are deleted once a newer one is complete."""
+
+
+class WeightsSettings(_Group):
+    dir: Path | None = None
+    """Where versions are published for generation (`v<version>/model.safetensors`); default `<run dir>/weights`.
+    Must be on a volume the generation service can read."""
+    keep: int = Field(3, ge=1)
+    """Weight versions kept; older ones are garbage-collected."""
+    interval: int = Field(1, ge=1)
+    """Publish new weights every this many steps (and after the last step)."""
+
+
+class CoefficientSettings(_Group):
+    target: str = "127.0.0.1:50051"
+    """gRPC address of the coefficient service; `local` runs the strategy in-process (no service, no overrides)."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Deadline of one coefficient RPC."""
+    token: str | None = None
+    """Bearer token for the coefficient service, if it requires one."""
+
+
+def strategy_kwargs(params: dict[str, float], options: dict[str, str]) -> dict[str, Any]:
+    """`build_strategy` keyword arguments from the numeric params and string options (integral counts as int)."""
+    out: dict[str, Any] = {
+        k: (int(v) if k == "anchor_steps" and float(v).is_integer() else v) for k, v in params.items()
+    }
+    out.update(options)
+    return out
+
+
+class LearnerSettings(ServiceSettings):
+    """Everything the learner reads. Groups map to `AERPLANE_<GROUP>__<FIELD>` variables."""
+
+    model: Annotated[ModelSettings, NoDecode] = Field(default_factory=ModelSettings)
+    optim: OptimSettings = Field(default_factory=OptimSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    lengths: LengthSettings = Field(default_factory=LengthSettings)
+    loss: LossSettings = Field(default_factory=LossSettings)
+    strategy: StrategySettings = Field(default_factory=StrategySettings)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    weights: WeightsSettings = Field(default_factory=WeightsSettings)
+    coefficient: CoefficientSettings = Field(default_factory=CoefficientSettings)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis holding the run's streams."""
+    host: str = "0.0.0.0"
+    """Interface of rank 0's /healthz, /readyz and /metrics server."""
+    http_port: int = Field(8003, ge=0, le=65535)
+    """Port of rank 0's ops server (0 = pick a free one)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: CUDA (and NCCL) when available, else CPU (and gloo)."""
+    shared_run_id: str | None = Field(None, validation_alias=AliasChoices("AERPLANE_RUN_ID"), exclude=True)
+    """`AERPLANE_RUN_ID`, the run id every service reads: the default of `run.run_id`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_names(cls, data: Any) -> Any:
+        """Accept the names the other services share: `AERPLANE_MODEL=<path>` (the model group's path) and
+        `AERPLANE_RUN_ID` (when `run.run_id` is not given itself)."""
+        if not isinstance(data, dict):
+            return data
+        model = data.get("model")
+        if isinstance(model, str):
+            text = model.strip()
+            data["model"] = json.loads(text) if text.startswith("{") else {"path": text}
+        shared = data.get("AERPLANE_RUN_ID") or data.get("shared_run_id")
+        if shared:
+            run = data.get("run")
+            run = json.loads(run) if isinstance(run, str) else dict(run or {})
+            run.setdefault("run_id", shared)
+            data["run"] = run
+        return data
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> LearnerSettings:
+        if self.redis_url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+            raise ValueError("redis_url: must start with redis://, rediss:// or unix://")
+        if self.batch.prompts_per_step % self.batch.mini_batches:
+            raise ValueError(
+                f"batch.prompts_per_step: must be divisible by batch.mini_batches {self.batch.mini_batches} "
+                f"(got {self.batch.prompts_per_step})"
+            )
+        if self.weights.interval > max(1, self.run.staleness):
+            raise ValueError(
+                f"weights.interval: {self.weights.interval} exceeds run.staleness {self.run.staleness}: generation "
+                "would sample with weights older than the staleness bound allows"
+            )
+        try:
+            from aerplane.core.strategies import build_strategy  # pure Python, no torch
+
+            build_strategy(self.strategy.name, **strategy_kwargs(self.strategy.params, self.strategy.options))
+        except ValueError as exc:
+            raise ValueError(f"strategy.params: {exc}") from None
+        if self.model.dtype == "float16":
+            raise ValueError("model.dtype: float16 training needs loss scaling, which the learner does not do; "
+                             "use bfloat16 or float32")  # fmt: skip
+        return self
+
+    # --- derived locations ----------------------------------------------------------------------------------------
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.directory
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.checkpoint.dir if self.checkpoint.dir is not None else self.run_dir / "checkpoints"
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.weights.dir if self.weights.dir is not None else self.run_dir / "weights"
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.batch.prompts_per_step * self.batch.samples_per_prompt
+
+    def check_runtime(self) -> None:
+        """Checks that need the training libraries (torch): the policy-loss parameters."""
+        from aerplane.core.losses import validate_policy_loss
+
+        try:
+            validate_policy_loss(self.loss.policy_loss, self.loss.policy_loss_params)
+        except ValueError as exc:
+            raise SettingsError(f"{SECTION}.loss.policy_loss_params: {exc}") from None
+
+    def check_world(self, world_size: int) -> None:
+        """Checks that need the number of DDP ranks; raises SettingsError naming the key."""
+        per = self.batch.prompts_per_step
+        if per % world_size:
+            raise SettingsError(
+                f"{SECTION}.batch.prompts_per_step: must be divisible by world size {world_size} (got {per})"
+            )
+        if per % (world_size * self.batch.mini_batches):
+            raise SettingsError(
+                f"{SECTION}.batch.prompts_per_step: must be divisible by world size × batch.mini_batches = "
+                f"{world_size * self.batch.mini_batches} (got {per})"
+            )
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-safe copy of the resolved settings (written to the run dir, stored in checkpoints)."""
+        data = json.loads(self.model_dump_json())
+        if data["coefficient"].get("token"):
+            data["coefficient"]["token"] = "***"
+        return data

@@ -1,0 +1,196 @@
+"""One training step on one rank: micro-batches, the loss of DESIGN §1, gradient accumulation, optimizer update.
+
+    L = token_mean[pg] − α · token_mean[λ·H] (+ kl_coef · token_mean[k3 KL to the reference])
+
+The token mean runs over the whole global batch — every rank, every micro-batch — so each micro-batch adds its
+*sums* divided by the global response-token count of its mini-batch. DDP averages gradients over ranks, so the
+loss is multiplied by the world size to turn that average back into the global sum. The per-token maths (ratio,
+clipping, Clip-Cov / KL-Cov, k3) is `aerplane.core.losses`; entropy and logprobs are `aerplane.core.entropy`.
+
+Old log-probs (the ratio's denominator): with one optimizer update per step the learner's own forward *is* the
+old policy, so its detached logprobs are used and no extra pass is needed (the ratio is 1, clipping inactive — the
+on-policy case); with several mini-batches a no-grad pass before the first update recomputes them; with
+`old_logprobs = "sampler"` the generation engine's logprobs are used (importance ratio against the policy version
+that actually sampled, which corrects the bounded staleness).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from aerplane.core import losses
+from aerplane.learner.batching import (
+    MicroBatch,
+    TrainSample,
+    collate,
+    global_token_counts,
+    micro_batches,
+    rank_mini_batches,
+)
+from aerplane.learner.distributed import Dist, all_reduce_sum
+from aerplane.learner.policy import token_stats
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    kl_coef: float = 0.0
+    policy_loss: str = "vanilla"
+    policy_loss_params: dict[str, float] = field(default_factory=dict)
+    old_logprobs: str = "recompute"
+    temperature: float = 1.0
+    chunk_size: int = 1024
+
+
+@dataclass
+class StepResult:
+    """Statistics of one step over all ranks (identical on every rank)."""
+
+    mean_entropy: float
+    num_tokens: int
+    entropy_by_difficulty: dict[str, float]
+    pg_loss: float
+    entropy_loss: float
+    kl: float
+    sampler_kl: float
+    clip_fraction: float
+    grad_norm: float | None
+    lr: float | None
+    updates: int
+    tokens_total: int  # prompt + response tokens of the batch (all ranks)
+
+
+_SUMS = ("entropy", "weighted_entropy", "pg", "kl", "sampler_kl", "clipped", "tokens")
+
+
+def micro_batch_loss(
+    entropy: torch.Tensor,
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor | None,
+    mb: MicroBatch,
+    cfg: LossConfig,
+    *,
+    alpha: float,
+    denominator: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """This micro-batch's share of the global token-mean loss, and its statistics as *sums* (for all-reduce)."""
+    loss, stats = losses.compute_loss(
+        logprobs, old_logprobs, mb.advantages, entropy, alpha=alpha, prompt_weights=mb.weights,
+        eps_low=cfg.eps_low, eps_high=cfg.eps_high, mode=cfg.policy_loss, ref_logprobs=ref_logprobs,
+        kl_coef=cfg.kl_coef, num_tokens=denominator, **cfg.policy_loss_params,
+    )  # fmt: skip
+    sums = {
+        "pg": stats["pg_loss"] * denominator,
+        "weighted_entropy": stats["weighted_entropy"] * denominator,
+        "entropy": stats["mean_entropy"] * denominator,
+        "clipped": stats["clip_fraction"] * denominator,
+        "kl": stats["kl"] * denominator,
+        "sampler_kl": float(losses.k3_kl(mb.sampler_logprobs, logprobs.detach()).sum()),  # KL(sampler ‖ learner)
+        "tokens": float(entropy.numel()),
+    }
+    return loss, sums
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any,
+    samples: list[TrainSample],
+    *,
+    num_prompts: int,
+    ctx: Dist,
+    alpha: float,
+    cfg: LossConfig,
+    micro_batch_size: int,
+    mini_batches: int = 1,
+    pad_id: int = 0,
+    grad_clip: float = 0.0,
+    ref_model: torch.nn.Module | None = None,
+    update: bool = True,
+) -> StepResult:
+    """Train on this rank's share of `samples` (the whole step's batch, identical on every rank).
+
+    `update=False` only measures (no backward, no optimizer step): the anchoring steps before any update.
+    """
+    parts = rank_mini_batches(samples, num_prompts, ctx.rank, ctx.world_size, mini_batches)
+    denominators = global_token_counts(samples, num_prompts, mini_batches)
+    buckets = sorted({s.difficulty for s in samples})
+    collated = [[collate(c, pad_id, ctx.device) for c in micro_batches(part, micro_batch_size)] for part in parts]
+
+    recomputed: dict[tuple[int, int], torch.Tensor] = {}
+    if update and cfg.old_logprobs == "recompute" and mini_batches > 1:
+        with torch.no_grad():
+            for m, mbs in enumerate(collated):
+                for i, mb in enumerate(mbs):
+                    recomputed[m, i] = token_stats(model, mb, temperature=cfg.temperature,
+                                                   chunk_size=cfg.chunk_size)[1]  # fmt: skip
+
+    totals = dict.fromkeys(_SUMS, 0.0)
+    by_bucket = {b: [0.0, 0.0] for b in buckets}  # entropy sum, tokens
+    grad_norms: list[float] = []
+    lr_used: float | None = None
+    for m, mbs in enumerate(collated):
+        denom = max(denominators[m], 1)
+        for i, mb in enumerate(mbs):
+            last = i == len(mbs) - 1
+            sync = contextlib.nullcontext() if (last or not update or ctx.world_size == 1) else model.no_sync()
+            grad = torch.enable_grad() if update else torch.no_grad()
+            with sync, grad:
+                entropy, logprobs = token_stats(model, mb, temperature=cfg.temperature, chunk_size=cfg.chunk_size)
+                if cfg.old_logprobs == "sampler":
+                    old = mb.sampler_logprobs
+                else:
+                    old = recomputed.get((m, i), logprobs.detach())
+                ref = None
+                if ref_model is not None:
+                    with torch.no_grad():
+                        ref = token_stats(ref_model, mb, temperature=cfg.temperature, chunk_size=cfg.chunk_size)[1]
+                loss, sums = micro_batch_loss(entropy, logprobs, old, ref, mb, cfg, alpha=alpha, denominator=denom)
+                if update:
+                    (loss * ctx.world_size).backward()
+            for key in _SUMS:
+                totals[key] += sums[key]
+            ent = entropy.detach()
+            for b, sample in enumerate(mb.samples):
+                sel = mb.sample_of_token == b
+                by_bucket[sample.difficulty][0] += float(ent[sel].sum())
+                by_bucket[sample.difficulty][1] += float(sel.sum())
+        if update and optimizer is not None:
+            params = [p for p in model.parameters() if p.requires_grad]
+            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+            grad_norms.append(float(norm))
+            lr_used = float(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    # --- all ranks' statistics -------------------------------------------------------------------------------------
+    local = [totals[k] for k in _SUMS] + [x for b in buckets for x in by_bucket[b]]
+    local.append(float(sum(s.length for part in parts for s in part)))
+    summed = all_reduce_sum(local, ctx)
+    g = dict(zip(_SUMS, summed[: len(_SUMS)], strict=True))
+    tokens = max(g["tokens"], 1.0)
+    bucket_vals = summed[len(_SUMS) : len(_SUMS) + 2 * len(buckets)]
+    entropy_by = {b: bucket_vals[2 * j] / max(bucket_vals[2 * j + 1], 1.0) for j, b in enumerate(buckets)}
+    return StepResult(
+        mean_entropy=g["entropy"] / tokens,
+        num_tokens=int(g["tokens"]),
+        entropy_by_difficulty=entropy_by,
+        pg_loss=g["pg"] / tokens,
+        entropy_loss=alpha * g["weighted_entropy"] / tokens,
+        kl=g["kl"] / tokens,
+        sampler_kl=g["sampler_kl"] / tokens,
+        clip_fraction=g["clipped"] / tokens,
+        grad_norm=max(grad_norms) if grad_norms else None,
+        lr=lr_used,
+        updates=len(grad_norms),
+        tokens_total=int(summed[-1]),
+    )

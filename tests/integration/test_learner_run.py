@@ -1,0 +1,279 @@
+"""The learner as processes (`aerplane learner train`, 2 gloo ranks, tiny model) against a real Redis.
+
+The test plays generation + reward: a thread consumes the learner's rollout requests and publishes scored samples
+whose content is a pure function of (step, prompt, sample index), so two runs see identical data. This is the
+contract the learner has with any producer of scored samples — nothing here is a learner-specific shortcut.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from aerplane.common.messages import (
+    ROLLOUT_REQUESTS,
+    ROLLOUT_SCORED,
+    WEIGHTS,
+    RolloutRequest,
+    ScoredSample,
+    WeightsAnnouncement,
+)
+from aerplane.common.process import ManagedProcess, free_port
+from aerplane.common.streams import StreamClient
+from aerplane.learner import checkpoint as ckpt
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+STEPS = 6
+G = 4
+
+
+class FakeRollouts:
+    """Generation + reward stand-in: deterministic responses and rewards for every rollout request."""
+
+    def __init__(self, redis_url: str, run_id: str, tokenizer) -> None:
+        self.client = StreamClient(redis_url, run_id)
+        self.run_id = run_id
+        self.tokenizer = tokenizer
+        self.hold_from_step: int | None = None  # requests of this step and later wait while set
+        self.requests: list[RolloutRequest] = []
+        self.versions: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> FakeRollouts:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.client.close()
+
+    @staticmethod
+    def scored(req: RolloutRequest, prompt_ids: list[int], version: int) -> list[ScoredSample]:
+        rng = random.Random(f"{req.step}:{req.prompt_id}")
+        correct = rng.randint(0, req.num_samples)  # group accuracies spread over [0, 1]
+        out = []
+        for i in range(req.num_samples):
+            r = random.Random(f"{req.step}:{req.prompt_id}:{i}")
+            response = [r.randrange(100, 5000) for _ in range(r.randint(2, 6))]
+            out.append(ScoredSample(
+                run_id=req.run_id, step=req.step, prompt_id=req.prompt_id, sample_index=i,
+                num_samples=req.num_samples, policy_version=version, task=req.task, difficulty=req.difficulty,
+                ground_truth=req.ground_truth, prompt_token_ids=prompt_ids, response_token_ids=response,
+                logprobs=[-8.0] * len(response), response_text="", finish_reason="stop",
+                reward=1.0 if i < correct else 0.0, reason="match" if i < correct else "mismatch",
+            ))  # fmt: skip
+        return out
+
+    def _run(self) -> None:
+        requests = self.client.consumer(ROLLOUT_REQUESTS, "generation", "fake-0", RolloutRequest)
+        weights = self.client.consumer(WEIGHTS, "fake-generation", "fake-0", WeightsAnnouncement)
+        held: list = []
+        version = 0
+        while not self._stop.is_set():
+            for d in weights.read(count=64, block_ms=0):
+                version = max(version, d.record.version)
+                self.versions.append(d.record.version)
+                weights.ack(d.id)
+            ready, held = held, []
+            for d in ready + requests.read(count=64, block_ms=100):
+                req = d.record
+                if self.hold_from_step is not None and req.step >= self.hold_from_step:
+                    held.append(d)
+                    continue
+                self.requests.append(req)
+                ids = self.tokenizer(req.prompt, add_special_tokens=False)["input_ids"][-48:]
+                samples = self.scored(req, ids, max(version, req.policy_version))
+                requests.publish_and_ack(ROLLOUT_SCORED, samples, [d.id])
+            if not held:
+                continue
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from aerplane.data.models import tiny_model
+
+    return AutoTokenizer.from_pretrained(str(tiny_model()))
+
+
+def learner(
+    tmp_path: Path, name: str, redis_url: str, run_id: str, *extra: str, nproc: int = 2, steps: int = STEPS
+) -> ManagedProcess:
+    http = free_port()
+    argv = [
+        sys.executable, "-m", "aerplane.cli", "learner", "train", "--nproc-per-node", str(nproc),
+        "--run-id", run_id, "--run-dir", str(tmp_path / run_id), "--redis-url", redis_url, "--model", "tiny",
+        "--steps", str(steps), "--prompts-per-step", "4", "--samples-per-prompt", str(G), "--micro-batch-size", "4",
+        "--data-size", "24", "--lr", "1e-3", "--seed", "3", "--http-port", str(http), "--checkpoint-interval", "2",
+        "--max-response-tokens", "8", *extra,
+    ]  # fmt: skip
+    proc = ManagedProcess(name, argv, log_path=tmp_path / f"{name}.log", ready_url=f"http://127.0.0.1:{http}/readyz")
+    proc.http_port = http  # type: ignore[attr-defined]
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for(cond, timeout: float, what: str, proc: ManagedProcess) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"{proc.name} exited with {proc.poll()} while waiting for {what}:\n{proc.log_tail(40)}"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}:\n{proc.log_tail(40)}")
+        time.sleep(0.2)
+
+
+def final_params(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return ckpt.load_trainer_state(run_dir / "checkpoints" / ckpt.step_dir_name(step))["model"]
+
+
+def test_kill_and_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, redis_url, tokenizer) -> None:
+    local = ("--coefficient-target", "local", "--strategy", "aer", "--strategy-param", "eta=0.5",
+             "--strategy-param", "alpha_max=0.05", "--strategy-param", "target_entropy=20")  # fmt: skip
+
+    # --- uninterrupted run ---
+    gen = FakeRollouts(redis_url, "straight", tokenizer).start()
+    try:
+        proc = learner(tmp_path, "straight", redis_url, "straight", *local).start()
+        proc.wait_ready(240)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=5).read().decode()
+        assert "aerplane_learner_step" in metrics and "aerplane_learner_alpha" in metrics
+        assert proc.proc.wait(timeout=600) == 0, proc.log_tail(40)
+    finally:
+        proc.stop()
+        gen.stop()
+    straight = read_metrics(tmp_path / "straight")
+    assert [r["step"] for r in straight] == list(range(STEPS))
+    assert gen.versions == list(range(1, STEPS + 1))  # one weights announcement per step, in order
+    assert (tmp_path / "straight" / "weights" / f"v{STEPS}" / "model.safetensors").is_file()
+    assert len(list((tmp_path / "straight" / "weights").iterdir())) == 3  # older versions collected
+
+    # --- killed after step 4's checkpoint, then resumed ---
+    gen = FakeRollouts(redis_url, "resumed", tokenizer)
+    gen.hold_from_step = 5  # step 5's rollouts never come: the learner is waiting when it is killed
+    gen.start()
+    try:
+        proc = learner(tmp_path, "killed", redis_url, "resumed", *local).start()
+        run_dir = tmp_path / "resumed"
+        wait_for(lambda: len(read_metrics(run_dir)) >= 5, 600, "step 4", proc)
+        wait_for(lambda: ckpt.latest_checkpoint(run_dir / "checkpoints") is not None
+                 and ckpt.latest_checkpoint(run_dir / "checkpoints")[0] == 4, 60, "checkpoint 4", proc)  # fmt: skip
+        proc.kill()
+        gen.hold_from_step = None
+        again = learner(tmp_path, "resume", redis_url, "resumed", *local, "--resume").start()
+        assert again.proc.wait(timeout=600) == 0, again.log_tail(40)
+    finally:
+        proc.stop()
+        again.stop()
+        gen.stop()
+    resumed = read_metrics(tmp_path / "resumed")
+    assert [r["step"] for r in resumed] == list(range(STEPS))  # each step once, the re-run replaced nothing twice
+
+    a, b = final_params(tmp_path / "straight", STEPS), final_params(tmp_path / "resumed", STEPS)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed parameters differ from the uninterrupted run"
+    for x, y in zip(straight, resumed, strict=True):
+        assert x["mean_entropy"] == y["mean_entropy"] and x["alpha"] == y["alpha"]
+    assert any(r["alpha"] > 0 for r in straight)  # the coefficient moved, and moved identically after resuming
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def test_alpha_and_initial_entropy_in_the_coefficient_service_follow_the_run(tmp_path, redis_url, tokenizer) -> None:
+    grpc_port, http_port = free_port(), free_port()
+    service = ManagedProcess(
+        "coefficient",
+        [sys.executable, "-m", "aerplane.cli", "coefficient", "serve", "--grpc-port", str(grpc_port),
+         "--http-port", str(http_port), "--redis-url", redis_url, "--host", "127.0.0.1"],
+        log_path=tmp_path / "coefficient.log", ready_url=f"http://127.0.0.1:{http_port}/readyz",
+    )  # fmt: skip
+    coef = ("--coefficient-target", f"127.0.0.1:{grpc_port}", "--strategy", "aer", "--strategy-param", "eta=0.01",
+            "--strategy-param", "target_entropy=20")  # fmt: skip
+    api = f"http://127.0.0.1:{http_port}/v1/runs/svc"
+    gen = FakeRollouts(redis_url, "svc", tokenizer).start()
+    procs = [service]
+    try:
+        service.start().wait_ready(60)
+        first = learner(tmp_path, "svc-a", redis_url, "svc", *coef, steps=3)
+        procs.append(first)
+        first.start()
+        assert first.proc.wait(timeout=600) == 0, first.log_tail(40)
+        rows = read_metrics(tmp_path / "svc")
+        state = get_json(api)
+        assert state["step"] == 2 and state["observations"] == 3  # `step`: the last applied step (0-based)
+        assert state["initial_entropy"] == pytest.approx(rows[0]["mean_entropy"], rel=1e-9)  # H_0 = step 0's H
+        assert state["alpha"] == pytest.approx(rows[-1]["next_alpha"], rel=1e-9) and state["alpha"] > 0
+        history = get_json(api + "/history")
+        assert [h["mean_entropy"] for h in history] == pytest.approx([r["mean_entropy"] for r in rows], rel=1e-9)
+        # The service's record of each step: the α it answered is the α the learner trained with.
+        assert [h["step"] for h in history] == [0, 1, 2]
+        assert [r["alpha"] for r in rows] == pytest.approx([h["alpha"] for h in history], abs=1e-12)
+        assert [r["next_alpha"] for r in rows] == pytest.approx([h["alpha_next"] for h in history], abs=1e-12)
+        assert [r["mean_prompt_weight"] for r in rows] == pytest.approx([h["mean_prompt_weight"] for h in history])
+
+        # A resumed learner continues the same coefficient run (H_0 kept, α keeps moving).
+        second = learner(tmp_path, "svc-b", redis_url, "svc", *coef, "--resume", steps=5)
+        procs.append(second)
+        second.start()
+        assert second.proc.wait(timeout=600) == 0, second.log_tail(40)
+        rows = read_metrics(tmp_path / "svc")
+        assert [r["step"] for r in rows] == list(range(5))
+        later = get_json(api)
+        assert later["step"] == 4 and later["initial_entropy"] == state["initial_entropy"]
+        assert later["alpha"] > state["alpha"] and rows[3]["alpha"] == pytest.approx(state["alpha"], rel=1e-9)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        gen.stop()
+
+
+def test_sigterm_checkpoints_the_finished_steps_and_a_resume_completes_the_run(tmp_path, redis_url, tokenizer) -> None:
+    run_dir = tmp_path / "term"
+    gen = FakeRollouts(redis_url, "term", tokenizer)
+    gen.hold_from_step = 2
+    gen.start()
+    common = ("--coefficient-target", "local", "--checkpoint-interval", "0")  # no checkpoint before the end
+    procs = []
+    try:
+        proc = learner(tmp_path, "term-a", redis_url, "term", *common, steps=4)
+        procs.append(proc)
+        proc.start()
+        wait_for(lambda: len(read_metrics(run_dir)) >= 2, 600, "step 1", proc)
+        assert ckpt.latest_checkpoint(run_dir / "checkpoints") is None
+        proc.stop(timeout=60)  # SIGTERM to the launcher and its workers while they wait for step 2's rollouts
+        assert "stop requested: leaving before step 2" in proc.log_tail(200)
+        assert ckpt.latest_checkpoint(run_dir / "checkpoints")[0] == 2  # the two finished steps were kept
+
+        gen.hold_from_step = None
+        again = learner(tmp_path, "term-b", redis_url, "term", *common, "--resume", steps=4)
+        procs.append(again)
+        again.start()
+        assert again.proc.wait(timeout=600) == 0, again.log_tail(40)
+        assert [r["step"] for r in read_metrics(run_dir)] == [0, 1, 2, 3]
+        assert ckpt.latest_checkpoint(run_dir / "checkpoints")[0] == 4
+    finally:
+        for p in procs:
+            p.stop()
+        gen.stop()

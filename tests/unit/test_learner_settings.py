@@ -1,0 +1,113 @@
+"""Learner settings, CLI flags and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from aerplane.common.settings import SettingsError, load_settings
+from aerplane.learner import entry
+from aerplane.learner.settings import SECTION, LearnerSettings
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    entry.register(sub)
+    return parser.parse_args(argv)
+
+
+def test_defaults_match_the_design() -> None:
+    s = load_settings(LearnerSettings, {}, section=SECTION)
+    assert (s.loss.eps_low, s.loss.eps_high, s.loss.aggregation) == (0.2, 0.28, "token-mean")
+    assert s.run.staleness == 1 and s.http_port == 8003 and s.strategy.name == "aer"
+    assert s.checkpoint_dir == s.run_dir / "checkpoints" and s.weights_dir == s.run_dir / "weights"
+
+
+def test_environment_and_flags_merge_with_flags_winning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AERPLANE_OPTIM__WEIGHT_DECAY", "0.1")
+    monkeypatch.setenv("AERPLANE_OPTIM__LR", "0.5")
+    monkeypatch.setenv("AERPLANE_STRATEGY__PARAMS", '{"rho": 0.4}')
+    args = _parse(["learner", "train", "--lr", "3e-6", "--strategy-param", "eta=0.01",
+                   "--strategy-param", "weighting=linear", "--no-normalize-std", "--resume"])  # fmt: skip
+    s = load_settings(LearnerSettings, entry.overrides_from_args(args), section=SECTION)
+    assert s.optim.lr == 3e-6 and s.optim.weight_decay == 0.1
+    assert s.strategy.params == {"rho": 0.4, "eta": 0.01} and s.strategy.options == {"weighting": "linear"}
+    assert s.loss.normalize_std is False and s.run.resume is True
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"optim": {"lr": -1}}, "learner.optim.lr"),
+        ({"batch": {"samples_per_prompt": 0}}, "learner.batch.samples_per_prompt"),
+        ({"loss": {"policy_loss": "ppo2"}}, "learner.loss.policy_loss"),
+        ({"run": {"run_id": "bad id!"}}, "learner.run.run_id"),
+        ({"batch": {"prompts_per_step": 6, "mini_batches": 4}}, "batch.prompts_per_step"),
+        ({"strategy": {"params": {"rho": float("nan")}}}, "learner.strategy.params"),
+        ({"redis_url": "http://x"}, "redis_url"),
+        ({"weights": {"interval": 3}}, "weights.interval"),
+    ],
+)
+def test_invalid_values_name_the_key(overrides: dict, key: str) -> None:
+    with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
+        load_settings(LearnerSettings, overrides, section=SECTION)
+
+
+def test_the_names_other_services_share_are_understood(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AERPLANE_MODEL", "smollm2-135m")
+    monkeypatch.setenv("AERPLANE_RUN_ID", "shared")
+    s = load_settings(LearnerSettings, {}, section=SECTION)
+    assert s.model.path == "smollm2-135m" and s.run.run_id == "shared"
+    s = load_settings(LearnerSettings, {"run": {"run_id": "mine"}}, section=SECTION)
+    assert s.run.run_id == "mine"
+    monkeypatch.delenv("AERPLANE_MODEL")
+    monkeypatch.setenv("AERPLANE_MODEL__DTYPE", "bfloat16")
+    assert load_settings(LearnerSettings, {}, section=SECTION).model.dtype == "bfloat16"
+
+
+def test_world_size_check_names_the_full_key() -> None:
+    s = load_settings(LearnerSettings, {"batch": {"prompts_per_step": 3}}, section=SECTION)
+    with pytest.raises(SettingsError, match=r"learner\.batch\.prompts_per_step: must be divisible by world size 2"):
+        s.check_world(2)
+    s.check_world(3)
+
+
+def test_train_builds_the_torchrun_command_and_checks_the_world_first() -> None:
+    args = _parse(["learner", "train", "--nproc-per-node", "2", "--run-id", "r1", "--steps", "3", "--lr", "1e-5",
+                   "--strategy-param", "rho=0.5"])  # fmt: skip
+    cmd = entry.torchrun_argv(args)
+    assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in cmd
+    assert cmd[cmd.index("--nproc_per_node") + 1] == "2"
+    tail = cmd[cmd.index("aerplane.learner") + 1 :]
+    assert tail == ["--run-id", "r1", "--steps", "3", "--lr", "1e-05", "--strategy-param", "rho=0.5"]
+    multi = _parse(["learner", "train", "--nnodes", "2", "--rdzv-endpoint", "h:29400", "--rdzv-id", "x"])
+    cmd = entry.torchrun_argv(multi)
+    assert "--standalone" not in cmd and cmd[cmd.index("--rdzv_endpoint") + 1] == "h:29400"
+    # The worker parses exactly what the launcher forwards.
+    worker = entry.parse_worker_args(tail)
+    assert entry.overrides_from_args(worker) == entry.overrides_from_args(args)
+
+
+def test_cli_rejects_a_batch_the_world_cannot_split_before_launching() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "aerplane.cli", "learner", "train", "--nproc-per-node", "2", "--prompts-per-step", "3",
+         "--dry-run"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "learner.batch.prompts_per_step: must be divisible by world size 2" in out.stderr
+
+
+def test_lr_schedules() -> None:
+    from aerplane.learner.train import lr_factor
+
+    assert [lr_factor(u, schedule="constant", warmup=2, total=10, min_ratio=0) for u in (0, 1, 2, 9)] == [
+        0.5, 1.0, 1.0, 1.0]  # fmt: skip
+    assert lr_factor(0, schedule="cosine", warmup=0, total=10, min_ratio=0.0) == 1.0
+    assert lr_factor(5, schedule="cosine", warmup=0, total=10, min_ratio=0.0) == pytest.approx(0.5)
+    assert lr_factor(10, schedule="cosine", warmup=0, total=10, min_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor(5, schedule="linear", warmup=0, total=10, min_ratio=0.0) == pytest.approx(0.5)

@@ -1,0 +1,96 @@
+"""`train_step` in one process on the tiny model: loss modes, mini-batches, old-logprob sources, KL, measuring."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from aerplane.learner.batching import TrainSample
+from aerplane.learner.distributed import Dist
+from aerplane.learner.policy import ResponseLogits, load_policy
+from aerplane.learner.step import LossConfig, train_step
+
+CTX = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
+
+
+@pytest.fixture(scope="module")
+def model_path():
+    from aerplane.data.models import tiny_model
+
+    return tiny_model()
+
+
+def _samples(prompts: int = 4, group: int = 2) -> list[TrainSample]:
+    rng = random.Random(1)
+    out = []
+    for q in range(prompts):
+        prompt = [rng.randrange(100, 3000) for _ in range(5)]
+        for i in range(group):
+            resp = [rng.randrange(100, 3000) for _ in range(rng.randint(2, 6))]
+            out.append(TrainSample(prompt_index=q, prompt_ids=prompt, response_ids=resp,
+                                   sampler_logprobs=[-3.0] * len(resp), reward=float(i == 0),
+                                   advantage=1.0 if i == 0 else -1.0, weight=1.0, difficulty="easy",
+                                   policy_version=0))  # fmt: skip
+    return out
+
+
+def _run(model_path, cfg: LossConfig, *, steps: int = 1, mini_batches: int = 1, update: bool = True, ref=False):
+    lm = load_policy(model_path, "float32", CTX.device)
+    policy = ResponseLogits(lm)
+    ref_model = ResponseLogits(load_policy(model_path, "float32", CTX.device)).requires_grad_(False) if ref else None
+    opt = torch.optim.AdamW(lm.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in lm.parameters()]
+    results = [
+        train_step(
+            policy,
+            opt,
+            None,
+            _samples(),
+            num_prompts=4,
+            ctx=CTX,
+            alpha=0.01,
+            cfg=cfg,
+            micro_batch_size=3,
+            mini_batches=mini_batches,
+            ref_model=ref_model,
+            update=update,
+        )  # fmt: skip
+        for _ in range(steps)
+    ]
+    changed = any(not torch.equal(a, b) for a, b in zip(before, lm.parameters(), strict=True))
+    return results, changed
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "clip_cov", "kl_cov"])
+def test_every_policy_loss_mode_trains(model_path, mode: str) -> None:
+    params = {"clip_cov_ratio": 0.5} if mode == "clip_cov" else {"kl_cov_ratio": 0.5} if mode == "kl_cov" else {}
+    (r,), changed = _run(model_path, LossConfig(policy_loss=mode, policy_loss_params=params))
+    assert changed and r.updates == 1 and r.num_tokens > 0
+    assert all(math.isfinite(x) for x in (r.pg_loss, r.mean_entropy, r.grad_norm))
+
+
+def test_mini_batches_update_several_times_with_recomputed_old_logprobs(model_path) -> None:
+    (one,), _ = _run(model_path, LossConfig())
+    (two,), _ = _run(model_path, LossConfig(), mini_batches=2)
+    assert one.updates == 1 and one.clip_fraction == 0.0  # one update: ratio ≡ 1
+    assert two.updates == 2 and two.lr == 1e-2
+    assert two.pg_loss != one.pg_loss  # the second mini-batch saw the first update through its ratio
+
+
+def test_sampler_logprobs_as_old_policy_activate_the_clip(model_path) -> None:
+    (r,), _ = _run(model_path, LossConfig(old_logprobs="sampler"))
+    assert r.clip_fraction > 0  # the tiny model's logprobs (≈ −10.8) are far from the sampler's −3
+    assert r.sampler_kl > 0
+
+
+def test_kl_to_the_reference_grows_after_an_update(model_path) -> None:
+    results, _ = _run(model_path, LossConfig(kl_coef=0.1), steps=2, ref=True)
+    assert results[0].kl == pytest.approx(0.0, abs=1e-9) and results[1].kl > 0
+
+
+def test_measuring_only_leaves_the_parameters_alone(model_path) -> None:
+    (r,), changed = _run(model_path, LossConfig(), update=False)
+    assert not changed and r.updates == 0 and r.grad_norm is None and r.mean_entropy > 0
