@@ -133,10 +133,12 @@ def test_aerplane_up_runs_a_whole_aer_run(tmp_path: Path) -> None:
     assert set(watcher.metrics_text) == {"coefficient", "reward", "generation", "learner"}, watcher.output()
     assert "aerplane_learner_" in watcher.metrics_text["learner"]
 
-    # The coefficient service's REST state followed the run to its third step, anchored on H_0.
-    final = [s for s in watcher.states if s.get("step") == 3]
-    assert final, f"REST never showed step 3: {[s.get('step') for s in watcher.states]}"
+    # The coefficient service's REST state followed the run through its three steps (0-based: the last applied
+    # step is 2, after 3 observations), anchored on H_0 measured at step 0.
+    final = [s for s in watcher.states if s.get("observations") == 3]
+    assert final, f"REST never showed 3 steps: {[s.get('observations') for s in watcher.states]}"
     state = final[-1]
+    assert state["step"] == 2 and state["has_step"] is True
     assert state["strategy"] == "aer"
     assert state["initial_entropy"] is not None and state["initial_entropy"] > 0
     assert state["target_entropy"] == pytest.approx(0.5 * state["initial_entropy"])

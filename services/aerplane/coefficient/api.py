@@ -1,0 +1,221 @@
+"""The REST app factory: `build_app(settings, *, store=None, ...) -> FastAPI`.
+
+The app serves the /v1 routes (routes.py), OpenAPI at /docs, and /healthz, /readyz, /metrics. When no store is
+passed it opens its own from `settings.redis_url` in the lifespan and closes it on shutdown; `aerplane coefficient
+serve` passes the store it shares with the gRPC server.
+
+Error mapping (nothing a client sends can produce a 500): validation → 422 with the messages (never echoing the
+input, which may be NaN and is not JSON), unknown run → 404, missing/wrong token → 401, an existing run → 409,
+stale step → 409, Redis down → 503. Bodies over `max_body_bytes` get 422 before they are parsed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import aerplane
+from aerplane.coefficient.auth import Authenticator, Unauthenticated
+from aerplane.coefficient.metrics import CoefficientMetrics, RunCollector
+from aerplane.coefficient.routes import router
+from aerplane.coefficient.runs import InvalidValue, RunExists, RunNotFound, StaleStep
+from aerplane.coefficient.settings import CoefficientSettings
+from aerplane.coefficient.store import RunStore
+from aerplane.common.ops import add_ops_routes, new_registry
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def build_app(
+    settings: CoefficientSettings,
+    *,
+    store: RunStore | None = None,
+    registry: CollectorRegistry | None = None,
+    metrics: CoefficientMetrics | None = None,
+    auth: Authenticator | None = None,
+) -> FastAPI:
+    """The coefficient service's REST app. Pass `store`/`registry`/`metrics` to share them with the gRPC server."""
+    owns_store = store is None
+    if registry is None:
+        registry = new_registry()
+    if metrics is None:
+        metrics = CoefficientMetrics(registry)
+    auth = auth or Authenticator(settings.tokens())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if owns_store:
+            app.state.store = RunStore(settings.redis_url)
+        try:
+            yield
+        finally:
+            if owns_store:
+                app.state.store.close()
+
+    app = FastAPI(
+        title="aerplane coefficient service",
+        version=aerplane.__version__,
+        description="Adaptive entropy-regularisation state per run: read it, watch its history, override it.",
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    app.state.auth = auth
+    app.state.metrics = metrics
+    app.include_router(router)
+    registry.register(RunCollector(lambda: app.state.store))
+
+    def ready() -> tuple[bool, dict[str, Any]]:
+        try:
+            app.state.store.ping()
+            return True, {"redis": "ok"}
+        except Exception as exc:
+            return False, {"redis": f"unreachable: {type(exc).__name__}"}
+
+    add_ops_routes(app, registry, ready)
+    _add_error_handlers(app, metrics)
+    app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(_RequestMetrics, metrics=metrics)
+    return app
+
+
+def _add_error_handlers(app: FastAPI, metrics: CoefficientMetrics) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg", "invalid"), "type": err.get("type", "invalid")}
+            for err in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. bytes that are not UTF-8): bad input
+            return JSONResponse({"detail": f"invalid request body: {exc.detail}"}, status_code=422)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(InvalidValue)
+    async def invalid_value(request: Request, exc: InvalidValue) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(RunNotFound)
+    async def not_found(request: Request, exc: RunNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(RunExists)
+    async def exists(request: Request, exc: RunExists) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(StaleStep)
+    async def stale(request: Request, exc: StaleStep) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(Unauthenticated)
+    async def unauthenticated(request: Request, exc: Unauthenticated) -> JSONResponse:
+        metrics.auth_failures.labels("rest").inc()
+        return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def store_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("run store unavailable: %s", type(exc).__name__)
+        return JSONResponse({"detail": "run store unavailable"}, status_code=503)
+
+
+class _BodyLimit:
+    """Refuse request bodies over `max_bytes` with 422, by Content-Length or by counting a streamed body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False  # the server rejects a malformed length itself
+                if too_big:
+                    await self._refuse(scope, receive, send)
+                    return
+        # No (or a small) declared length: read the body up to the limit, then replay it.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body larger than {self.max_bytes} bytes"},
+            status_code=422,
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+class _RequestMetrics:
+    """Count and time every request by its route template (`/v1/runs/{run_id}`), not its raw path."""
+
+    def __init__(self, app: ASGIApp, metrics: CoefficientMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def capture(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.http_requests.labels(method, template, str(status)).inc()
+            self.metrics.http_latency.labels(method, template).observe(time.perf_counter() - start)

@@ -1,0 +1,581 @@
+"""The coefficient service against a real Redis, with its real gRPC and HTTP servers on loopback ports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hst
+
+from aerplane.coefficient.client import (
+    AuthError,
+    CoefficientClient,
+    CoefficientError,
+    InvalidArgumentError,
+    RunExistsError,
+    RunNotFoundError,
+    StaleStepError,
+)
+from aerplane.coefficient.server import RunningService, start
+from aerplane.coefficient.settings import CoefficientSettings
+from aerplane.common.redis_server import LocalRedis
+from aerplane.core.strategies import build_strategy
+
+TOKEN = "s3cret-operator-token"
+AER = {"rho": 0.5, "tau": 0.4, "eta": 0.002, "alpha_min": 0.0, "alpha_max": 0.01, "anchor_steps": 2}
+
+
+@pytest.fixture
+def service(redis_url: str) -> Iterator[RunningService]:
+    settings = CoefficientSettings(
+        redis_url=redis_url,
+        host="127.0.0.1",
+        grpc_port=0,
+        http_port=0,
+        api_tokens="alice:alice-token,ci:ci-token",
+        api_token=TOKEN,
+        watch_poll_seconds=0.2,
+        shutdown_grace_seconds=1.0,
+    )
+    svc = start(settings)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture
+def client(service: RunningService) -> Iterator[CoefficientClient]:
+    with CoefficientClient(f"127.0.0.1:{service.grpc_port}", timeout=10.0) as c:
+        yield c
+
+
+@pytest.fixture
+def operator(service: RunningService) -> Iterator[CoefficientClient]:
+    with CoefficientClient(f"127.0.0.1:{service.grpc_port}", timeout=10.0, token=TOKEN) as c:
+        yield c
+
+
+@pytest.fixture
+def http(service: RunningService) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"http://127.0.0.1:{service.http_port}", timeout=10.0) as h:
+        yield h
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _accuracies(step: int) -> list[tuple[str, float, int]]:
+    return [(f"q{step}-{i}", ((step * 7 + i * 3) % 9) / 8, 8) for i in range(6)]
+
+
+# --- the learner's loop
+
+
+def test_a_full_aer_run_follows_the_strategy_step_for_step(client: CoefficientClient, http: httpx.Client) -> None:
+    st = client.start_run("run-aer", "aer", AER, {"weighting": "threshold"}, resume=False)
+    assert (st["strategy"], st["has_step"], st["alpha"], st["initial_entropy"]) == ("aer", False, 0.0, None)
+    assert st["params"]["rho"] == 0.5 and st["options"] == {"weighting": "threshold"}
+
+    core = build_strategy("aer", **AER, weighting="threshold")
+    cs = core.initial_state()
+    entropies = [2.2, 1.8, 1.9, 1.2, 0.8, 0.5, 0.4, 0.6, 1.1, 1.6]
+    for step, h in enumerate(entropies):
+        prompts = _accuracies(step)
+        alpha, weights, target = client.get_coefficients("run-aer", step, prompts)
+        assert alpha == core.coefficient(cs)
+        assert weights == core.prompt_weights(cs, [a for _, a, _ in prompts])
+        assert target == cs.target_entropy
+        st = client.report_entropy("run-aer", step, h, num_tokens=1000 + step)
+        cs = core.observe(cs, entropy=h)
+        assert (st["alpha"], st["target_entropy"], st["initial_entropy"]) == (
+            core.coefficient(cs),
+            cs.target_entropy,
+            cs.initial_entropy,
+        )
+        assert (st["step"], st["observations"], st["last_entropy"]) == (step, step + 1, h)
+    assert cs.initial_entropy == pytest.approx(2.0) and 0 < cs.alpha <= 0.01  # α moved and stayed within bounds
+
+    rows = http.get("/v1/runs/run-aer/history").json()
+    assert [r["step"] for r in rows] == list(range(len(entropies)))
+    replay = core.initial_state()
+    for row, h in zip(rows, entropies, strict=True):
+        prompts = _accuracies(row["step"])
+        accs = [a for _, a, _ in prompts]
+        assert row["alpha"] == core.coefficient(replay) and row["mean_entropy"] == h
+        assert row["mean_accuracy"] == pytest.approx(sum(accs) / len(accs))
+        assert row["mean_prompt_weight"] == pytest.approx(sum(core.prompt_weights(replay, accs)) / len(accs))
+        replay = core.observe(replay, entropy=h)
+        assert row["alpha_next"] == core.coefficient(replay) and row["target_entropy"] == replay.target_entropy
+
+
+def test_start_run_creates_resumes_and_refuses_duplicates(client: CoefficientClient) -> None:
+    client.start_run("run-r", "aer", {"rho": 0.5}, {}, resume=False)
+    client.report_entropy("run-r", 0, 1.5, 10)
+    with pytest.raises(RunExistsError, match="exists"):
+        client.start_run("run-r", "aer", {"rho": 0.5}, {}, resume=False)
+    resumed = client.start_run("run-r", "fixed", {"alpha": 0.1}, {}, resume=True)  # the stored run wins
+    assert (resumed["strategy"], resumed["initial_entropy"], resumed["step"]) == ("aer", 1.5, 0)
+    fresh = client.start_run("run-new", "skywork", {"target_entropy": 0.3}, {}, resume=True)
+    assert fresh["strategy"] == "skywork" and fresh["target_entropy"] == 0.3 and not fresh["has_step"]
+    assert [r["run_id"] for r in client.list_runs()] == ["run-new", "run-r"]
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda c: c.start_run("bad id!", "aer", {}, {}), "run_id"),
+        (lambda c: c.start_run("x", "bogus", {}, {}), "unknown strategy"),
+        (lambda c: c.start_run("x", "aer", {"rho": 1.5}, {}), "rho"),
+        (lambda c: c.start_run("x", "aer", {"rho": math.nan}, {}), "finite"),
+        (lambda c: c.start_run("x", "aer", {"nope": 1.0}, {}), "unknown parameter"),
+        (lambda c: c.start_run("x", "aer", {}, {"weighting": "cubic"}), "weighting"),
+        (lambda c: c.get_coefficients("base", 0, [("a", 1.5, 4)]), r"accuracies\[0\]"),
+        (lambda c: c.get_coefficients("base", 0, [("a", math.nan, 4)]), "finite"),
+        (lambda c: c.report_entropy("base", 0, math.inf, 10), "mean_entropy"),
+        (lambda c: c.report_entropy("base", 0, -1.0, 10), "mean_entropy"),
+        (lambda c: c.report_entropy("base", 0, 1.0, 0), "num_tokens"),
+    ],
+)
+def test_bad_values_are_invalid_argument(client: CoefficientClient, call, match: str) -> None:
+    client.start_run("base", "aer", {}, {})
+    with pytest.raises(InvalidArgumentError, match=match) as info:
+        call(client)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.get_state("base")["version"] == 1  # nothing changed
+
+
+def test_both_request_forms_give_the_same_answer(client: CoefficientClient, service: RunningService) -> None:
+    from aerplane.rpc.v1 import coefficient_pb2 as pb
+    from aerplane.rpc.v1.coefficient_pb2_grpc import CoefficientServiceStub
+
+    client.start_run("forms", "aer", {}, {"weighting": "linear"})
+    prompts = [("a", 0.25, 4), ("b", 1.0, 4), ("c", 0.0, 2)]
+    alpha, weights, target = client.get_coefficients("forms", 3, prompts)
+    with grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+        stub = CoefficientServiceStub(channel)
+        stats = [pb.PromptStats(prompt_id=p, accuracy=a, num_samples=n) for p, a, n in prompts]
+        reply = stub.GetCoefficients(pb.GetCoefficientsRequest(run_id="forms", step=3, prompts=stats), timeout=5)
+        assert (reply.alpha, list(reply.prompt_weights), reply.HasField("target_entropy")) == (alpha, weights, False)
+        assert weights == [0.75, 0.0, 1.0] and target is None
+        for bad, match in [
+            (pb.GetCoefficientsRequest(run_id="forms", step=3, prompts=stats, accuracies=[0.5]), "either prompts"),
+            (pb.GetCoefficientsRequest(run_id="forms", step=3, accuracies=[0.5], prompt_ids=["a", "b"]), "prompt_ids"),
+            (pb.GetCoefficientsRequest(run_id="forms", step=3, sample_counts=[4]), "without accuracies"),
+        ]:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetCoefficients(bad, timeout=5)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and match in info.value.details()
+
+
+def test_unknown_run_is_not_found(client: CoefficientClient, operator: CoefficientClient) -> None:
+    for call in (
+        lambda: client.get_state("ghost"),
+        lambda: client.get_coefficients("ghost", 0, [("a", 0.5, 4)]),
+        lambda: client.report_entropy("ghost", 0, 1.0, 10),
+        lambda: operator.override("ghost", alpha=0.001),
+        lambda: next(iter(client.watch("ghost", timeout=5))),
+    ):
+        with pytest.raises(RunNotFoundError, match="ghost"):
+            call()
+
+
+def test_reports_are_idempotent_by_step_and_stale_ones_refused(client: CoefficientClient) -> None:
+    client.start_run("run-i", "aer", {"anchor_steps": 1, "eta": 0.01}, {})
+    client.report_entropy("run-i", 0, 2.0, 100)
+    prompts = [("a", 0.0, 4), ("b", 0.9, 4)]
+    first = client.get_coefficients("run-i", 1, prompts)
+    applied = client.report_entropy("run-i", 1, 0.5, 100)
+    assert applied["alpha"] > 0
+    # A learner that crashed after reporting step 1 retries the step: same coefficients, no second move of α.
+    assert client.get_coefficients("run-i", 1, prompts) == first
+    retried = client.report_entropy("run-i", 1, 0.7, 100)
+    assert retried == applied
+    with pytest.raises(StaleStepError, match="older than the last applied step 1") as info:
+        client.report_entropy("run-i", 0, 2.0, 100)
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert client.get_state("run-i") == applied
+
+
+# --- overrides over gRPC
+
+
+def test_grpc_override_needs_a_token_and_is_audited(
+    client: CoefficientClient, operator: CoefficientClient, service: RunningService, http: httpx.Client
+) -> None:
+    client.start_run("run-o", "aer", {}, {})
+    with pytest.raises(AuthError) as info:
+        client.override("run-o", alpha=0.001)
+    assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+    with CoefficientClient(f"127.0.0.1:{service.grpc_port}", token="wrong") as wrong, pytest.raises(AuthError):
+        wrong.override("run-o", alpha=0.001)
+    with CoefficientClient(f"127.0.0.1:{service.grpc_port}", token="alice-token") as alice:
+        st = alice.override("run-o", alpha=0.003, reason="more exploration")
+    assert st["alpha"] == 0.003 and st["alpha_pinned"]
+    st = operator.override("run-o", frozen=True, reason="hold")
+    audit = http.get("/v1/runs/run-o/audit").json()
+    assert [(e["actor"], e["action"], e["transport"]) for e in audit] == [
+        ("learner", "start", "grpc"),
+        ("alice", "override", "grpc"),
+        ("operator", "override", "grpc"),
+    ]
+    assert audit[1]["changes"]["alpha_pin"] == {"old": None, "new": 0.003} and audit[1]["reason"] == "more exploration"
+    assert audit[2]["changes"] == {"frozen": {"old": False, "new": True}}
+
+
+def test_pin_freeze_target_and_release_through_the_service(
+    client: CoefficientClient, operator: CoefficientClient
+) -> None:
+    client.start_run("run-p", "aer", {"eta": 0.01, "anchor_steps": 1}, {})
+    client.report_entropy("run-p", 0, 2.0, 100)  # H_0 = 2, H* = 1
+    operator.override("run-p", alpha=0.005)
+    for step in (1, 2):
+        assert client.get_coefficients("run-p", step, [])[0] == 0.005
+        assert client.report_entropy("run-p", step, 0.1, 100)["alpha"] == 0.005
+    st = operator.override("run-p", release=True, target_entropy=0.05, frozen=True, reason="new target, frozen")
+    assert (st["alpha_pinned"], st["frozen"], st["target_entropy"], st["target_overridden"]) == (
+        False,
+        True,
+        0.05,
+        True,
+    )
+    st = client.report_entropy("run-p", 3, 0.5, 100)
+    assert st["alpha"] == 0.005 and st["last_entropy"] == 0.5  # frozen: α held, entropy recorded
+    st = operator.override("run-p", frozen=False)
+    st = client.report_entropy("run-p", 4, 0.5, 100)  # H above the overridden target 0.05: α falls
+    assert st["alpha"] == pytest.approx(max(0.0, 0.005 + 0.01 * (0.05 - 0.5) / 0.05))
+    st = operator.override("run-p", release=True)
+    assert st["target_entropy"] == 1.0 and not st["target_overridden"]
+
+
+def test_watch_state_receives_an_override(client: CoefficientClient, operator: CoefficientClient) -> None:
+    client.start_run("run-w", "aer", {}, {})
+    seen: list[dict] = []
+    subscribed = threading.Event()
+
+    def watch() -> None:
+        for state in client.watch("run-w", timeout=30):
+            seen.append(state)
+            subscribed.set()
+            if state["alpha_pinned"] and state["frozen"]:
+                return
+
+    t = threading.Thread(target=watch)
+    t.start()
+    assert subscribed.wait(10)
+    operator.override("run-w", alpha=0.002, reason="watch me")
+    client.report_entropy("run-w", 0, 1.0, 10)
+    operator.override("run-w", frozen=True)
+    t.join(30)
+    assert not t.is_alive()
+    assert [s["version"] for s in seen] == [1, 2, 3, 4]  # the initial state, then every change in order
+    assert seen[1]["alpha_pinned"] and seen[1]["alpha"] == 0.002
+    assert seen[2]["last_entropy"] == 1.0 and seen[3]["frozen"]
+
+
+def test_health_and_reflection(service: RunningService) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "aerplane.v1.CoefficientService"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for s in next(responses).list_services_response.service}
+        assert {"aerplane.v1.CoefficientService", "grpc.health.v1.Health"} <= names
+
+
+# --- REST
+
+
+def test_rest_reads_runs_state_history_and_audit(client: CoefficientClient, http: httpx.Client) -> None:
+    client.start_run("run-h", "aer", {"anchor_steps": 1}, {})
+    client.get_coefficients("run-h", 0, [("a", 0.0, 4), ("b", 1.0, 4)])
+    st = client.report_entropy("run-h", 0, 1.6, 100)
+    runs = http.get("/v1/runs").json()
+    assert [r["run_id"] for r in runs] == ["run-h"]
+    detail = http.get("/v1/runs/run-h").json()
+    assert {k: detail[k] for k in st} == st  # the RunState fields, same names and values
+    assert detail["overrides"] == {"alpha": None, "target_entropy": None, "frozen": False}
+    assert http.get("/v1/runs/run-h/history").json() == [
+        {
+            "step": 0,
+            "alpha": 0.0,
+            "mean_entropy": 1.6,
+            "target_entropy": 0.8,
+            "mean_prompt_weight": 0.5,
+            "mean_accuracy": 0.5,
+            "num_prompts": 2,
+            "num_tokens": 100,
+            "alpha_next": 0.0,
+        }
+    ]
+    assert http.get("/docs").status_code == 200
+    paths = http.get("/openapi.json").json()["paths"]
+    assert {"/v1/runs", "/v1/runs/{run_id}/coefficients", "/v1/runs/{run_id}/overrides"} <= set(paths)
+
+
+def test_rest_override_flow(client: CoefficientClient, http: httpx.Client) -> None:
+    client.start_run("run-x", "aer", {"anchor_steps": 1}, {})
+    client.report_entropy("run-x", 0, 2.0, 100)
+    r = http.patch(
+        "/v1/runs/run-x/coefficients",
+        json={"alpha": 0.004, "params": {"tau": 0.6, "eta": 0.005}, "reason": "hard set"},
+        headers={"Authorization": "Bearer alice-token"},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["alpha"] == 0.004 and body["alpha_pinned"] and body["params"]["tau"] == 0.6
+    assert client.get_coefficients("run-x", 1, [("a", 0.5, 4)]) == (0.004, [1.0], 1.0)  # τ = 0.6 now
+    r = http.patch("/v1/runs/run-x/coefficients", json={"target_entropy": 1.5, "frozen": True}, headers=AUTH)
+    assert r.json()["target_entropy"] == 1.5 and r.json()["frozen"]
+    r = http.delete("/v1/runs/run-x/overrides", params={"reason": "done"}, headers=AUTH)
+    assert r.status_code == 200
+    body = r.json()
+    assert not body["alpha_pinned"] and not body["frozen"] and body["target_entropy"] == 1.0
+    assert body["params"]["tau"] == 0.6  # parameter changes are configuration: they stay
+    audit = http.get("/v1/runs/run-x/audit").json()
+    assert [(e["actor"], e["action"], e["reason"]) for e in audit[1:]] == [
+        ("alice", "override", "hard set"),
+        ("operator", "override", ""),
+        ("operator", "release", "done"),
+    ]
+    assert audit[1]["changes"]["params.tau"] == {"old": 0.4, "new": 0.6}
+    assert audit[3]["changes"]["target_entropy"] == {"old": 1.5, "new": 1.0}
+    assert all(e["at"].endswith("Z") for e in audit)
+
+
+def test_rest_mutations_need_the_token_and_never_log_it(
+    client: CoefficientClient, http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    client.start_run("run-a", "aer", {}, {})
+    caplog.set_level(logging.DEBUG)
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}, {"Authorization": "Basic x"}):
+        r = http.patch("/v1/runs/run-a/coefficients", json={"alpha": 0.001}, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert http.delete("/v1/runs/run-a/overrides", headers=headers).status_code == 401
+    assert http.get("/v1/runs/run-a").json()["version"] == 1
+    assert http.patch("/v1/runs/run-a/coefficients", json={"alpha": 0.001}, headers=AUTH).status_code == 200
+    assert TOKEN not in caplog.text and "alice-token" not in caplog.text
+
+
+def test_rest_unknown_run_is_404(http: httpx.Client) -> None:
+    for method, path in [
+        ("GET", "/v1/runs/ghost"),
+        ("GET", "/v1/runs/ghost/history"),
+        ("GET", "/v1/runs/ghost/audit"),
+        ("DELETE", "/v1/runs/ghost/overrides"),
+    ]:
+        assert http.request(method, path, headers=AUTH).status_code == 404, path
+    assert http.patch("/v1/runs/ghost/coefficients", json={"alpha": 0.001}, headers=AUTH).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ('{"alpha": NaN}', "finite"),
+        ('{"alpha": Infinity}', "finite"),
+        ('{"target_entropy": -Infinity}', "finite"),
+        ('{"alpha": -0.001}', "greater than or equal"),
+        ('{"alpha": 5}', "less than or equal"),
+        ('{"alpha": 0.5}', "alpha: must be within"),  # beyond the run's alpha_max
+        ('{"target_entropy": 0}', "greater than"),
+        ('{"alpha": "0.1"}', "valid number"),
+        ('{"frozen": "yes"}', "valid boolean"),
+        ('{"frozen": 1}', "valid boolean"),
+        ('{"params": {"eta": -1.0}}', "eta: must be >= 0"),
+        ('{"params": {"rho": 1.5}}', "rho: must be <= 1"),
+        ('{"params": {"alpha_min": 0.5, "alpha_max": 0.1}}', "alpha_min: must be <= alpha_max"),
+        ('{"params": {"bogus": 1.0}}', "unknown parameter"),
+        ('{"params": {"eta": NaN}}', "finite"),
+        ('{"params": [1, 2]}', "valid dictionary"),
+        ('{"options": {"weighting": "cubic"}}', "weighting"),
+        ('{"strategy": "bogus"}', "unknown strategy"),
+        ('{"unexpected": 1}', "Extra inputs"),
+        ('{"alpha": 0.001, "run_id": "other"}', "Extra inputs"),
+        ("{}", "nothing to change"),
+        ('{"alpha": ', "JSON"),
+        ("[1, 2]", "valid dictionary"),
+        ("", "Field required"),
+    ],
+)
+def test_rest_bad_bodies_get_422_with_a_message(
+    client: CoefficientClient, http: httpx.Client, content: str, match: str
+) -> None:
+    client.start_run("run-v", "aer", {}, {})
+    r = http.patch("/v1/runs/run-v/coefficients", content=content, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert match.lower() in r.text.lower()
+    assert http.get("/v1/runs/run-v").json()["version"] == 1
+
+
+def test_rest_oversized_bodies_and_bad_paths_get_422(
+    client: CoefficientClient, http: httpx.Client, service: RunningService
+) -> None:
+    client.start_run("run-big", "aer", {}, {})
+    big = '{"reason": "' + "x" * (service.settings.max_body_bytes + 10) + '", "alpha": 0.001}'
+    r = http.patch("/v1/runs/run-big/coefficients", content=big, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 422 and "larger than" in r.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+        yield big.encode()[:1000]
+        yield big.encode()[1000:]
+
+    r = http.patch(
+        "/v1/runs/run-big/coefficients", content=chunks(), headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 422 and "larger than" in r.json()["detail"]
+    assert http.get("/v1/runs/bad%20id!").status_code == 422
+    assert http.get("/v1/runs/run-big/history", params={"limit": 0}).status_code == 422
+    assert http.get("/v1/runs/run-big/history", params={"since": "x"}).status_code == 422
+    assert http.get("/v1/runs/run-big").json()["version"] == 1
+
+
+# --- metrics
+
+
+def test_metrics_show_per_run_gauges_and_request_counts(
+    client: CoefficientClient, operator: CoefficientClient, http: httpx.Client
+) -> None:
+    client.start_run("run-m", "aer", {"anchor_steps": 1, "eta": 0.01}, {})
+    client.get_coefficients("run-m", 0, [("a", 0.0, 4), ("b", 1.0, 4), ("c", 0.2, 4), ("d", 0.9, 4)])
+    client.report_entropy("run-m", 0, 2.0, 100)
+    st = client.report_entropy("run-m", 1, 0.5, 100)
+    operator.override("run-m", frozen=True)
+    http.get("/v1/runs/run-m")
+    http.get("/v1/runs/ghost")
+    text = http.get("/metrics").text
+    samples = _samples(text)
+    assert samples['aerplane_coefficient_alpha{run_id="run-m"}'] == st["alpha"] > 0
+    assert samples['aerplane_coefficient_target_entropy{run_id="run-m"}'] == 1.0
+    assert samples['aerplane_coefficient_initial_entropy{run_id="run-m"}'] == 2.0
+    assert samples['aerplane_coefficient_last_entropy{run_id="run-m"}'] == 0.5
+    assert samples['aerplane_coefficient_mean_prompt_weight{run_id="run-m"}'] == 0.5
+    assert samples['aerplane_coefficient_step{run_id="run-m"}'] == 1.0
+    assert samples['aerplane_coefficient_frozen{run_id="run-m"}'] == 1.0
+    assert samples['aerplane_coefficient_grpc_requests_total{code="OK",method="ReportEntropy"}'] == 2.0
+    assert samples['aerplane_coefficient_grpc_request_duration_seconds_count{method="GetCoefficients"}'] == 1.0
+    assert samples['aerplane_coefficient_http_requests_total{method="GET",route="/v1/runs/{run_id}",status="200"}'] == 1
+    assert samples['aerplane_coefficient_http_requests_total{method="GET",route="/v1/runs/{run_id}",status="404"}'] == 1
+    assert (
+        'aerplane_coefficient_http_request_duration_seconds_bucket{le="0.001",method="GET",route="/v1/runs/{run_id}"}'
+        in samples
+    )
+    assert samples["aerplane_coefficient_store_up"] == 1.0
+
+
+def _samples(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+# --- nothing a client sends makes a 500
+
+_json = hst.recursive(
+    hst.none() | hst.booleans() | hst.floats() | hst.integers() | hst.text(max_size=20),
+    lambda children: hst.lists(children, max_size=4) | hst.dictionaries(hst.text(max_size=12), children, max_size=4),
+    max_leaves=12,
+)
+_field = hst.sampled_from(
+    ["alpha", "target_entropy", "params", "options", "strategy", "frozen", "reason", "release", "other"]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=hst.dictionaries(_field, _json, max_size=4)
+    | hst.dictionaries(_field, hst.dictionaries(hst.sampled_from(["eta", "rho", "tau", "alpha_max", "x"]), _json))
+    | _json,
+    raw=hst.binary(max_size=64),
+)
+def test_fuzzed_override_bodies_get_200_or_422_never_500(
+    client: CoefficientClient, http: httpx.Client, body: object, raw: bytes
+) -> None:
+    if not http.get("/v1/runs/fuzz").is_success:
+        client.start_run("fuzz", "aer", {}, {})
+    text = json.dumps(body, allow_nan=True)  # NaN / Infinity tokens included
+    for content in (text.encode(), raw):
+        r = http.patch(
+            "/v1/runs/fuzz/coefficients", content=content, headers={**AUTH, "Content-Type": "application/json"}
+        )
+        assert r.status_code in (200, 422), (content, r.status_code, r.text)
+        if r.status_code == 422:
+            assert r.json()["detail"]
+
+
+def test_text_bodies_and_unusual_numbers_get_422(client: CoefficientClient, http: httpx.Client) -> None:
+    client.start_run("odd", "aer", {}, {})
+    for content, ctype in [
+        ("alpha=0.1", "application/x-www-form-urlencoded"),
+        ('{"alpha": 0.1}', "text/plain"),
+        ('{"alpha": 1e400}', "application/json"),
+        ('{"params": {"eta": 1e400}}', "application/json"),
+        ('{"params": {"eta": {"nested": 1}}}', "application/json"),
+        ('{"alpha": 0.001, "alpha": "x"}', "application/json"),
+    ]:
+        r = http.patch("/v1/runs/odd/coefficients", content=content, headers={**AUTH, "Content-Type": ctype})
+        assert r.status_code == 422, (content, ctype, r.status_code, r.text)
+
+
+@pytest.mark.slow
+def test_redis_outage_is_unavailable_then_recovers(tmp_path) -> None:
+    redis = LocalRedis(log_path=tmp_path / "redis.log").start()
+    svc = start(
+        CoefficientSettings(redis_url=redis.url, host="127.0.0.1", grpc_port=0, http_port=0, shutdown_grace_seconds=1)
+    )
+    try:
+        with (
+            CoefficientClient(f"127.0.0.1:{svc.grpc_port}", timeout=10) as c,
+            httpx.Client(base_url=f"http://127.0.0.1:{svc.http_port}", timeout=30) as http,
+        ):
+            c.start_run("outage", "none", {}, {})
+            assert http.get("/readyz").status_code == 200
+            redis.kill()
+            ready = http.get("/readyz")
+            assert ready.status_code == 503 and "unreachable" in ready.json()["redis"]
+            assert http.get("/v1/runs/outage").status_code == 503
+            with pytest.raises(CoefficientError) as info:
+                c.get_state("outage")
+            assert info.value.code == grpc.StatusCode.UNAVAILABLE
+            assert "aerplane_coefficient_store_up 0.0" in http.get("/metrics").text
+            redis.start()  # an empty Redis on the same port: the service reconnects by itself
+            assert http.get("/readyz").status_code == 200
+            with pytest.raises(RunNotFoundError):
+                c.get_state("outage")
+    finally:
+        svc.stop()
+        redis.stop()
+
+
+def test_watchers_cannot_take_every_handler_thread(redis_url: str) -> None:
+    svc = start(
+        CoefficientSettings(
+            redis_url=redis_url, host="127.0.0.1", grpc_port=0, http_port=0, grpc_workers=4, watch_poll_seconds=0.2
+        )
+    )
+    try:
+        with CoefficientClient(f"127.0.0.1:{svc.grpc_port}", timeout=10) as c:
+            c.start_run("busy-watch", "none", {}, {})
+            watches = [c.watch("busy-watch", timeout=20) for _ in range(2)]  # grpc_workers // 2 = 2 slots
+            assert [next(w)["run_id"] for w in watches] == ["busy-watch"] * 2
+            with pytest.raises(CoefficientError) as info:
+                next(c.watch("busy-watch", timeout=20))
+            assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert c.get_coefficients("busy-watch", 0, [("a", 0.5, 2)])[1] == [1.0]  # the learner still gets through
+            for w in watches:
+                w.close()
+    finally:
+        svc.stop()

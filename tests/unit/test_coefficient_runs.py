@@ -1,0 +1,202 @@
+"""The coefficient service's pure parts: run transitions, override semantics, auth, settings, request bodies."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from aerplane.coefficient.auth import ANONYMOUS, Authenticator, Unauthenticated
+from aerplane.coefficient.runs import (
+    InvalidValue,
+    Override,
+    Run,
+    StaleStep,
+    apply_override,
+    apply_report,
+    new_run,
+)
+from aerplane.coefficient.schemas import OverrideBody
+from aerplane.coefficient.settings import CoefficientSettings, parse_token_list
+from aerplane.common.settings import SettingsError, load_settings
+from aerplane.core.strategies import build_strategy
+
+
+def _aer(**params: float) -> Run:
+    return new_run("r1", "aer", {"rho": 0.5, "eta": 1e-3, **params}, {"weighting": "threshold"}, now=0.0)
+
+
+def _report(run: Run, step: int, h: float) -> Run:
+    run, applied = apply_report(run, step, h, 100, now=float(step))
+    assert applied
+    return run
+
+
+def test_reports_follow_the_core_strategy_exactly() -> None:
+    run = _aer()
+    core = build_strategy("aer", rho=0.5, eta=1e-3, weighting="threshold")
+    st = core.initial_state()
+    for step, h in enumerate([2.0, 0.6, 0.7, 1.4, 0.2, 0.9]):
+        assert run.coefficient() == core.coefficient(st)
+        run = _report(run, step, h)
+        st = core.observe(st, entropy=h)
+        assert run.state == st
+    assert run.view()["target_entropy"] == 1.0 and run.view()["observations"] == 6
+
+
+def test_same_step_is_a_no_op_and_older_steps_are_refused() -> None:
+    run = _report(_report(_aer(), 0, 2.0), 5, 0.5)
+    again, applied = apply_report(run, 5, 3.0, 100, now=99.0)
+    assert not applied and again == run
+    with pytest.raises(StaleStep, match="step 4 is older than the last applied step 5"):
+        apply_report(run, 4, 0.5, 100, now=99.0)
+
+
+@pytest.mark.parametrize(
+    ("step", "entropy", "tokens", "match"),
+    [
+        (1, math.nan, 10, "mean_entropy"),
+        (1, math.inf, 10, "mean_entropy"),
+        (1, -0.1, 10, "mean_entropy"),
+        (-1, 1.0, 10, "step"),
+        (1, 1.0, 0, "num_tokens"),
+    ],
+)
+def test_bad_reports_are_invalid_and_change_nothing(step: int, entropy: float, tokens: int, match: str) -> None:
+    run = _aer()
+    with pytest.raises(InvalidValue, match=match):
+        apply_report(run, step, entropy, tokens, now=1.0)
+
+
+def test_pinned_alpha_is_returned_until_released_and_the_controller_resumes_from_it() -> None:
+    run = _report(_aer(), 0, 2.0)
+    run, changes = apply_override(run, Override(alpha=0.004, reason="explore"), now=1.0)
+    assert changes["alpha_pin"] == {"old": None, "new": 0.004}
+    for step, h in [(1, 0.2), (2, 0.1)]:
+        run = _report(run, step, h)
+        assert run.coefficient() == 0.004 and run.view()["alpha_pinned"]
+    run, changes = apply_override(run, Override(release=True), now=2.0)
+    assert not run.view()["alpha_pinned"] and run.coefficient() == 0.004
+    run = _report(run, 3, 0.5)  # H < H* = 1.0: α rises from the pin
+    assert run.coefficient() == pytest.approx(0.004 + 1e-3 * (1.0 - 0.5) / 1.0)
+
+
+def test_frozen_keeps_alpha_but_still_records_entropy() -> None:
+    run = _report(_report(_aer(), 0, 2.0), 1, 0.5)
+    alpha = run.coefficient()
+    run, _ = apply_override(run, Override(frozen=True), now=1.0)
+    run = _report(run, 2, 0.1)
+    assert run.coefficient() == alpha and run.state.last_entropy == 0.1 and run.state.step == 3
+    run, _ = apply_override(run, Override(frozen=False), now=2.0)
+    run = _report(run, 3, 0.5)
+    assert run.coefficient() > alpha
+
+
+def test_target_override_replaces_rho_h0_until_released() -> None:
+    run = _report(_aer(), 0, 2.0)
+    run, changes = apply_override(run, Override(target_entropy=0.4), now=1.0)
+    assert run.state.target_entropy == 0.4 and changes["target_entropy"] == {"old": 1.0, "new": 0.4}
+    run = _report(run, 1, 0.5)  # above the overridden target: α falls (clipped at 0)
+    assert run.coefficient() == 0.0 and run.state.target_entropy == 0.4
+    run, _ = apply_override(run, Override(release=True), now=2.0)
+    assert run.state.target_entropy == 1.0 and not run.view()["target_overridden"]
+
+
+def test_parameter_changes_are_validated_like_build_strategy() -> None:
+    run = _aer()
+    with pytest.raises(InvalidValue, match="rho"):
+        apply_override(run, Override(params={"rho": 1.5}), now=1.0)
+    with pytest.raises(InvalidValue, match="unknown parameter"):
+        apply_override(run, Override(params={"bogus": 1.0}), now=1.0)
+    with pytest.raises(InvalidValue, match="alpha: must be within"):
+        apply_override(run, Override(alpha=0.5), now=1.0)
+    with pytest.raises(InvalidValue, match="nothing to change"):
+        apply_override(run, Override(reason="just because"), now=1.0)
+    run, changes = apply_override(run, Override(alpha=0.5, params={"alpha_max": 1.0}), now=1.0)
+    assert run.coefficient() == 0.5 and changes["params.alpha_max"] == {"old": 0.01, "new": 1.0}
+
+
+def test_strategy_switch_keeps_alpha_and_anchor() -> None:
+    run = _report(_report(_aer(), 0, 2.0), 1, 0.5)
+    alpha = run.coefficient()
+    run, changes = apply_override(run, Override(strategy="skywork", params={"target_entropy": 0.8}), now=1.0)
+    assert run.strategy == "skywork" and changes["strategy"] == {"old": "aer", "new": "skywork"}
+    assert run.state.alpha == alpha and run.state.initial_entropy == 2.0 and run.state.target_entropy == 0.8
+    with pytest.raises(InvalidValue, match="has no target"):
+        apply_override(new_run("f", "fixed", {"alpha": 0.001}, {}, 0.0), Override(target_entropy=1.0), now=1.0)
+
+
+def test_run_record_round_trips_through_json() -> None:
+    run, _ = apply_override(_report(_aer(), 0, 2.0), Override(alpha=0.003, frozen=True), now=1.0)
+    assert Run.from_json(run.to_json()) == run
+
+
+def test_authenticator_names_the_actor_and_refuses_bad_tokens() -> None:
+    assert Authenticator({}).actor(None) == ANONYMOUS
+    auth = Authenticator({"alice": "tok-a", "operator": "tok-o"})
+    assert auth.actor("Bearer tok-a") == "alice"
+    assert auth.actor("bearer tok-o") == "operator"
+    for header in (None, "", "Bearer", "Basic tok-a", "Bearer tok-x", "tok-a"):
+        with pytest.raises(Unauthenticated) as info:
+            auth.actor(header)
+        assert "tok-a" not in str(info.value)
+
+
+def test_settings_env_names_and_token_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AERPLANE_COEFFICIENT_GRPC_PORT", "6000")
+    monkeypatch.setenv("AERPLANE_REDIS_URL", "redis://example:6379/2")
+    monkeypatch.setenv("AERPLANE_API_TOKEN", "single")
+    monkeypatch.setenv("AERPLANE_API_TOKENS", "alice:a1, bob:b2")
+    s = load_settings(CoefficientSettings, {"http_port": 7000, "host": None}, section="coefficient")
+    assert (s.grpc_port, s.http_port, s.redis_url) == (6000, 7000, "redis://example:6379/2")
+    assert s.tokens() == {"alice": "a1", "bob": "b2", "operator": "single"}
+    assert "single" not in repr(s) and "a1" not in repr(s)
+    monkeypatch.setenv("AERPLANE_API_TOKENS", "alice")
+    with pytest.raises(SettingsError, match="AERPLANE_API_TOKENS: entry 1: expected name:token"):
+        load_settings(CoefficientSettings, section="coefficient")
+    monkeypatch.delenv("AERPLANE_API_TOKENS")
+    with pytest.raises(SettingsError, match="coefficient.http_port"):
+        load_settings(CoefficientSettings, {"http_port": 70000}, section="coefficient")
+    with pytest.raises(ValueError, match="appears twice"):
+        parse_token_list("a:1,a:2")
+
+
+def test_settings_ignore_unprefixed_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://elsewhere:1/0")
+    monkeypatch.setenv("API_TOKEN", "not-ours")
+    monkeypatch.setenv("HTTP_PORT", "1234")
+    s = load_settings(CoefficientSettings, section="coefficient")
+    assert (s.redis_url, s.tokens(), s.http_port) == ("redis://127.0.0.1:6379/0", {}, 8000)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"alpha": math.nan},
+        {"alpha": math.inf},
+        {"alpha": -0.1},
+        {"alpha": 2.0},
+        {"target_entropy": 0.0},
+        {"alpha": "0.1"},
+        {"frozen": 1},
+        {"params": {"eta": math.nan}},
+        {"params": {"eta": "x"}},
+        {"params": {"Bad-Name": 1.0}},
+        {"unknown": 1},
+        {"reason": "x" * 2000},
+    ],
+)
+def test_override_body_refuses_bad_values(body: dict) -> None:
+    with pytest.raises(ValidationError):
+        OverrideBody.model_validate(body)
+
+
+def test_the_service_imports_without_torch() -> None:
+    """The slim image (coefficient + reward) has no torch: the service must not pull it in."""
+    import subprocess
+    import sys
+
+    code = "import sys, aerplane.coefficient.server, aerplane.coefficient.client; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
