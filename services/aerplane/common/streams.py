@@ -504,6 +504,11 @@ class Consumer:
             out.append(Delivery(id=entry_id, record=record, deliveries=deliveries))
         return out
 
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move a delivery this consumer cannot process (e.g. a request too long for the model) to the dead-letter
+        stream with `reason`, acking it in the same transaction."""
+        self._dead_letter(delivery.id, delivery.record.encode(), reason, delivery.deliveries)  # type: ignore[attr-defined]
+
     def _dead_letter(self, entry_id: str, payload: bytes | None, reason: str, deliveries: int) -> None:
         log.warning("dead-lettering %s %s: %s", self.key, entry_id, reason)
         fields = {
