@@ -19,6 +19,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from aerplane.launcher.view import fmt
+
 PLOTS = ("entropy", "alpha", "prompt_weight", "accuracy", "response_length")
 
 
@@ -135,16 +137,6 @@ def write_plots(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     return paths
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-            return f"{value:.2e}"
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def metrics_table(records: list[dict[str, Any]], max_rows: int = 20) -> str:
     """The per-step table of report.md (first and last rows when the run is long)."""
     cols = [
@@ -161,7 +153,7 @@ def metrics_table(records: list[dict[str, Any]], max_rows: int = 20) -> str:
         if rec is None:
             lines.append("| … |" + " |" * (len(cols) - 1))
             continue
-        lines.append("| " + " | ".join(_fmt(rec.get(k)) for k, _ in cols) + " |")
+        lines.append("| " + " | ".join(fmt(rec.get(k)) for k, _ in cols) + " |")
     return "\n".join(lines)
 
 
@@ -190,16 +182,16 @@ def write_report(run_dir: Path) -> Path:
         ("accuracy", "accuracy"), ("mean_entropy", "entropy H"), ("target_entropy", "target H*"),
         ("alpha", "α"), ("mean_prompt_weight", "mean λ"), ("response_length", "response length"),
     ]:  # fmt: skip
-        out.append(f"| {label} | {_fmt(first.get(key))} | {_fmt(last.get(key))} |")
+        out.append(f"| {label} | {fmt(first.get(key))} | {fmt(last.get(key))} |")
     h0 = _last(records, "initial_entropy")
-    out += ["", f"Initial entropy H_0 = {_fmt(h0)}; target H* = {_fmt(_last(records, 'target_entropy'))}.", ""]
+    out += ["", f"Initial entropy H_0 = {fmt(h0)}; target H* = {fmt(_last(records, 'target_entropy'))}.", ""]
     if evaluation:
         out += ["## Held-out evaluation", ""]
         out += ["| split | problems | k | avg@k | pass@k |", "|---|---|---|---|---|"]
         for split in evaluation.get("splits", []):
             out.append(
-                f"| {split['name']} | {split['problems']} | {split['k']} | {_fmt(split['avg_at_k'])} | "
-                f"{_fmt(split['pass_at_k'])} |"
+                f"| {split['name']} | {split['problems']} | {split['k']} | {fmt(split['avg_at_k'])} | "
+                f"{fmt(split['pass_at_k'])} |"
             )
         out.append("")
     out += ["## Plots", ""]
