@@ -31,16 +31,17 @@ def _add_up(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     b = p.add_argument_group("batch and sampling")
-    b.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step (default 8)")
+    b.add_argument("--prompts-per-step", type=int, default=4, help="prompts per step (default 4)")
     b.add_argument("--samples-per-prompt", "-G", type=int, default=8, help="G, responses per prompt (default 8)")
-    b.add_argument("--max-tokens", type=int, default=128, help="max response tokens (default 128)")
+    b.add_argument("--max-tokens", type=int, default=96, help="max response tokens (default 96)")
     b.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     b.add_argument("--lr", type=float, default=2e-6, help="learning rate (default 2e-6)")
     b.add_argument("--nproc", type=int, default=1, help="learner processes (DDP ranks; default 1)")
+    b.add_argument("--checkpoint-interval", type=int, default=5, help="checkpoint every N steps and at the end (5)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default 0: at the end only)")
     e.add_argument("--eval-split", default="rg-heldout", help="rg-heldout | champ (default rg-heldout)")
-    e.add_argument("--eval-size", type=int, default=32, help="held-out problems (default 32)")
+    e.add_argument("--eval-size", type=int, default=16, help="held-out problems (default 16)")
     e.add_argument("--eval-k", type=int, default=4, help="samples per problem for avg@k / pass@k (default 4)")
     s = p.add_argument_group("services")
     s.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults below")
@@ -84,7 +85,7 @@ def _up(args: argparse.Namespace) -> int:
         run_id=args.run_id, resume=args.resume, eval_every=args.eval_every, eval_split=args.eval_split,
         eval_size=args.eval_size, eval_k=args.eval_k, prompts_per_step=args.prompts_per_step,
         samples_per_prompt=args.samples_per_prompt, max_tokens=args.max_tokens, temperature=args.temperature,
-        lr=args.lr, seed=args.seed, nproc=args.nproc, ports=ports,
+        lr=args.lr, seed=args.seed, nproc=args.nproc, checkpoint_interval=args.checkpoint_interval, ports=ports,
         live=args.live, redis_url=os.environ.get("AERPLANE_REDIS_URL") or None,
     )  # fmt: skip
     return run_up(cfg)

@@ -53,6 +53,7 @@ class Ports:
 
 @dataclass
 class UpConfig:
+    # Sized for about 10-15 minutes on a 2-core CPU with SmolLM2-135M (≈30-40 s per step, see the README).
     steps: int = 20
     model: str = "smollm2-135m"
     task: str = "mixed"
@@ -66,15 +67,16 @@ class UpConfig:
     resume: bool = False
     eval_every: int = 0
     eval_split: str = "rg-heldout"
-    eval_size: int = 32
+    eval_size: int = 16
     eval_k: int = 4
-    prompts_per_step: int = 8
-    samples_per_prompt: int = 4
-    max_tokens: int = 128
+    prompts_per_step: int = 4
+    samples_per_prompt: int = 8
+    max_tokens: int = 96
     temperature: float = 1.0
-    lr: float = 1e-6
+    lr: float = 2e-6
     seed: int = 0
     nproc: int = 1
+    checkpoint_interval: int = 5
     ports: Ports = field(default_factory=Ports)
     live: bool | None = None
     redis_url: str | None = None
@@ -244,6 +246,7 @@ class Stack:
         for key, value in {**cfg.params, **cfg.options}.items():
             args += ["--strategy-param", f"{key}={value}"]
         args += ["--data", cfg.data] if cfg.data else ["--task", cfg.task]
+        args += ["--checkpoint-interval", str(cfg.checkpoint_interval)]
         if cfg.resume:
             args.append("--resume")
         self.learner = self._service("learner", args, p.learner_http, 600)
