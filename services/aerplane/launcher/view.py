@@ -71,7 +71,12 @@ class LiveView:
         self.title = title
         self.console = Console(stderr=False)
         self.progress = Progress(
-            TextColumn("[bold]steps"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn()
+            TextColumn("[bold]steps"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            speed_estimate_period=3600,  # a step takes tens of seconds: estimate the ETA over the whole run
         )
         self.task = self.progress.add_task("steps", total=total_steps)
         self.status_text = "starting…"
