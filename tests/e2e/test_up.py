@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from aerplane.common.process import live_group_members
+
 TINY_RUN = ["--model", "tiny", "--free-ports", "--no-live", "--prompts-per-step", "2", "-G", "4",
             "--max-tokens", "24", "--eval-size", "4", "--eval-k", "2"]  # fmt: skip
 
@@ -42,13 +44,8 @@ def _fetch(url: str) -> str | None:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Does any process of the group still run? (Zombies waiting for init to reap them do not.)"""
+    return bool(live_group_members(pgid))
 
 
 class RunWatcher:

@@ -45,6 +45,25 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def live_group_members(pgid: int) -> list[int]:
+    """PIDs of the processes in group `pgid` that are still running (zombies, which only wait to be reaped by
+    init, are not counted). Linux only: reads /proc."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses, so split after the last ')'.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
 class ProcessDied(RuntimeError):
     """A supervised child exited while we waited for it."""
 
@@ -127,8 +146,11 @@ class ManagedProcess:
                 except subprocess.TimeoutExpired:
                     self._signal_group(signal.SIGKILL)
                     self.proc.wait(timeout=10)
-            # Grandchildren that ignored SIGTERM or outlived their parent.
+            # Grandchildren that ignored SIGTERM or outlived their parent (e.g. worker pools, vLLM's engine core).
             self._signal_group(signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while live_group_members(self.proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
             return self.proc.returncode
         finally:
             if self._log is not None:
