@@ -58,6 +58,7 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 STRATEGY_NAMES = tuple(STRATEGY_DEFAULTS)
 
+
 @dataclass(frozen=True)
 class StrategyState:
     """Where a strategy stands after `step` observations.
