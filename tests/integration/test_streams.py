@@ -46,6 +46,20 @@ def read_all(consumer, want: int, *, timeout: float = 10.0) -> list[Delivery]:
     return got
 
 
+def test_a_group_started_at_dollar_sees_only_new_entries_and_can_be_dropped(
+    client: StreamClient, redis_url: str
+) -> None:
+    client.publish_many(m.ROLLOUT_SCORED, [scored(sample(i)) for i in range(3)])
+    client.ensure_group(m.ROLLOUT_SCORED, "eval", start="$")
+    fresh = client.publish(m.ROLLOUT_SCORED, scored(sample(9)))
+    c = client.consumer(m.ROLLOUT_SCORED, "eval", "launcher", m.ScoredSample)
+    got = read_all(c, 1, timeout=1.0)
+    assert [d.id for d in got] == [fresh] and got[0].record.prompt_id == "p9"
+    client.drop_group(m.ROLLOUT_SCORED, "eval")
+    groups = redis.Redis.from_url(redis_url).xinfo_groups(client.key(m.ROLLOUT_SCORED))
+    assert [g["name"] for g in groups] == []
+
+
 def test_round_trip_group_sees_entries_published_before_it_existed(client: StreamClient) -> None:
     ids = [client.publish(m.ROLLOUT_GENERATED, sample(i)) for i in range(3)]
     ids += client.publish_many(m.ROLLOUT_GENERATED, [sample(i) for i in range(3, 6)])

@@ -300,13 +300,18 @@ class StreamClient:
             max_deliveries=max_deliveries,
         )
 
-    def ensure_group(self, stream: str, group: str) -> None:
-        """Create `group` on `stream` from the beginning (id 0) if it does not exist yet."""
+    def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:
+        """Create `group` on `stream` if it does not exist yet, reading from `start`: id 0 (the beginning, the
+        default) or `$` (only entries added from now on)."""
         try:
-            self._call(self.redis.xgroup_create, self.key(stream), group, id="0", mkstream=True)
+            self._call(self.redis.xgroup_create, self.key(stream), group, id=start, mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    def drop_group(self, stream: str, group: str) -> None:
+        """Delete `group` from `stream` with its pending entries (e.g. a one-off reader that is done)."""
+        self._call(self.redis.xgroup_destroy, self.key(stream), group)
 
     # --- observing ------------------------------------------------------------------------------------------------
 

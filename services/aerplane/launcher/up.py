@@ -351,52 +351,52 @@ def evaluate(stack: Stack, *, step: int, policy_version: int, timeout: float = 1
     """
     from transformers import AutoTokenizer
 
-    from aerplane.common.messages import ROLLOUT_REQUESTS, ROLLOUT_SCORED, RolloutRequest, ScoredSample
+    from aerplane.common.messages import ROLLOUT_REQUESTS, ROLLOUT_SCORED, ScoredSample
     from aerplane.common.streams import StreamClient
     from aerplane.data.tasks import chat_prompt, load_eval_tasks
+    from aerplane.learner.rollouts import PromptSlot, build_requests
 
     cfg = stack.cfg
     items = load_eval_tasks(cfg.eval_split, size=cfg.eval_size, seed=cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(stack.facts["model_path"])
-    client = StreamClient(stack.redis_url, stack.run_id)
+    prefix = f"eval/{cfg.eval_split}/{step}/"
+    slots = [
+        PromptSlot(step=step, slot=i, prompt_id=f"{prefix}{i}", prompt=chat_prompt(tokenizer, item),
+                   ground_truth=item.ground_truth, task=item.task, difficulty=item.difficulty)
+        for i, item in enumerate(items)
+    ]  # fmt: skip
+    difficulty = {s.prompt_id: s.difficulty for s in slots}
+    requests = build_requests(
+        stack.run_id, step, slots, num_samples=cfg.eval_k, policy_version=policy_version,
+        temperature=cfg.temperature, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed,
+    )  # fmt: skip
     group = f"eval-{step}-{os.getpid()}"
-    try:
-        client.redis.xgroup_create(client.key(ROLLOUT_SCORED), group, id="$", mkstream=True)
-        consumer = client.consumer(ROLLOUT_SCORED, group, "launcher", ScoredSample)
-        prefix = f"eval/{cfg.eval_split}/{step}/"
-        by_id = {f"{prefix}{i}": item for i, item in enumerate(items)}
-        requests = [
-            RolloutRequest(
-                run_id=stack.run_id, step=step, prompt_id=pid, prompt=chat_prompt(tokenizer, item),
-                ground_truth=item.ground_truth, task=item.task, difficulty=item.difficulty, num_samples=cfg.eval_k,
-                policy_version=policy_version, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-                seed=cfg.seed + i,
-            )
-            for i, (pid, item) in enumerate(by_id.items())
-        ]  # fmt: skip
-        client.publish_many(ROLLOUT_REQUESTS, requests)
-        rewards: dict[str, dict[int, float]] = {pid: {} for pid in by_id}
-        versions: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while any(len(r) < cfg.eval_k for r in rewards.values()):
-            if time.monotonic() > deadline:
-                raise UpError(f"evaluation at step {step}: results still missing after {timeout:.0f}s")
-            stack.check_alive()
-            deliveries = consumer.read(count=256, block_ms=500)
-            for d in deliveries:
-                s = d.record
-                if s.prompt_id in rewards and s.run_id == stack.run_id:
-                    rewards[s.prompt_id][s.sample_index] = s.reward
-                    versions.add(s.policy_version)
-            if deliveries:
-                consumer.ack(*[d.id for d in deliveries])
-        client.redis.xgroup_destroy(client.key(ROLLOUT_SCORED), group)
-    finally:
-        client.close()
+    with StreamClient(stack.redis_url, stack.run_id) as client:
+        client.ensure_group(ROLLOUT_SCORED, group, start="$")  # only the results of the requests below
+        try:
+            consumer = client.consumer(ROLLOUT_SCORED, group, "launcher", ScoredSample)
+            client.publish_many(ROLLOUT_REQUESTS, requests)
+            rewards: dict[str, dict[int, float]] = {pid: {} for pid in difficulty}
+            versions: set[int] = set()
+            deadline = time.monotonic() + timeout
+            while any(len(r) < cfg.eval_k for r in rewards.values()):
+                if time.monotonic() > deadline:
+                    raise UpError(f"evaluation at step {step}: results still missing after {timeout:.0f}s")
+                stack.check_alive()
+                deliveries = consumer.read(count=256, block_ms=500)
+                for d in deliveries:
+                    s = d.record
+                    if s.prompt_id in rewards and s.run_id == stack.run_id:
+                        rewards[s.prompt_id][s.sample_index] = s.reward
+                        versions.add(s.policy_version)
+                if deliveries:
+                    consumer.ack(*[d.id for d in deliveries])
+        finally:
+            client.drop_group(ROLLOUT_SCORED, group)
     per_problem = [list(r.values()) for r in rewards.values()]
     by_difficulty: dict[str, list[float]] = {}
     for pid, r in rewards.items():
-        by_difficulty.setdefault(by_id[pid].difficulty, []).append(sum(r.values()) / len(r))
+        by_difficulty.setdefault(difficulty[pid], []).append(sum(r.values()) / len(r))
     return {
         "name": cfg.eval_split,
         "step": step,
