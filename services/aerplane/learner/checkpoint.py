@@ -109,14 +109,9 @@ def commit(root: Path, step: int, trainer_state: dict[str, Any], meta: dict[str,
     tmp = temp_dir(root, step)
     torch.save(trainer_state, tmp / "trainer.pt")
     (tmp / "meta.json").write_text(json.dumps({**meta, "step": step, "time": time.time()}, indent=2) + "\n")
-    _fsync_dir(tmp)
     final = root / step_dir_name(step)
-    if final.exists():  # a re-run of the same step after a resume
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(root)
-    for _, old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    _swap_in(tmp, final)  # a re-run of the same step after a resume replaces the old folder
+    _prune(list_checkpoints(root), keep)
     return final
 
 
@@ -155,13 +150,24 @@ def publish_weights(model: Any, root: Path, version: int, keep: int) -> tuple[Pa
         shutil.rmtree(tmp)
     model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size="1000GB")
     num_bytes = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
+    _swap_in(tmp, final)
+    _prune(list_versions(root), keep)
+    return final, num_bytes
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Make the complete folder `tmp` appear as `final` in one rename (replacing an older `final`), durably."""
     _fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    for _, old in list_versions(root)[:-keep]:
+    _fsync_dir(final.parent)
+
+
+def _prune(found: list[tuple[int, Path]], keep: int) -> None:
+    """Delete all but the newest `keep` of `found` (oldest first)."""
+    for _, old in found[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final, num_bytes
 
 
 def _fsync_dir(path: Path) -> None:
