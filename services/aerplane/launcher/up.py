@@ -169,7 +169,6 @@ class Stack:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("AERPLANE_REDIS_URL", "AERPLANE_RUN_ID")}
         env["PYTHONUNBUFFERED"] = "1"
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         return env
 
     def _service(self, name: str, args: list[str], port: int, ready_timeout: float) -> Service:
