@@ -8,6 +8,7 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _add_up(subparsers)
+    _add_compare(subparsers)
     _add_report(subparsers)
     _add_simulate(subparsers)
 
@@ -91,6 +92,53 @@ def _up(args: argparse.Namespace) -> int:
     return run_up(cfg)
 
 
+def _add_compare(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compare",
+        help="run a matrix of entropy-control configurations × seeds on one setup and compare them",
+        description="Run every configuration (a strategy plus parameters) once per seed on one shared setup, one run "
+        "after another on a shared Redis and coefficient service; each run is a normal run directory under "
+        "OUT/runs/. Writes OUT/report.md, OUT/results.json and overlaid plots. Rerunning the same command (or "
+        "`aerplane compare --out OUT`) continues an interrupted comparison; finished runs are never redone.",
+        epilog="example: aerplane compare --strategies none,fixed:alpha=1e-3,fixed:alpha=1e-2,skywork,aer --seeds 0,1",
+    )
+    m = p.add_argument_group("matrix")
+    m.add_argument("--strategies", help="comma-separated configurations: NAME[:KEY=VALUE[:KEY=VALUE...]], "
+                   "e.g. none,fixed:alpha=1e-3,aer:rho=0.8:weighting=uniform")  # fmt: skip
+    m.add_argument("--seeds", help="comma-separated seeds for every configuration (default 0)")
+    m.add_argument("--matrix", metavar="FILE", help="TOML or YAML file with setup, seeds and [[config]] tables")
+    m.add_argument("--out", help="comparison folder (default runs/compare-<date>-<time>); reuse it to continue")
+    s = p.add_argument_group("shared setup (default: the `aerplane up` defaults, or the matrix file's setup)")
+    s.add_argument("--steps", type=int)
+    s.add_argument("--model")
+    s.add_argument("--task")
+    s.add_argument("--data")
+    s.add_argument("--backend")
+    s.add_argument("--prompts-per-step", type=int)
+    s.add_argument("--samples-per-prompt", "-G", type=int)
+    s.add_argument("--max-tokens", type=int)
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--nproc", type=int)
+    s.add_argument("--checkpoint-interval", type=int)
+    s.add_argument("--eval-every", type=int)
+    s.add_argument("--eval-split")
+    s.add_argument("--eval-size", type=int)
+    s.add_argument("--eval-k", type=int)
+    o = p.add_argument_group("services and view")
+    o.add_argument("--coefficient-http-port", type=int, default=None,
+                   help="REST port of the shared coefficient service (default: a free port)")  # fmt: skip
+    o.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
+                   help="live terminal view per run (default: when stdout is a terminal)")  # fmt: skip
+    p.set_defaults(func=_compare)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from aerplane.launcher.compare import main_from_args
+
+    return main_from_args(args)
+
+
 def _add_report(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "report",
@@ -98,7 +146,8 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
         description="Reads RUN_DIR/metrics.jsonl (and eval.json, run.json) and writes RUN_DIR/plots/*.png and "
         "RUN_DIR/report.md. Needs no running service.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `aerplane up`")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (`aerplane up`) or a comparison folder "
+                   "(`aerplane compare`)")  # fmt: skip
     p.set_defaults(func=_report)
 
 
@@ -109,7 +158,12 @@ def _report(args: argparse.Namespace) -> int:
     from aerplane.launcher.report import ReportError, write_report
 
     try:
-        path = write_report(Path(args.run_dir))
+        if (Path(args.run_dir) / "compare.json").exists():
+            from aerplane.launcher.compare_report import write_compare_report
+
+            path = write_compare_report(Path(args.run_dir))
+        else:
+            path = write_report(Path(args.run_dir))
     except ReportError as exc:
         print(f"aerplane report: {exc}", file=sys.stderr)
         return 2

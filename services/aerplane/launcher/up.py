@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import signal
 import sys
@@ -91,8 +92,11 @@ def python_cmd(*args: str) -> list[str]:
 # --- validation: everything before anything starts ----------------------------------------------------------------
 
 
-def validate(cfg: UpConfig) -> dict[str, Any]:
-    """Check the configuration and resolve the model; raise UpError with one clear line. Returns resolved facts."""
+def validate(cfg: UpConfig, *, shared_ports: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check the configuration and resolve the model; raise UpError with one clear line. Returns resolved facts.
+
+    `shared_ports` names ports of services another stack already runs for this one (not checked as free).
+    """
     from aerplane.core.strategies import build_strategy
 
     if cfg.steps < 1:
@@ -130,9 +134,13 @@ def validate(cfg: UpConfig) -> dict[str, Any]:
         if len(items) < cfg.prompts_per_step:
             raise UpError(f"--data {cfg.data}: {len(items)} prompts, fewer than one step's {cfg.prompts_per_step}")
 
+    if cfg.eval_size < 1 or cfg.eval_k < 1:
+        raise UpError(f"--eval-size and --eval-k must be at least 1, got {cfg.eval_size} and {cfg.eval_k}")
     ports = asdict(cfg.ports)
     if backend != "vllm":
         ports.pop("vllm")
+    for name in shared_ports:
+        ports.pop(name, None)
     for name, port in ports.items():
         if not 1 <= port <= 65535:
             raise UpError(f"port for {name} must be in 1..65535, got {port}")
@@ -153,13 +161,21 @@ class Service:
 
 
 class Stack:
-    """The run's child processes, started in dependency order and stopped in reverse, all by PID."""
+    """The run's child processes, started in dependency order and stopped in reverse, all by PID.
 
-    def __init__(self, cfg: UpConfig, run_dir: Path, run_id: str, facts: dict[str, Any]) -> None:
+    With `shared` (what `aerplane compare` passes), Redis and the coefficient service are another Stack's: they
+    serve every run of a comparison (the coefficient service holds many runs), and this stack starts only the
+    run-bound services (reward, generation, learner) against them.
+    """
+
+    def __init__(
+        self, cfg: UpConfig, run_dir: Path, run_id: str, facts: dict[str, Any], shared: Stack | None = None
+    ) -> None:
         self.cfg, self.run_dir, self.run_id, self.facts = cfg, run_dir, run_id, facts
+        self.shared = shared
         self.logs = run_dir / "logs"
         self.redis: Any = None
-        self.redis_url = cfg.redis_url or ""
+        self.redis_url = shared.redis_url if shared is not None else cfg.redis_url or ""
         self.services: list[Service] = []
         self.learner: Service | None = None
         self.metrics_seen: dict[str, bool] = {}
@@ -173,8 +189,9 @@ class Stack:
 
     def _service(self, name: str, args: list[str], port: int, ready_timeout: float) -> Service:
         base = f"http://127.0.0.1:{port}"
+        env = {**self._env(), **cpu_split(self.facts["backend"]).get(name, {})}
         proc = ManagedProcess(
-            name, python_cmd(*args), env=self._env(), log_path=self.logs / f"{name}.log", ready_url=f"{base}/readyz"
+            name, python_cmd(*args), env=env, log_path=self.logs / f"{name}.log", ready_url=f"{base}/readyz"
         )
         return Service(name, proc, ready_timeout, f"{base}/metrics")
 
@@ -201,19 +218,25 @@ class Stack:
         except TimeoutError:
             raise ServiceCrashed(svc.name, None, svc.process.log_tail(30)) from None
 
-    def start_all(self, status: Any) -> None:
-        p, cfg = self.cfg.ports, self.cfg
+    def start_shared(self, status: Any) -> None:
+        """Redis and the coefficient service: what several runs can share."""
+        p = self.cfg.ports
         status("starting redis")
         self.start_redis()
-        common = ["--redis-url", self.redis_url, "--host", "127.0.0.1"]
         status("starting the coefficient service")
         coefficient = self._service(
             "coefficient",
             ["coefficient", "serve", "--grpc-port", str(p.coefficient_grpc), "--http-port", str(p.coefficient_http),
-             *common],
+             "--redis-url", self.redis_url, "--host", "127.0.0.1"],
             p.coefficient_http, 60,
         )  # fmt: skip
         self.start_service(coefficient)
+
+    def start_all(self, status: Any) -> None:
+        p, cfg = self.cfg.ports, self.cfg
+        if self.shared is None:
+            self.start_shared(status)
+        common = ["--redis-url", self.redis_url, "--host", "127.0.0.1"]
         status("starting the reward service")
         reward = self._service(
             "reward",
@@ -251,6 +274,8 @@ class Stack:
 
     def check_alive(self) -> None:
         """Raise ServiceCrashed for the first long-running service that has exited (not the learner)."""
+        if self.shared is not None:
+            self.shared.check_alive()
         if self.redis is not None and self.redis.process.poll() is not None:
             raise ServiceCrashed("redis", self.redis.process.poll(), self.redis.process.log_tail(30))
         for svc in self.services:
@@ -291,6 +316,39 @@ class Stack:
             svc.process.stop(timeout=30 if svc.name in ("learner", "generation") else 15)
         if self.redis is not None:
             self.redis.stop()
+
+
+def cpu_split(backend: str) -> dict[str, dict[str, str]]:
+    """Per-service environment that splits a CPU-only machine's cores between vLLM and the learner.
+
+    The learner trains step t while vLLM samples step t+1, so on a CPU-only machine both run at once. Left alone,
+    vLLM binds its OpenMP threads to all cores but one and torch starts one thread per core; the two then fight
+    over the shared cores, and OpenMP's barriers turn that into a 2-3× slowdown of each training step (measured
+    on 2 cores: a SmolLM2 forward/backward took 23 s with one torch thread and 44-69 s with two while vLLM
+    sampled). So vLLM gets the first half of the cores and the learner as many torch threads as the rest. Settings
+    the user exported (`VLLM_CPU_OMP_THREADS_BIND`, `OMP_NUM_THREADS`) win; with CUDA or without vLLM nothing changes.
+    """
+    if backend != "vllm" or _has_cuda():
+        return {}
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cpus < 2:
+        return {}
+    first = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(cpus))
+    vllm_cores = first[: cpus // 2]
+    out: dict[str, dict[str, str]] = {"generation": {}, "learner": {}}
+    if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        out["generation"]["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in vllm_cores)
+    if "OMP_NUM_THREADS" not in os.environ:
+        out["learner"]["OMP_NUM_THREADS"] = str(cpus - len(vllm_cores))
+    return out
+
+
+def _has_cuda() -> bool:
+    """Whether an NVIDIA device is visible, without importing torch into the launcher."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -392,19 +450,62 @@ def evaluate(stack: Stack, *, step: int, policy_version: int, timeout: float = 1
                     consumer.ack(*[d.id for d in deliveries])
         finally:
             client.drop_group(ROLLOUT_SCORED, group)
-    per_problem = [list(r.values()) for r in rewards.values()]
-    by_difficulty: dict[str, list[float]] = {}
-    for pid, r in rewards.items():
-        by_difficulty.setdefault(difficulty[pid], []).append(sum(r.values()) / len(r))
+    per_problem = {pid: [r[i] for i in sorted(r)] for pid, r in rewards.items()}
     return {
         "name": cfg.eval_split,
         "step": step,
         "policy_versions": sorted(versions),
-        "problems": len(per_problem),
-        "k": cfg.eval_k,
-        "avg_at_k": sum(sum(r) / len(r) for r in per_problem) / len(per_problem),
-        "pass_at_k": sum(1.0 for r in per_problem if max(r) >= 1.0) / len(per_problem),
-        "avg_at_k_by_difficulty": {k: sum(v) / len(v) for k, v in sorted(by_difficulty.items())},
+        "seed": cfg.seed,
+        "temperature": cfg.temperature,
+        **eval_summary(per_problem, difficulty, cfg.eval_k),
+        "rewards": per_problem,
+    }
+
+
+EVAL_KS = (1, 4, 8)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021): 1 − C(n−c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def eval_summary(per_problem: dict[str, list[float]], difficulty: dict[str, str], k: int) -> dict[str, Any]:
+    """avg@k and pass@k for k in (1, 4, 8) up to the samples drawn, their standard errors, and per-bucket accuracy.
+
+    avg@k is the mean reward of each problem's first k samples (sample indices are seeded, so it is the same
+    draw every time); pass@k the unbiased estimate from all samples, a sample counting as correct at reward 1.
+    Standard errors are over problems (the spread of per-problem values / √problems), which is what a held-out
+    set of this size can resolve.
+    """
+    problems = list(per_problem.values())
+    n_problems = len(problems)
+
+    def mean_se(values: list[float]) -> tuple[float, float]:
+        mean = sum(values) / len(values)
+        if len(values) < 2:
+            return mean, 0.0
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+        return mean, math.sqrt(var / len(values))
+
+    by_k: dict[str, dict[str, float]] = {}
+    for kk in sorted({*(x for x in EVAL_KS if x <= k), k}):
+        avg, avg_se = mean_se([sum(r[:kk]) / kk for r in problems])
+        passed, pass_se = mean_se([pass_at_k(len(r), sum(1 for x in r if x >= 1.0), kk) for r in problems])
+        by_k[str(kk)] = {"avg": avg, "avg_se": avg_se, "pass": passed, "pass_se": pass_se}
+    by_difficulty: dict[str, list[float]] = {}
+    for pid, r in per_problem.items():
+        by_difficulty.setdefault(difficulty[pid], []).append(sum(r) / len(r))
+    return {
+        "problems": n_problems,
+        "k": k,
+        "avg_at_k": by_k[str(k)]["avg"],
+        "pass_at_k": by_k[str(k)]["pass"],
+        "avg_at_k_se": by_k[str(k)]["avg_se"],
+        "by_k": by_k,
+        "avg_at_k_by_difficulty": {b: sum(v) / len(v) for b, v in sorted(by_difficulty.items())},
     }
 
 
@@ -443,20 +544,34 @@ def resolve_run(cfg: UpConfig) -> tuple[Path, str]:
 
 def run_up(cfg: UpConfig) -> int:
     """Run the whole job; returns the process exit code."""
-    from aerplane.launcher.report import write_report
-    from aerplane.launcher.view import make_view
-
     try:
         run_dir, run_id = resolve_run(cfg)
         facts = validate(cfg)
     except UpError as exc:
         print(f"aerplane up: {exc}", file=sys.stderr)
         return 2
+    return execute(cfg, run_dir, run_id, facts)
+
+
+def execute(
+    cfg: UpConfig,
+    run_dir: Path,
+    run_id: str,
+    facts: dict[str, Any],
+    *,
+    shared: Stack | None = None,
+    title_prefix: str = "",
+) -> int:
+    """Start the run's services (on `shared` Redis + coefficient service when given), train, evaluate, report.
+
+    Returns the exit code: 0 when the run finished and its report is written.
+    """
+    from aerplane.launcher.report import write_report
+    from aerplane.launcher.view import make_view
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(
-        run_dir / "run.json",
-        {**asdict(cfg), **facts, "run_id": run_id, "run_dir": str(run_dir), "started": time.time()},
-    )
+    run_info = {**asdict(cfg), **facts, "run_id": run_id, "run_dir": str(run_dir), "started": time.time()}
+    _write_json(run_dir / "run.json", run_info)
 
     p = cfg.ports
     urls = {
@@ -467,9 +582,10 @@ def run_up(cfg: UpConfig) -> int:
         "metrics:generation": f"http://127.0.0.1:{p.generation_http}/metrics",
         "metrics:learner": f"http://127.0.0.1:{p.learner_http}/metrics",
     }
-    title = f"aerplane · run {run_id} · {cfg.strategy} · {Path(facts['model_path']).name} · {facts['backend']}"
+    model_name = Path(facts["model_path"]).name
+    title = f"{title_prefix}aerplane · run {run_id} · {cfg.strategy} · {model_name} · {facts['backend']}"
     view = make_view(cfg.live, cfg.steps, urls, override_curl(p.coefficient_http, run_id), title)
-    stack = Stack(cfg, run_dir, run_id, facts)
+    stack = Stack(cfg, run_dir, run_id, facts, shared)
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
     evaluations: list[dict[str, Any]] = []
     code = 0
@@ -501,6 +617,7 @@ def run_up(cfg: UpConfig) -> int:
         _write_json(run_dir / "eval.json", {"splits": evaluations[-1:], "history": evaluations})
         view.status("writing the report")
         report = write_report(run_dir)
+        _write_json(run_dir / "run.json", {**run_info, "finished": time.time()})
         view.close()
         print(f"report: {report}")
     except ServiceCrashed as exc:
