@@ -1,4 +1,5 @@
-"""Reward verification throughput (pool vs one process) and stream round trip (vs redis-benchmark's raw XADD).
+"""Reward verification throughput (pool vs one process; math-verify's extraction vs our old cut-out) and stream round
+trip (vs redis-benchmark's raw XADD).
 
     .venv/bin/python bench/reward.py                          # 120 items × 3 rounds; 5000 stream messages × 3
     .venv/bin/python bench/reward.py --items 60 --messages 2000 --rounds 2 --workers 4
@@ -6,10 +7,15 @@
 1. Verification. Candidate: `WorkerPool.score_many` (N worker processes, each item with its hard timeout, sent over
    a pipe). Baseline: the same items scored one after another in this process by the same scorer functions
    (`pool.score_item`: no timeout, no isolation — what you would get without the pool). Items are a fixed mix of
-   math-verify (fractions, powers, sets, intervals, units) and reasoning-gym (chain_sum, basic_arithmetic,
-   gsm_symbolic) answers, right and wrong, with numbers that change per item so parse caches do not flatter either
-   side; each path gets fresh items of the same mix every round.
-2. Stream round trip. Candidate: `StreamClient.publish_many` (batches of 100) of GeneratedSample records (128
+   math answers after a short worked solution (fractions boxed and not, powers, sets, intervals, units, `1 000`)
+   and reasoning-gym (chain_sum, basic_arithmetic, gsm_symbolic) answers, right and wrong, with numbers that change
+   per item so parse caches do not flatter either side; each path gets fresh items of the same mix every round.
+   Both use the default extraction, `math_verify`.
+2. Extraction. Candidate: a pool with the default `math_verify` extraction (math-verify reads the whole response).
+   Baseline: the same pool with `boxed_or_last_number` (the old default: the last box, else the last number, cut
+   out and handed to math-verify), scoring the same items, the two alternating first. Also counts how many items
+   each gets right (every item of the mix has a known right reward).
+3. Stream round trip. Candidate: `StreamClient.publish_many` (batches of 100) of GeneratedSample records (128
    prompt + 256 response tokens with logprobs, ~2.7 KB each) from one thread while a consumer `read`s (count 100),
    decodes and `publish_and_ack`s a ScoredSample per message — the reward service's transport path, minus scoring
    — until every message is acked. Baseline: `redis-benchmark -n 20000 -q XADD` (50 clients, no pipelining,
@@ -33,27 +39,40 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+KINDS = 15
+RIGHT = (1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 1)  # whether each kind of item is a right answer
+
+
 def item(i: int) -> tuple[str, str, str]:
     """Item `i` of a fixed mix; numbers vary with `i` so no two items hit math-verify's parse caches alike."""
-    k, j = i % 12, i // 12 + 2
+    k, j = i % KINDS, i // KINDS + 2
+    work = rf"We have $a = {j}$ and $b = {j + 1}$, so $a + b = {2 * j + 1}$; checking, $2a - b = {j - 1}$." + "\n\n"
     return [
-        ("math", rf"so the answer is \boxed{{\frac{{1}}{{{j}}}}}", str(1 / j)),
-        ("math", rf"\boxed{{\dfrac{{{j}}}{{4}}}}", str(j / 4)),
-        ("math", rf"\boxed{{{j}^{{n-1}}}}", f"{j}^(n-1)"),
-        ("math", rf"\boxed{{\{{1, {j}, {j + 1}\}}}}", rf"\{{{j + 1},{j},1\}}"),
-        ("math", rf"\boxed{{(0, {j}]}}", rf"\left(0,{j}\right]"),
-        ("math", rf"\boxed{{{j}\text{{ cm}}}}", str(j)),
-        ("math", f"After simplifying we get {j} apples.", str(j + 1)),
-        ("math", rf"\boxed{{\sqrt{{{4 * j}}}}}", rf"2\sqrt{{{j}}}"),
+        ("math", rf"{work}so the answer is \boxed{{\frac{{1}}{{{j}}}}}", str(1 / j)),
+        ("math", rf"{work}\boxed{{\dfrac{{{j}}}{{4}}}}", str(j / 4)),
+        ("math", rf"{work}\boxed{{{j}^{{n-1}}}}", f"{j}^(n-1)"),
+        ("math", rf"{work}\boxed{{\{{1, {j}, {j + 1}\}}}}", rf"\{{{j + 1},{j},1\}}"),
+        ("math", rf"{work}\boxed{{(0, {j}]}}", rf"\left(0,{j}\right]"),
+        ("math", rf"{work}\boxed{{{j}\text{{ cm}}}}", str(j)),
+        ("math", f"{work}After simplifying we get {j} apples.", str(j + 1)),
+        ("math", rf"{work}\boxed{{\sqrt{{{4 * j}}}}}", rf"2\sqrt{{{j}}}"),
         ("chain_sum", rf"\boxed{{-{j}4282}}", f"-{j}4282"),
         ("basic_arithmetic", f"the total is {j}06475279601", f"{j}06475279601"),
         ("gsm_symbolic", rf"\boxed{{{j},080}}", f"{j}080"),
         ("gsm_symbolic", rf"\boxed{{{j}}}", f"{j}080"),
+        ("math", rf"{work}so $x = \frac{{{j}}}{{9}}$", f"{j}/9"),  # unboxed LaTeX: the old cut-out reads 9
+        ("math", f"{work}The total is {j} 000 apples.", f"{j}000"),  # a space as thousands separator
+        ("math", rf"{work}Answer: $[0,{j})$", rf"$[0,{j})$"),  # an interval
     ][k]
 
 
 def items(n: int, offset: int = 0) -> list[tuple[str, str, str]]:
     return [item(offset + i) for i in range(n)]
+
+
+def right(scores: list, offset: int) -> int:
+    """How many of the items `offset`, `offset + 1`, ... got full reward exactly when they are right."""
+    return sum((s.reward >= 1.0) == RIGHT[(offset + i) % KINDS] for i, s in enumerate(scores))
 
 
 # --- 1. verification ----------------------------------------------------------------------------------------------
@@ -63,14 +82,14 @@ def bench_verification(n_items: int, rounds: int, workers: int) -> dict:
     from aerplane.reward.pool import PoolConfig, WorkerPool, score_item
 
     for it in items(24, offset=10**6):  # import and warm the in-process baseline like the workers warm themselves
-        score_item(*it, "boxed_or_last_number")
+        score_item(*it)
     single, pooled, same = [], [], True
     with WorkerPool(PoolConfig(workers=workers, timeout_s=10.0)) as pool:
         pool.score_many(items(24, offset=2 * 10**6))  # warm-up
         for r in range(rounds):
             work = items(n_items, offset=r * n_items)  # fresh items every round, same for both paths
             t = time.perf_counter()
-            base = [score_item(*it, "boxed_or_last_number") for it in work]
+            base = [score_item(*it) for it in work]
             single.append(n_items / (time.perf_counter() - t))
             work = items(n_items, offset=(rounds + r) * n_items)
             t = time.perf_counter()
@@ -88,7 +107,45 @@ def bench_verification(n_items: int, rounds: int, workers: int) -> dict:
     }
 
 
-# --- 2. stream round trip -----------------------------------------------------------------------------------------
+def bench_extraction(n_items: int, rounds: int, workers: int) -> dict:
+    from aerplane.reward.pool import PoolConfig, WorkerPool
+
+    rates: dict[str, list[float]] = {"math_verify": [], "boxed_or_last_number": []}
+    right_counts = {mode: 0 for mode in rates}
+    changed = 0
+    pools = {mode: WorkerPool(PoolConfig(workers=workers, timeout_s=10.0, extraction=mode)) for mode in rates}
+    try:
+        for pool in pools.values():
+            pool.start()
+            pool.score_many(items(24, offset=3 * 10**6))  # warm-up
+        for r in range(rounds):
+            offset = (2 * rounds + r) * n_items
+            work = items(n_items, offset=offset)  # the same items for both modes
+            order = list(rates) if r % 2 == 0 else list(reversed(rates))
+            scored = {}
+            for mode in order:
+                t = time.perf_counter()
+                scored[mode] = pools[mode].score_many(work)
+                rates[mode].append(n_items / (time.perf_counter() - t))
+                right_counts[mode] += right(scored[mode], offset)
+            changed += sum(a.reward != b.reward for a, b in zip(*scored.values(), strict=True))
+    finally:
+        for pool in pools.values():
+            pool.close()
+    return {
+        "items": n_items * rounds,
+        "workers": workers,
+        "math_verify_per_s": statistics.median(rates["math_verify"]),
+        "cut_out_per_s": statistics.median(rates["boxed_or_last_number"]),
+        "math_verify_rounds": rates["math_verify"],
+        "cut_out_rounds": rates["boxed_or_last_number"],
+        "math_verify_right": right_counts["math_verify"],
+        "cut_out_right": right_counts["boxed_or_last_number"],
+        "rewards_changed": changed,
+    }
+
+
+# --- 3. stream round trip -----------------------------------------------------------------------------------------
 
 
 def sample(i: int, run_id: str):
@@ -201,8 +258,10 @@ def main() -> None:
     args = parser.parse_args()
 
     v = bench_verification(args.items, args.rounds, args.workers)
+    e = bench_extraction(args.items, args.rounds, args.workers)
     s = bench_streams(args.messages, args.rounds)
     speedup = v["pool_per_s"] / v["single_per_s"]
+    extraction_ratio = e["math_verify_per_s"] / e["cut_out_per_s"]
     ratio = s["roundtrip_msgs_per_s"] / s["raw_xadd_per_s"]
 
     print(f"reward verification, {v['items']} items × {args.rounds} rounds (medians)")
@@ -211,6 +270,15 @@ def main() -> None:
     pool_label = f"pool, {v['workers']} workers (timeout + isolation)"
     print(f"{pool_label:<66}{v['pool_per_s']:>12.1f}")
     print(f"pool / one process: {speedup:.2f}x; scores identical: {v['same_scores']}")
+    print()
+    print(f"math extraction, the same {args.items} items × {args.rounds} rounds through the pool (medians)")
+    print(f"{'extraction':<66}{'items/s':>12}{'right':>10}")
+    n = e["items"]
+    old = "boxed_or_last_number: last box, else last number (old, baseline)"
+    print(f"{old:<66}{e['cut_out_per_s']:>12.1f}{e['cut_out_right']:>5}/{n:<4}")
+    new = "math_verify: math-verify reads the whole response (the default)"
+    print(f"{new:<66}{e['math_verify_per_s']:>12.1f}{e['math_verify_right']:>5}/{n:<4}")
+    print(f"math_verify / cut-out: {extraction_ratio:.2f}x items/s; rewards changed on {e['rewards_changed']} of {n}")
     print()
     print(f"stream round trip, {s['messages']} messages of {s['payload_bytes']} B × {args.rounds} rounds (medians)")
     print(f"{'path':<66}{'msgs/s':>12}")
@@ -228,6 +296,15 @@ def main() -> None:
             "target": None,
             "better": "higher",
             "figures": v,
+        },
+        {
+            "bench": "reward",
+            "metric": "math_verify_throughput_ratio",
+            "value": round(extraction_ratio, 3),
+            "baseline": "boxed_or_last_number cut-out extraction (the old default), same pool and items",
+            "target": None,
+            "better": "higher",
+            "figures": e,
         },
         {
             "bench": "reward",

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from reward_cases import HACK_CASES, MATH_CASES
 
 from aerplane.common import messages as m
 from aerplane.common.process import ManagedProcess, free_port
@@ -245,7 +246,7 @@ ADVERSARIAL = {
     "huge literal": r"\boxed{" + "9" * 60_000 + "}",
     "megabytes of text": "The answer is " + "blah " * 600_000 + r"\boxed{1}",
     "lone surrogates": "\ud800\udc00\udfff \\boxed{1}",
-    "a box never closed": r"\boxed{" + "3+" * 20_000,  # falls back to the last number, 3
+    "a box never closed": r"\boxed{" + "3+" * 20_000,  # math-verify finds no answer in it
 }
 
 
@@ -305,7 +306,9 @@ def test_verify_endpoint_adversarial_inputs_return_in_time_while_serving_others(
     assert results["huge exponent tower"][1]["reason"] == "timeout"
     assert results["lone surrogates"][1]["reason"] == "match"
     assert results["invalid utf-8 bytes"][1]["reason"] == "match"
-    assert results["a box never closed"][1]["reason"] == "mismatch"
+    assert results["a box never closed"][1]["reason"] == "no_answer"
+    assert results["deeply nested braces"][1]["reason"] == "too_long"  # the nesting cap, before any parsing
+    assert results["deeply nested fractions"][1]["reason"] == "too_long"
     assert not failures, failures[:3]
     begin, end = windows["huge exponent tower"]  # a worker is stuck for the whole timeout here
     assert sum(begin <= done <= end for done, _ in served) >= 3, "other requests were not served meanwhile"
@@ -318,16 +321,45 @@ def scorers_reasons() -> tuple[str, ...]:
     return REASONS
 
 
-def test_verify_endpoint_forms_and_errors(tmp_path: Path, services: list[ManagedProcess]) -> None:
+def start_http_only(tmp_path: Path, services: list[ManagedProcess], *extra: str) -> str:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    argv = [AERPLANE, "reward", "serve", "--no-consume", "--host", "127.0.0.1", "--http-port", str(port)]
+    argv = [AERPLANE, "reward", "serve", "--no-consume", "--host", "127.0.0.1", "--http-port", str(port), *extra]
     proc = ManagedProcess("reward-http", argv, log_path=tmp_path / "http.log", ready_url=f"{base}/readyz").start()
     services.append(proc)
     proc.wait_ready(60)
+    return base
+
+
+def test_verify_endpoint_reads_answer_forms_and_refuses_hacks(tmp_path: Path, services: list[ManagedProcess]) -> None:
+    """The unit tests' `math` cases through a real service with its defaults (math-verify reads the response)."""
+    base = start_http_only(tmp_path, services)
+    cases = MATH_CASES + HACK_CASES
+    items = [{"task": "math", "response": r, "ground_truth": g} for r, g, _, _ in cases]
+    with httpx.Client(base_url=base, timeout=60) as c:
+        batch = c.post("/v1/verify", json={"items": items})
+        assert batch.status_code == 200, batch.text
+        for (response, truth, reward, method), got in zip(cases, batch.json()["results"], strict=True):
+            want = (reward, "match" if reward == 1.0 else "mismatch", method)
+            assert (got["reward"], got["reason"], got["method"]) == want, (response, truth, got)
+            assert got["answer"], (response, got)
+        one = c.post(
+            "/v1/verify", json={"task": "math", "response": r"so $\frac{10}{9}$ it is", "ground_truth": "10/9"}
+        )
+        assert one.json() == {"reward": 1.0, "reason": "match", "answer": r"\frac{10}{9}", "method": "latex"}
+        none = c.post("/v1/verify", json={"task": "math", "response": "no idea", "ground_truth": "3"})
+        assert none.json() == {"reward": 0.0, "reason": "no_answer", "answer": None, "method": None}
+
+
+def test_verify_endpoint_forms_and_errors(tmp_path: Path, services: list[ManagedProcess]) -> None:
+    """Request forms and errors, on a service with the old cut-out extraction (still an option)."""
+    base = start_http_only(tmp_path, services, "--extraction", "boxed_or_last_number")
     with httpx.Client(base_url=base, timeout=30) as c:
         one = c.post("/v1/verify", json={"task": "math", "response": r"\boxed{\dfrac{1}{2}}", "ground_truth": "0.5"})
         assert one.status_code == 200 and one.json()["reward"] == 1.0 and one.json()["reason"] == "match"
+        assert one.json()["method"] == "boxed"
+        cut = c.post("/v1/verify", json={"task": "math", "response": r"$\frac{10}{9}$", "ground_truth": "10/9"})
+        assert cut.json() == {"reward": 0.0, "reason": "mismatch", "answer": "9", "method": "last_number"}
         batch = c.post(
             "/v1/verify",
             json={"items": [
@@ -335,7 +367,10 @@ def test_verify_endpoint_forms_and_errors(tmp_path: Path, services: list[Managed
                 {"task": "basic_arithmetic", "response": "= 12", "ground_truth": "12"},
             ]},
         )  # fmt: skip
-        assert [(r["reward"], r["reason"]) for r in batch.json()["results"]] == [(0.0, "mismatch"), (1.0, "match")]
+        assert [(r["reward"], r["reason"], r["method"]) for r in batch.json()["results"]] == [
+            (0.0, "mismatch", "boxed"),
+            (1.0, "match", "last_number"),
+        ]
         for bad in (
             {"task": "astrology", "response": "1", "ground_truth": "1"},
             {"task": "math", "response": "1"},

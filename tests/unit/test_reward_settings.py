@@ -25,12 +25,22 @@ def test_defaults_and_environment_names(monkeypatch: pytest.MonkeyPatch) -> None
     assert s.consumer.startswith("reward-")
 
 
+@pytest.mark.parametrize("mode", ["math_verify", "boxed", "last_number", "boxed_or_last_number"])
+def test_extraction_modes_and_the_default(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    assert load_settings(RewardSettings, {"consume": False}).extraction == "math_verify"
+    monkeypatch.setenv("AERPLANE_REWARD_EXTRACTION", mode)
+    monkeypatch.setenv("AERPLANE_REWARD_MAX_NESTING", "20")
+    s = load_settings(RewardSettings, {"consume": False})
+    assert (s.extraction, s.max_nesting) == (mode, 20)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"run_id": "r", "workers": 0}, "reward.workers"),
         ({"run_id": "r", "timeout_s": 0}, "reward.timeout_s"),
-        ({"run_id": "r", "extraction": "first_word"}, "reward.extraction: must be one of"),
+        ({"run_id": "r", "extraction": "first_word"}, "reward.extraction: must be one of math_verify, boxed"),
+        ({"run_id": "r", "max_nesting": 0}, "reward.max_nesting"),
         ({"run_id": "r", "http_port": 70000}, "reward.http_port"),
         ({}, "run_id is required"),
         ({"run_id": "r", "downstream_max_lag": 200_000}, "downstream_max_lag"),

@@ -1,13 +1,16 @@
 """HTTP side of the reward service: `POST /v1/verify` plus /healthz, /readyz, /metrics.
 
     POST /v1/verify {"task": "math", "response": "... \\boxed{1/2}", "ground_truth": "0.5"}
-      → {"reward": 1.0, "reason": "match", "answer": "1/2"}
+      → {"reward": 1.0, "reason": "match", "answer": "1/2", "method": "boxed"}
     POST /v1/verify {"items": [{...}, {...}]}  → {"results": [{...}, {...}]}   (scored concurrently)
 
-Unknown task or malformed body → 422 with a message. Item text is scored as sent: a response over the size cap
-scores 0 with `too_long`, invalid UTF-8 bytes and lone surrogates are replaced with U+FFFD first. `build_app` owns
-the worker pool and (unless `consume` is off) the stream consumer: both start in the lifespan and stop in it, the
-consumer first, so the batch in flight is finished and published before the workers go.
+`answer` is what was read from the response and `method` how it was found (`boxed`, `latex` or `expr` by
+math-verify; `last_number`, `answer_tag`, `string`; null when nothing was read), so a user can see why a response
+scored what it did. Unknown task or malformed body → 422 with a message. Item text is scored as sent: a response
+over the size or nesting cap scores 0 with `too_long`, invalid UTF-8 bytes and lone surrogates are replaced with
+U+FFFD first. `build_app` owns the worker pool and (unless `consume` is off) the stream consumer: both start in the
+lifespan and stop in it, the consumer first, so the batch in flight is finished and published before the workers
+go.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class VerifyBatch(BaseModel):
 
 
 def _result(score: scorers.Score) -> dict[str, Any]:
-    return {"reward": score.reward, "reason": score.reason, "answer": score.answer}
+    return {"reward": score.reward, "reason": score.reason, "answer": score.answer, "method": score.method}
 
 
 def _parse(body: bytes) -> Any:
@@ -118,6 +121,7 @@ def build_app(settings: RewardSettings) -> FastAPI:
             workers=settings.workers,
             timeout_s=settings.timeout_s,
             max_response_bytes=settings.max_response_bytes,
+            max_nesting=settings.max_nesting,
             extraction=settings.extraction,
             math_aliases=tuple(settings.math_tasks),
             memory_limit_mb=settings.worker_memory_mb,

@@ -12,12 +12,13 @@ thread. So each worker runs items on its main thread, and the parent enforces ti
 - each worker's address space is capped (`memory_limit_mb`, RLIMIT_AS), so input that makes sympy allocate without
   bound fails with MemoryError (`error`) instead of swapping the host.
 
-Responses over `max_response_bytes` (UTF-8) answer `too_long` without reaching a worker; lone surrogates
-(invalid unicode from a JSON body) are replaced before sending. Each worker serves one item at a time; callers
-submit from any thread (`submit` → Future, `score` blocks) and the pool runs up to `workers` items at once, so one
-hanging item never stops the others. Workers come from a `forkserver` that preloads sympy, math-verify and
-reasoning-gym, so a replacement is ready in milliseconds, not seconds. Workers ignore SIGTERM/SIGINT (the service
-drains them on shutdown) and exit when the parent's end of their pipe closes.
+Responses (or ground truths) over `max_response_bytes` (UTF-8), or whose brackets nest deeper than `max_nesting`,
+answer `too_long` without reaching a worker, so nothing is parsed; lone surrogates (invalid unicode from a JSON
+body) are replaced before sending. Each worker serves one item at a time; callers submit from any thread (`submit`
+→ Future, `score` blocks) and the pool runs up to `workers` items at once, so one hanging item never stops the
+others. Workers come from a `forkserver` that preloads sympy, math-verify and reasoning-gym, so a replacement is
+ready in milliseconds, not seconds. Workers ignore SIGTERM/SIGINT (the service drains them on shutdown) and exit
+when the parent's end of their pipe closes.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from aerplane.reward import scorers
-from aerplane.reward.scorers import Score
+from aerplane.reward.scorers import DEFAULT_EXTRACTION, Score
+from aerplane.reward.scorers.extract import nests_deeper_than
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,8 @@ class PoolConfig:
     workers: int = 2
     timeout_s: float = 5.0
     max_response_bytes: int = 64 * 1024
-    extraction: str = "boxed_or_last_number"
+    max_nesting: int = 32  # `{`, `(`, `[` nested deeper than this anywhere: too_long, unparsed
+    extraction: str = DEFAULT_EXTRACTION
     math_aliases: tuple[str, ...] = ()
     memory_limit_mb: int = 1024  # address-space cap per worker (RLIMIT_AS); 0: none
     start_method: str = "forkserver"  # or "spawn"
@@ -64,6 +67,8 @@ class PoolConfig:
             raise ValueError(f"timeout_s: must be positive, got {self.timeout_s}")
         if self.max_response_bytes < 1:
             raise ValueError(f"max_response_bytes: must be positive, got {self.max_response_bytes}")
+        if self.max_nesting < 1:
+            raise ValueError(f"max_nesting: must be positive, got {self.max_nesting}")
         if self.extraction not in scorers.EXTRACTION_MODES:
             raise ValueError(f"extraction: must be one of {scorers.EXTRACTION_MODES}, got {self.extraction!r}")
         if self.memory_limit_mb < 0:
@@ -83,7 +88,7 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise _SoftTimeout()
 
 
-def score_item(task: str, response: str, ground_truth: str, extraction: str) -> Score:
+def score_item(task: str, response: str, ground_truth: str, extraction: str = DEFAULT_EXTRACTION) -> Score:
     """Score one item in this process (no timeout, no size cap): what a worker runs, and the 1-process baseline."""
     try:
         fn = scorers.get_scorer(task)
@@ -94,7 +99,8 @@ def score_item(task: str, response: str, ground_truth: str, extraction: str) -> 
     except Exception as exc:  # a scorer bug or a library error on odd input: score 0, keep serving
         return Score(0.0, "error", detail=f"{type(exc).__name__}: {exc}"[:_DETAIL_CHARS])
     if score.reason not in scorers.REASONS or not 0.0 <= score.reward <= 1.0:  # also catches NaN
-        return Score(0.0, "error", score.answer, f"scorer returned reward {score.reward!r}, reason {score.reason!r}")
+        detail = f"scorer returned reward {score.reward!r}, reason {score.reason!r}"
+        return Score(0.0, "error", score.answer, detail, score.method)
     return score
 
 
@@ -132,7 +138,7 @@ def _worker_main(conn: Connection, config: PoolConfig) -> None:
         except _SoftTimeout:
             score = Score(0.0, "timeout", detail=f"exceeded {config.timeout_s}s")
         try:
-            conn.send((seq, score.reward, score.reason, score.answer, score.detail))
+            conn.send((seq, score.reward, score.reason, score.answer, score.detail, score.method))
         except (EOFError, OSError):
             return
 
@@ -306,7 +312,7 @@ class WorkerPool:
         return self._alive
 
     def precheck(self, task: str, response: str, ground_truth: str) -> Score | None:
-        """The answer for items that never reach a worker (unknown task, too long), else None."""
+        """The answer for items that never reach a worker (unknown task, too long, nested too deep), else None."""
         if not scorers.is_known(task):
             return Score(0.0, "error", detail=f"unknown task {task!r}")
         cap = self.config.max_response_bytes
@@ -314,6 +320,10 @@ class WorkerPool:
             return Score(0.0, "too_long", detail=f"response over {cap} bytes")
         if len(ground_truth) > cap or len(ground_truth.encode("utf-8", "surrogatepass")) > cap:
             return Score(0.0, "too_long", detail=f"ground truth over {cap} bytes")
+        depth = self.config.max_nesting
+        for name, text in (("response", response), ("ground truth", ground_truth)):
+            if nests_deeper_than(text, depth):
+                return Score(0.0, "too_long", detail=f"{name} nests brackets deeper than {depth}")
         return None
 
     def submit(self, task: str, response: str, ground_truth: str, *, source: str = "") -> Future[Score]:
@@ -384,8 +394,8 @@ class WorkerPool:
             return Score(0.0, "error", detail=f"worker died ({type(exc).__name__}, exit code {code})")
         worker.items += 1
         self._idle.put(worker)
-        _, reward, reason, answer, detail = reply
-        return Score(float(reward), reason, answer, detail)
+        _, reward, reason, answer, detail, method = reply
+        return Score(float(reward), reason, answer, detail, method)
 
     def _discard(self, worker: _Worker, reason: str) -> None:
         log.warning("%s %s on an item; killing and replacing it", worker.name, reason)

@@ -11,7 +11,8 @@ Environment variables (CLI flags override them):
 | workers | `AERPLANE_REWARD_WORKERS` | 2 |
 | timeout_s | `AERPLANE_REWARD_TIMEOUT_S` | 5.0 |
 | max_response_bytes | `AERPLANE_REWARD_MAX_RESPONSE_BYTES` | 65536 |
-| extraction | `AERPLANE_REWARD_EXTRACTION` | `boxed_or_last_number` |
+| max_nesting | `AERPLANE_REWARD_MAX_NESTING` | 32 |
+| extraction | `AERPLANE_REWARD_EXTRACTION` | `math_verify` (or `boxed`, `last_number`, `boxed_or_last_number`) |
 | … | `AERPLANE_REWARD_<FIELD>` for the rest | see the fields |
 
 The service-specific variables carry the `REWARD_` part so that one environment can configure every service.
@@ -28,7 +29,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from aerplane.common.settings import ServiceSettings
-from aerplane.reward.scorers import EXTRACTION_MODES
+from aerplane.reward.scorers import DEFAULT_EXTRACTION, EXTRACTION_MODES
 
 
 def _default_consumer() -> str:
@@ -66,11 +67,19 @@ class RewardSettings(ServiceSettings):
     max_response_bytes: int = Field(64 * 1024, ge=64, le=64 * 1024 * 1024)
     """Responses longer than this (UTF-8 bytes) score 0 with reason `too_long`, unparsed."""
 
+    max_nesting: int = Field(32, ge=1, le=10_000)
+    """Responses or ground truths whose brackets (`{`, `(`, `[`, one count) nest deeper score 0 with `too_long`,
+    unparsed: LaTeX parsing slows down steeply with nesting (16 nested braces take math-verify seconds)."""
+
     worker_memory_mb: int = Field(1024, ge=0)
     """Address-space cap of each worker process in MiB (0: none); a scorer that needs more scores `error`."""
 
-    extraction: str = "boxed_or_last_number"
-    """How the answer is found in a response: `boxed_or_last_number`, `boxed` or `last_number`."""
+    extraction: str = DEFAULT_EXTRACTION
+    """How `math` tasks find the answer in a response. `math_verify` (default): math-verify reads the whole response
+    with its own LaTeX and expression extraction, boxed answers first (as TRL, verl and prime-rl call it); of several
+    boxes the last counts (or all of them, as one set answer). `boxed`, `last_number`, `boxed_or_last_number`: our
+    own cut-out (the last `\\boxed{}`, the last number, or the box else the last number) handed to math-verify.
+    reasoning-gym tasks keep their own extraction (`math_verify` means `boxed_or_last_number` for them)."""
 
     math_tasks: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Extra task names scored with math-verify like `math` (e.g. `gsm8k,dapo`; env: JSON list or comma list)."""

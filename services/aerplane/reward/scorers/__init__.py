@@ -5,7 +5,14 @@ filled when this package is imported. Scorer modules import their heavy librarie
 reasoning-gym) inside the functions, so the service's parent process can list task names cheaply; the functions
 themselves run inside the worker pool (`aerplane.reward.pool`), never in the service's event loop.
 
-A scorer returns reward in [0, 1] and one of `REASONS`; the pool adds `timeout`, `too_long` and `error`.
+A scorer returns reward in [0, 1], one of `REASONS`, the answer it read and how it found it (`METHODS`); the pool
+adds `timeout`, `too_long` and `error`.
+
+Extraction modes (`EXTRACTION_MODES`, the service's `extraction` setting): `math_verify` (the default) hands the whole
+response to math-verify, which finds the answer itself (boxed first, then LaTeX, then plain expressions); `boxed`,
+`last_number` and `boxed_or_last_number` cut the answer out first with our own rules (`scorers.extract`), for
+datasets that want exactly that. reasoning-gym tasks keep their own extraction; `math_verify` means their default
+there.
 """
 
 from __future__ import annotations
@@ -14,7 +21,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 REASONS = ("match", "mismatch", "no_answer", "timeout", "too_long", "error")
-EXTRACTION_MODES = ("boxed_or_last_number", "boxed", "last_number")
+EXTRACTION_MODES = ("math_verify", "boxed", "last_number", "boxed_or_last_number")
+DEFAULT_EXTRACTION = "math_verify"
+# How the answer was found: a `\boxed{}`, math-verify's LaTeX or plain-expression reading, the last number,
+# reasoning-gym's `<answer>` tag, or the plain text compared as a string.
+METHODS = ("boxed", "latex", "expr", "last_number", "answer_tag", "string")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +33,8 @@ class Score:
     reward: float
     reason: str
     answer: str | None = None  # what was extracted from the response (truncated), for logs and /v1/verify
-    detail: str = ""  # why an `error`, for logs
+    detail: str = ""  # why an `error`, `timeout` or `too_long`, for logs
+    method: str | None = None  # how `answer` was found: one of METHODS (None when nothing was read)
 
 
 ScoreFn = Callable[..., Score]  # (response, ground_truth, *, extraction) -> Score

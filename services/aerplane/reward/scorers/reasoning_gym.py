@@ -7,8 +7,10 @@ repeats the check); tasks whose scorer needs metadata (sudoku, countdown, ...) a
 
 The answer is extracted from the response first (the prompts ask for `\\boxed{}`): the last box, else
 reasoning-gym's own `<answer>...</answer>` tag, else — numeric tasks only, by the configured extraction — the last
-number. The task's score (some give partial credit, e.g. gsm_symbolic 0.01 for a wrong number)
-is the reward; the reason is `match` at 1.0 and `mismatch` below.
+number. The service's default extraction, `math_verify`, means `boxed_or_last_number` here: these tasks keep their
+own extraction and their own scorer. The task's score (some give partial credit, e.g. gsm_symbolic 0.01 for a wrong
+number) is the reward; the reason is `match` at 1.0 and `mismatch` below; the method says where the answer came
+from (`boxed`, `answer_tag` or `last_number`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import re
 from functools import cache
 from typing import Any
 
-from aerplane.reward.scorers import Score, register
-from aerplane.reward.scorers.extract import extract_answer, last_boxed, last_number
+from aerplane.reward.scorers import DEFAULT_EXTRACTION, Score, register
+from aerplane.reward.scorers.extract import find_answer, last_boxed, last_number
 
 # Tasks whose answers are numbers: the "last number" fallback applies.
 NUMERIC_TASKS = (
@@ -52,43 +54,48 @@ def dataset(name: str) -> Any:
     return reasoning_gym.create_dataset(name, seed=0, size=1)
 
 
-def _numeric_answer(response: str, extraction: str) -> str | None:
+def _numeric_answer(response: str, extraction: str) -> tuple[str, str] | None:
     """The extracted answer reduced to a plain number where it holds one (`28,080` → `28080`, `x = 5` → `5`)."""
-    answer = extract_answer(response, "last_number") if extraction == "last_number" else _tagged_answer(response)
-    if answer is None:
-        answer = extract_answer(response, extraction)
-    if answer is None:
+    found = find_answer(response, "last_number") if extraction == "last_number" else _tagged_answer(response)
+    if found is None:
+        found = find_answer(response, extraction)
+    if found is None:
         return None
+    answer, method = found
     plain = answer.strip().strip("$").replace(",", "").replace("\\,", "").strip()
     if _PLAIN_NUMBER.fullmatch(plain):
-        return plain
-    return last_number(answer) or answer
+        return plain, method
+    return last_number(answer) or answer, method
 
 
-def _tagged_answer(response: str) -> str | None:
+def _tagged_answer(response: str) -> tuple[str, str] | None:
     """The last box, else the last `<answer>...</answer>`."""
     boxed = last_boxed(response)
     if boxed is not None:
-        return boxed
+        return boxed, "boxed"
     tagged = None
     for tagged in _ANSWER_TAG.finditer(response):  # noqa: B007 - the last tag counts
         pass
-    return tagged.group(1).strip() or None if tagged is not None else None
+    answer = tagged.group(1).strip() if tagged is not None else ""
+    return (answer, "answer_tag") if answer else None
 
 
 def _score(task: str, response: str, ground_truth: str, extraction: str) -> Score:
-    answer = _numeric_answer(response, extraction) if task in NUMERIC_TASKS else _tagged_answer(response)
-    if answer is None:
+    if extraction == "math_verify":  # math-verify is for `math`; these tasks keep their own extraction
+        extraction = "boxed_or_last_number"
+    found = _numeric_answer(response, extraction) if task in NUMERIC_TASKS else _tagged_answer(response)
+    if found is None:
         return Score(0.0, "no_answer")
+    answer, method = found
     entry = {"question": "", "answer": ground_truth, "metadata": {}}
     reward = float(dataset(task).score_answer(answer, entry))
     reward = min(max(reward, 0.0), 1.0)
-    return Score(reward, "match" if reward >= 1.0 else "mismatch", answer[:_ANSWER_PREVIEW])
+    return Score(reward, "match" if reward >= 1.0 else "mismatch", answer[:_ANSWER_PREVIEW], method=method)
 
 
 def _make(task: str) -> None:
     @register(task)
-    def score(response: str, ground_truth: str, *, extraction: str = "boxed_or_last_number") -> Score:
+    def score(response: str, ground_truth: str, *, extraction: str = DEFAULT_EXTRACTION) -> Score:
         return _score(task, response, ground_truth, extraction)
 
     score.__name__ = f"score_{task}"
