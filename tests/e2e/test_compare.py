@@ -120,6 +120,10 @@ def test_compare_resumes_after_interrupt_without_redoing_finished_runs(tmp_path:
     assert rows[: len(rows_before)] == rows_before
     assert len(rows) < len(rows_before) + 3
     assert json.loads((second / "run.json").read_text()).get("finished")
+    # Finished runs keep only their final weights (checkpoints and older versions are pruned).
+    for run_dir in (none_run, second):
+        assert not (run_dir / "checkpoints").exists()
+        assert [p.name for p in (run_dir / "weights").iterdir()] == ["v3"]
     assert len(state["history"]) == 2 and state["command"][:2] == ["aerplane", "compare"]
 
     # The comparison report: both configurations with their numbers, the command and revision, overlaid plots.

@@ -246,6 +246,26 @@ def test_logprobs_match_a_transformers_recomputation(
     assert worst < LOGPROB_TOLERANCE, f"max |Δ logprob| = {worst:.2e}"
 
 
+def test_vllm_seeded_samples_do_not_depend_on_the_rest_of_the_batch(
+    vllm_engine: Backend, redis_url: str, tiny: Path
+) -> None:
+    """What makes held-out evaluation reproducible: a seeded request samples the same tokens alone or in a crowd."""
+    harness = Harness(vllm_engine, redis_url, tiny)
+    try:
+        harness.request("alone", n=8, temperature=1.0, max_tokens=24, seed=42)
+        alone = sorted(harness.run_until(8), key=lambda s: s.sample_index)
+        for i in range(6):
+            harness.request(f"other-{i}", n=8, temperature=1.0, max_tokens=24, seed=100 + i,
+                            prompt=PROMPT.replace("2 + 3", f"{i} + {i + 7}"))  # fmt: skip
+        harness.request("crowd", n=8, temperature=1.0, max_tokens=24, seed=42)
+        crowd = [s for s in harness.run_until(8 + 7 * 8) if s.prompt_id == "crowd"]
+        crowd.sort(key=lambda s: s.sample_index)
+    finally:
+        harness.close()
+    assert [s.response_token_ids for s in crowd] == [s.response_token_ids for s in alone]
+    assert len({tuple(s.response_token_ids) for s in alone}) > 1  # sampled, not greedy
+
+
 def test_a_prompt_too_long_for_the_model_is_dead_lettered(harness: Harness) -> None:
     harness.request("long", prompt="hello " * 3000)
     harness.request("fine")

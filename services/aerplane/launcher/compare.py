@@ -233,6 +233,7 @@ class CompareState:
     created: float
     machine: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)  # every invocation: command, revision, time
+    keep_checkpoints: bool = False  # this invocation's choice (not saved)
 
     def save(self) -> None:
         data = {
@@ -297,7 +298,9 @@ def plan(out: Path, setup: dict[str, Any] | None, configs: list[ConfigSpec], com
             out=out, setup=setup, configs=[], runs={}, command=command, git_revision=git_revision(),
             created=time.time(), machine=machine_info(),
         )  # fmt: skip
-    elif setup is not None and setup != state.setup:
+    else:
+        state.setup = build_setup(state.setup)  # options added since the comparison started take their defaults
+    if setup is not None and setup != state.setup:
         diff = [f"{k} ({state.setup.get(k)!r} there, {v!r} now)" for k, v in setup.items() if v != state.setup.get(k)]
         raise CompareError(
             f"{out} holds a comparison with another setup: {'; '.join(diff)}. Continue it with "
@@ -360,7 +363,13 @@ class _Progress:
 
 
 def run_compare(
-    out: Path, setup: dict[str, Any] | None, configs: list[ConfigSpec], *, live: bool | None, coefficient_http: int
+    out: Path,
+    setup: dict[str, Any] | None,
+    configs: list[ConfigSpec],
+    *,
+    live: bool | None,
+    coefficient_http: int,
+    keep_checkpoints: bool = False,
 ) -> int:
     """Run (or continue) the comparison in `out`; returns the exit code."""
     from aerplane.launcher.compare_report import write_compare_report
@@ -369,6 +378,7 @@ def run_compare(
     try:
         out.mkdir(parents=True, exist_ok=True)
         state = plan(out, setup, configs, command)
+        state.keep_checkpoints = keep_checkpoints
         base = UpConfig(**state.setup)
         facts = validate(base, shared_ports=("coefficient_grpc", "coefficient_http", "reward_http",
                                              "generation_http", "vllm", "learner_http"))  # fmt: skip
@@ -472,7 +482,34 @@ def _run_one(
     finally:
         entry.wall_seconds += time.monotonic() - started
     entry.status = "finished" if code == 0 else ("pending" if code >= 128 else "failed")
+    if code == 0 and not state.keep_checkpoints:
+        freed = prune_finished_run(run_dir)
+        if freed:
+            print(f"[compare] {entry.key}: removed checkpoints and old weights ({freed / 2**30:.1f} GiB); "
+                  "the final weights stay", flush=True)  # fmt: skip
     return code
+
+
+def prune_finished_run(run_dir: Path) -> int:
+    """Delete a finished run's checkpoints and every weights version but the last; returns the bytes freed.
+
+    A finished run is never resumed, and on SmolLM2 each checkpoint (weights + Adam state) and weights version cost
+    1.6 GB and 0.5 GB: a 16-run comparison would otherwise fill tens of GB. The final policy stays loadable.
+    """
+    import shutil
+
+    doomed = [run_dir / "checkpoints"]
+    versions = sorted(
+        (p for p in (run_dir / "weights").glob("v*") if p.is_dir() and p.name[1:].isdigit()),
+        key=lambda p: int(p.name[1:]),
+    )
+    doomed += versions[:-1]
+    freed = 0
+    for path in doomed:
+        if path.exists():
+            freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            shutil.rmtree(path, ignore_errors=True)
+    return freed
 
 
 def main_from_args(args: Any) -> int:
@@ -503,7 +540,10 @@ def main_from_args(args: Any) -> int:
     if setup is None and not (out / STATE_FILE).exists():
         print("aerplane compare: give --strategies or --matrix (or --out of a comparison to continue)", file=sys.stderr)
         return 2
-    return run_compare(out, setup, configs, live=args.live, coefficient_http=args.coefficient_http_port or 0)
+    return run_compare(
+        out, setup, configs, live=args.live, coefficient_http=args.coefficient_http_port or 0,
+        keep_checkpoints=args.keep_checkpoints,
+    )  # fmt: skip
 
 
 def _split_strategies(text: str) -> list[str]:

@@ -44,6 +44,8 @@ def _add_up(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--eval-split", default="rg-heldout", help="rg-heldout | champ (default rg-heldout)")
     e.add_argument("--eval-size", type=int, default=16, help="held-out problems (default 16)")
     e.add_argument("--eval-k", type=int, default=4, help="samples per problem for avg@k / pass@k (default 4)")
+    e.add_argument("--eval-seed", type=int, default=0,
+                   help="held-out problems and their sampling seeds, independent of --seed (default 0)")  # fmt: skip
     s = p.add_argument_group("services")
     s.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults below")
     for flag, default in _PORT_FLAGS.items():
@@ -84,7 +86,7 @@ def _up(args: argparse.Namespace) -> int:
         steps=args.steps, model=args.model, task=args.task, data=args.data, strategy=args.strategy,
         params=params, options=dict(strategy.options), backend=args.backend, run_dir=args.run_dir,
         run_id=args.run_id, resume=args.resume, eval_every=args.eval_every, eval_split=args.eval_split,
-        eval_size=args.eval_size, eval_k=args.eval_k, prompts_per_step=args.prompts_per_step,
+        eval_size=args.eval_size, eval_k=args.eval_k, eval_seed=args.eval_seed, prompts_per_step=args.prompts_per_step,
         samples_per_prompt=args.samples_per_prompt, max_tokens=args.max_tokens, temperature=args.temperature,
         lr=args.lr, seed=args.seed, nproc=args.nproc, checkpoint_interval=args.checkpoint_interval, ports=ports,
         live=args.live, redis_url=os.environ.get("AERPLANE_REDIS_URL") or None,
@@ -125,11 +127,15 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--eval-split")
     s.add_argument("--eval-size", type=int)
     s.add_argument("--eval-k", type=int)
+    s.add_argument("--eval-seed", type=int)
     o = p.add_argument_group("services and view")
     o.add_argument("--coefficient-http-port", type=int, default=None,
                    help="REST port of the shared coefficient service (default: a free port)")  # fmt: skip
     o.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
                    help="live terminal view per run (default: when stdout is a terminal)")  # fmt: skip
+    o.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep finished runs' checkpoints and every weights version (default: only the final "
+                   "weights stay; a SmolLM2 run's checkpoints take GBs)")  # fmt: skip
     p.set_defaults(func=_compare)
 
 

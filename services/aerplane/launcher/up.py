@@ -71,6 +71,7 @@ class UpConfig:
     eval_split: str = "rg-heldout"
     eval_size: int = 16
     eval_k: int = 4
+    eval_seed: int = 0  # the held-out problems and their sampling seeds: the same for every run, whatever its seed
     prompts_per_step: int = 4
     samples_per_prompt: int = 8
     max_tokens: int = 96
@@ -403,6 +404,10 @@ def override_curl(http_port: int, run_id: str) -> str:
 def evaluate(stack: Stack, *, step: int, policy_version: int, timeout: float = 1800.0) -> dict[str, Any]:
     """avg@k and pass@k of the policy `policy_version` on the held-out split, through generation and reward.
 
+    Reproducible: the problems and each request's sampling seed come from `eval_seed` (not the run's seed), and
+    vLLM's seeded sampling does not depend on what else is in the batch, so the same policy gives the same numbers
+    and every run of a comparison is scored on the same draws.
+
     Requests go on the run's own request stream with prompt ids `eval/<split>/<step>/<i>`; the learner ignores
     prompt ids it did not schedule, and a consumer group of our own on the scored stream collects the results.
     """
@@ -414,7 +419,7 @@ def evaluate(stack: Stack, *, step: int, policy_version: int, timeout: float = 1
     from aerplane.learner.rollouts import PromptSlot, build_requests
 
     cfg = stack.cfg
-    items = load_eval_tasks(cfg.eval_split, size=cfg.eval_size, seed=cfg.seed)
+    items = load_eval_tasks(cfg.eval_split, size=cfg.eval_size, seed=cfg.eval_seed)
     tokenizer = AutoTokenizer.from_pretrained(stack.facts["model_path"])
     prefix = f"eval/{cfg.eval_split}/{step}/"
     slots = [
@@ -425,7 +430,7 @@ def evaluate(stack: Stack, *, step: int, policy_version: int, timeout: float = 1
     difficulty = {s.prompt_id: s.difficulty for s in slots}
     requests = build_requests(
         stack.run_id, step, slots, num_samples=cfg.eval_k, policy_version=policy_version,
-        temperature=cfg.temperature, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed,
+        temperature=cfg.temperature, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.eval_seed,
     )  # fmt: skip
     group = f"eval-{step}-{os.getpid()}"
     with StreamClient(stack.redis_url, stack.run_id) as client:
@@ -455,7 +460,7 @@ def evaluate(stack: Stack, *, step: int, policy_version: int, timeout: float = 1
         "name": cfg.eval_split,
         "step": step,
         "policy_versions": sorted(versions),
-        "seed": cfg.seed,
+        "seed": cfg.eval_seed,
         "temperature": cfg.temperature,
         **eval_summary(per_problem, difficulty, cfg.eval_k),
         "rewards": per_problem,
