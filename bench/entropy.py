@@ -1,7 +1,8 @@
-"""Chunked vs naive token entropy + logprobs, forward and backward, on CPU.
+"""Chunked vs naive token entropy + logprobs, forward and backward, on CPU (or CUDA with `--device cuda`).
 
     .venv/bin/python bench/entropy.py                     # tokens=8192, vocab=49152 (SmolLM2), float32
     .venv/bin/python bench/entropy.py --tokens 1024 --vocab 8192 --reps 5
+    .venv/bin/python bench/entropy.py --device cuda --dtype bfloat16 --tokens 32768 --vocab 151936
 
 Baseline: the textbook `log_softmax` → `exp` → `−Σ p log p` through autograd (`naive_entropy_and_logprobs`).
 Candidate: `aerplane.core.entropy.entropy_and_logprobs` (chunked, recomputes the softmax in backward).
@@ -10,7 +11,8 @@ Both compute the entropy and the sampled-token logprobs and backpropagate `mean(
 Peak memory: each measurement runs in a fresh subprocess. After the logits exist, the process's peak RSS is reset
 (`/proc/self/clear_refs`, falling back to the lifetime peak) and read again after the backward pass; "extra" is
 that peak minus the RSS before the pass minus the gradient tensor (which any method must produce), reported as a
-multiple of the logits' size. Time: median of several alternating repetitions in this process. Benchmarks report,
+multiple of the logits' size (on CUDA: `torch.cuda.max_memory_allocated` instead of the RSS). Time: median of
+several alternating repetitions in this process (CUDA synchronised around each). Benchmarks report,
 they never assert; the targets (extra ≤ 0.3× logits, time ≤ 1.2× naive) come from issue 2.
 """
 
@@ -54,13 +56,13 @@ def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _inputs(tokens: int, vocab: int, dtype_name: str):
+def _inputs(tokens: int, vocab: int, dtype_name: str, device: str = "cpu"):
     import torch
 
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device).manual_seed(0)
     dtype = getattr(torch, dtype_name)
-    logits = (torch.randn(tokens, vocab, generator=gen) * 2).to(dtype).requires_grad_(True)
-    ids = torch.randint(0, vocab, (tokens,), generator=gen)
+    logits = (torch.randn(tokens, vocab, generator=gen, device=device) * 2).to(dtype).requires_grad_(True)
+    ids = torch.randint(0, vocab, (tokens,), generator=gen, device=device)
     return logits, ids
 
 
@@ -74,16 +76,26 @@ def _step(method: str, logits, ids, chunk_size: int | None) -> None:
     (h.float().mean() + lp.float().mean()).backward()
 
 
-def measure_memory(method: str, tokens: int, vocab: int, dtype: str, chunk_size: int | None) -> dict:
+def measure_memory(
+    method: str, tokens: int, vocab: int, dtype: str, chunk_size: int | None, device: str = "cpu"
+) -> dict:
     """In this (fresh) process: peak bytes beyond logits + gradient for one forward + backward."""
     import torch
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    logits, ids = _inputs(tokens, vocab, dtype)
-    before = _rss_bytes()
-    exact = _reset_peak()
-    _step(method, logits, ids, chunk_size)
-    peak = _peak_bytes()
+    logits, ids = _inputs(tokens, vocab, dtype, device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before, exact = torch.cuda.memory_allocated(), True
+        _step(method, logits, ids, chunk_size)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        before = _rss_bytes()
+        exact = _reset_peak()
+        _step(method, logits, ids, chunk_size)
+        peak = _peak_bytes()
     logits_bytes = logits.numel() * logits.element_size()
     grad_bytes = logits.grad.numel() * logits.grad.element_size()
     return {
@@ -96,7 +108,7 @@ def measure_memory(method: str, tokens: int, vocab: int, dtype: str, chunk_size:
 
 def memory_in_subprocess(method: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--measure-memory", method, "--tokens", str(args.tokens), "--vocab",
-           str(args.vocab), "--dtype", args.dtype]  # fmt: skip
+           str(args.vocab), "--dtype", args.dtype, "--device", args.device]  # fmt: skip
     if args.chunk_size:
         cmd += ["--chunk-size", str(args.chunk_size)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -106,7 +118,8 @@ def memory_in_subprocess(method: str, args: argparse.Namespace) -> dict:
 def time_both(args: argparse.Namespace) -> dict[str, list[float]]:
     import torch
 
-    logits, ids = _inputs(args.tokens, args.vocab, args.dtype)
+    logits, ids = _inputs(args.tokens, args.vocab, args.dtype, args.device)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {"naive": [], "chunked": []}
     for method in times:  # warm-up, not timed
         _step(method, logits, ids, args.chunk_size)
@@ -114,8 +127,10 @@ def time_both(args: argparse.Namespace) -> dict[str, list[float]]:
     for rep in range(args.reps):
         order = ("naive", "chunked") if rep % 2 == 0 else ("chunked", "naive")
         for method in order:
+            sync()
             start = time.perf_counter()
             _step(method, logits, ids, args.chunk_size)
+            sync()
             times[method].append(time.perf_counter() - start)
             logits.grad = None
     del torch
@@ -130,11 +145,13 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=None, help="tokens per chunk (default: 2**24 // vocab)")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions per method")
     parser.add_argument("--mem-reps", type=int, default=1, help="fresh-process memory measurements per method")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--measure-memory", choices=["naive", "chunked"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.measure_memory:
-        print(json.dumps(measure_memory(args.measure_memory, args.tokens, args.vocab, args.dtype, args.chunk_size)))
+        print(json.dumps(measure_memory(args.measure_memory, args.tokens, args.vocab, args.dtype, args.chunk_size,
+                                        args.device)))  # fmt: skip
         return 0
 
     from aerplane.core.entropy import DEFAULT_CHUNK_ELEMENTS
@@ -157,8 +174,8 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"entropy + logprobs, fwd+bwd: tokens={args.tokens} vocab={args.vocab} {args.dtype} "
-                  f"chunk={chunk} (logits {logits_bytes / mib:.0f} MiB)")  # fmt: skip
+    table = Table(title=f"entropy + logprobs, fwd+bwd on {args.device}: tokens={args.tokens} vocab={args.vocab} "
+                  f"{args.dtype} chunk={chunk} (logits {logits_bytes / mib:.0f} MiB)")  # fmt: skip
     for col in ("method", "extra peak MiB", "extra / logits", "median s", "runs s"):
         table.add_column(col, justify="right")
     for m in ("naive", "chunked"):
@@ -176,6 +193,7 @@ def main() -> int:
         "tokens": args.tokens,
         "vocab": args.vocab,
         "dtype": args.dtype,
+        "device": args.device,
         "chunk_tokens": chunk,
         "logits_mib": round(logits_bytes / mib, 1),
         "naive_extra_mib": round(extra["naive"] / mib, 1),

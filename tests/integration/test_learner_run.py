@@ -277,3 +277,40 @@ def test_sigterm_checkpoints_the_finished_steps_and_a_resume_completes_the_run(t
         for p in procs:
             p.stop()
         gen.stop()
+
+
+def test_fsdp_bf16_run_publishes_bf16_weights_and_resumes_from_its_sharded_checkpoint(
+    tmp_path, redis_url, tokenizer
+) -> None:
+    """`--parallel fsdp --dtype bfloat16` (and gradient checkpointing) through the real entrypoint, 2 gloo ranks."""
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "fsdp"
+    extra = ("--coefficient-target", "local", "--parallel", "fsdp", "--dtype", "bfloat16", "--gradient-checkpointing")
+    gen = FakeRollouts(redis_url, "fsdp", tokenizer).start()
+    procs = []
+    try:
+        first = learner(tmp_path, "fsdp-a", redis_url, "fsdp", *extra, steps=3)
+        procs.append(first)
+        first.start()
+        assert first.proc.wait(timeout=600) == 0, first.log_tail(40)
+        again = learner(tmp_path, "fsdp-b", redis_url, "fsdp", *extra, "--resume", steps=4)
+        procs.append(again)
+        again.start()
+        assert again.proc.wait(timeout=600) == 0, again.log_tail(40)
+    finally:
+        for p in procs:
+            p.stop()
+        gen.stop()
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert all(r["grad_norm"] > 0 for r in rows[1:])  # step 0 anchors H_0 (AER): no update
+    assert gen.versions[-1] == 4 and set(gen.versions) == {1, 2, 3, 4}
+    step, path = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    assert step == 4 and (path / ckpt.SHARDS).is_dir()
+    full = ckpt.load_model_state(path)  # float32 master weights, gathered from the shards
+    assert {v.dtype for v in full.values()} == {torch.float32}
+    published = load_file(str(run_dir / "weights" / "v4" / "model.safetensors"))
+    assert published.keys() <= full.keys()
+    for name, tensor in published.items():
+        assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, full[name].to(torch.bfloat16)), name

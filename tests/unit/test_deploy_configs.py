@@ -563,6 +563,22 @@ def test_helm_learner_settings_pass_the_learners_own_world_size_check() -> None:
     settings.check_world(values["nodes"] * values["gpusPerNode"])
 
 
+def test_shipped_gpu_learners_train_in_bf16_mixed_precision_with_a_warm_up(
+    compose_projects: dict[str, dict[str, Any]],
+) -> None:
+    """Plain bf16 parameters would lose most updates at lr 1e-6; the shipped GPU configs use mixed precision."""
+    compose = check_environment("learner", compose_projects["gpu"]["services"]["learner"]["environment"], "learner")
+    helm_maps = {}
+    for name, values in (("default", None), ("all-on", ALL_ON_VALUES)):
+        docs = helm_template(values) if values else helm_template()
+        data = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("learner"))["data"]
+        helm_maps[name] = check_environment("learner", data, f"helm learner ConfigMap ({name})")
+    for s in (compose, helm_maps["default"]):
+        assert (s.model.dtype, s.model.parallel, s.optim.lr, s.optim.warmup_steps) == ("bfloat16", "ddp", 1e-6, 10)
+    all_on = helm_maps["all-on"]
+    assert (all_on.model.parallel, all_on.optim.lr, all_on.optim.warmup_steps) == ("fsdp", 5e-7, 20)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -50,6 +50,8 @@ def test_environment_and_flags_merge_with_flags_winning(monkeypatch: pytest.Monk
         ({"strategy": {"params": {"rho": float("nan")}}}, "learner.strategy.params"),
         ({"redis_url": "http://x"}, "redis_url"),
         ({"weights": {"interval": 3}}, "weights.interval"),
+        ({"model": {"parallel": "zero3"}}, "learner.model.parallel"),
+        ({"model": {"dtype": "float16"}}, "model.dtype"),
     ],
 )
 def test_invalid_values_name_the_key(overrides: dict, key: str) -> None:
@@ -111,3 +113,12 @@ def test_lr_schedules() -> None:
     assert lr_factor(5, schedule="cosine", warmup=0, total=10, min_ratio=0.0) == pytest.approx(0.5)
     assert lr_factor(10, schedule="cosine", warmup=0, total=10, min_ratio=0.1) == pytest.approx(0.1)
     assert lr_factor(5, schedule="linear", warmup=0, total=10, min_ratio=0.0) == pytest.approx(0.5)
+
+
+def test_parallel_and_precision_flags_reach_the_worker() -> None:
+    args = _parse(["learner", "train", "--nproc-per-node", "2", "--parallel", "fsdp", "--dtype", "bfloat16"])
+    s = load_settings(LearnerSettings, entry.overrides_from_args(args), section=SECTION)
+    assert (s.model.parallel, s.model.dtype) == ("fsdp", "bfloat16")
+    tail = entry.torchrun_argv(args)
+    assert tail[tail.index("aerplane.learner") + 1 :] == ["--dtype", "bfloat16", "--parallel", "fsdp"]
+    assert load_settings(LearnerSettings, {}, section=SECTION).model.parallel == "ddp"

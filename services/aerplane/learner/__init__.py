@@ -1,1 +1,1 @@
-"""The learner: drives a run, trains the policy with the AER-regularised loss under torch DDP."""
+"""The learner: drives a run, trains the policy with the AER-regularised loss under torch DDP or FSDP2."""

@@ -1,8 +1,9 @@
-"""`aerplane learner train`: launch the DDP learner under torchrun (light module: stdlib imports only).
+"""`aerplane learner train`: launch the learner (DDP or FSDP2) under torchrun (light module: stdlib imports only).
 
 One node, N processes (gloo on CPU, NCCL on GPUs)::
 
     aerplane learner train --nproc-per-node 2 --run-id exp1 --model smollm2-135m --steps 100
+    aerplane learner train --nproc-per-node 8 --parallel fsdp --dtype bfloat16 --model /models/qwen2.5-7b ...
 
 runs ``python -m torch.distributed.run --standalone --nproc_per_node 2 -m aerplane.learner --run-id exp1 ...``.
 The worker entrypoint, ``python -m aerplane.learner`` (or ``torchrun ... -m aerplane.learner``), takes the same
@@ -39,7 +40,8 @@ WORKER_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--resume", "run.resume", None, "continue from the last checkpoint"),
     ("--rollout-timeout", "run.rollout_timeout_s", float, "seconds to wait for a step's rollouts (0 = forever)"),
     ("--model", "model.path", str, "model folder, or smollm2-135m / tiny"),
-    ("--dtype", "model.dtype", str, "float32 | bfloat16"),
+    ("--dtype", "model.dtype", str, "float32 | bfloat16 (mixed: float32 master weights, bf16 compute)"),
+    ("--parallel", "model.parallel", str, "ddp | fsdp (shard weights, gradients and AdamW state over the ranks)"),
     ("--gradient-checkpointing", "model.gradient_checkpointing", bool, "recompute activations in backward"),
     ("--lr", "optim.lr", float, "peak learning rate"),
     ("--lr-schedule", "optim.schedule", str, "constant | cosine | linear"),
@@ -151,7 +153,7 @@ def torchrun_argv(args: argparse.Namespace) -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    learner = subparsers.add_parser("learner", help="the DDP learner", description=__doc__,
+    learner = subparsers.add_parser("learner", help="the learner (DDP or FSDP2)", description=__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = learner.add_subparsers(dest="learner_command", metavar="COMMAND", required=True)
     train = sub.add_parser("train", help="train under torchrun (launches the worker processes)")

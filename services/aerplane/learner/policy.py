@@ -6,6 +6,10 @@ is most of the compute (SmolLM2-135M: 49152 × 576), and the prompt positions ne
 
 Models whose logits are more than `lm_head(hidden)` (Gemma's final soft-capping, Cohere's logit scale) take the
 plain path: the full forward, then the same selection.
+
+Precision: the trainable parameters are float32 master weights. With `autocast` set (bf16 mixed precision under
+DDP, see `learner.parallel`), the forward runs under `torch.autocast`; `token_stats` then computes entropy and
+log-probs from the bf16 logits in float32, outside autocast.
 """
 
 from __future__ import annotations
@@ -26,15 +30,24 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplie
 
 
 class ResponseLogits(nn.Module):
-    """forward(input_ids, attention_mask, mask) -> logits [N, V] at the N positions where `mask` ([B, T-1]) is set."""
+    """forward(input_ids, attention_mask, mask) -> logits [N, V] at the N positions where `mask` ([B, T-1]) is set.
 
-    def __init__(self, lm: nn.Module) -> None:
+    `autocast`: run the forward under `torch.autocast` in this dtype (None: the parameters' own dtype)."""
+
+    def __init__(self, lm: nn.Module, *, autocast: torch.dtype | None = None) -> None:
         super().__init__()
         self.lm = lm
+        self.autocast = autocast
         cfg = lm.config
         self.head_only = not any(getattr(cfg, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.autocast is None:
+            return self._logits(input_ids, attention_mask, mask)
+        with torch.autocast(device_type=input_ids.device.type, dtype=self.autocast):
+            return self._logits(input_ids, attention_mask, mask)
+
+    def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.head_only:
             hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             selected = hidden.last_hidden_state[:, :-1][mask]
@@ -46,7 +59,10 @@ class ResponseLogits(nn.Module):
 def load_policy(
     path: Path | str, dtype: str, device: torch.device, *, gradient_checkpointing: bool = False
 ) -> nn.Module:
-    """The causal LM in training mode, dropout off (so the recomputed and the training forward agree)."""
+    """The causal LM in training mode, dropout off (so the recomputed and the training forward agree).
+
+    `dtype` is the dtype the parameters are stored in. The learner passes float32 for every `model.dtype` (master
+    weights); the compute dtype is applied by `learner.parallel.wrap_policy`."""
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
@@ -64,16 +80,16 @@ def load_policy(
 def token_stats(
     module: nn.Module, mb: Any, *, temperature: float, chunk_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(entropy, logprob) of each response token of micro-batch `mb` under `module` (a ResponseLogits, maybe DDP)."""
+    """(entropy, logprob) of each response token of micro-batch `mb` under `module` (a ResponseLogits, maybe DDP or
+    FSDP), float32 whatever the logits' dtype. The temperature is applied per chunk inside the kernel (no full copy
+    of `logits / T`, and no rounding of it to bf16)."""
     logits = module(mb.input_ids, mb.attention_mask, mb.mask)
-    if temperature != 1.0:
-        logits = logits / temperature
     targets = mb.targets[mb.mask]
-    return entropy_and_logprobs(logits, targets, chunk_size=chunk_size)
+    return entropy_and_logprobs(logits, targets, chunk_size=chunk_size, temperature=temperature)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
-    """The Hugging Face model inside DDP / ResponseLogits wrappers."""
+    """The Hugging Face model inside DDP / ResponseLogits wrappers (FSDP2 shards modules in place)."""
     from torch.nn.parallel import DistributedDataParallel
 
     while True:

@@ -34,9 +34,16 @@ class ModelSettings(_Group):
     path: str = "tiny"
     """The policy to train: a Hugging Face model folder, or `smollm2-135m` / `tiny` (the embedded models)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Parameter and compute dtype (float32 on CPU; bfloat16 on GPUs that have it)."""
+    """Compute dtype. `bfloat16` is mixed precision: float32 master weights, gradients and AdamW state, bf16 forward
+    and backward (autocast under DDP, FSDP2's MixedPrecisionPolicy under FSDP), entropy and log-probs in float32,
+    weights published in bf16. `float32` computes in float32 throughout. float16 is refused (it needs loss
+    scaling)."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """How the ranks share the model: `ddp` replicates it (every rank holds all weights, gradients and AdamW state:
+    16 B/parameter), `fsdp` shards all three over the ranks (FSDP2 `fully_shard` per decoder block) for policies
+    that do not fit one device. FSDP checkpoints are sharded; a run resumes only under the mode that wrote it."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+    """Recompute activations in the backward pass (less memory, ~30% more compute); works under ddp and fsdp."""
 
 
 class OptimSettings(_Group):

@@ -12,11 +12,14 @@ old policy, so its detached logprobs are used and no extra pass is needed (the r
 on-policy case); with several mini-batches a no-grad pass before the first update recomputes them; with
 `old_logprobs = "sampler"` the generation engine's logprobs are used (importance ratio against the policy version
 that actually sampled, which corrects the bounded staleness).
+
+Under FSDP every forward and backward is a collective, so every rank must make the same number of passes. A rank
+with fewer micro-batches in a mini-batch than another (groups of unequal size) repeats its last one with the loss
+multiplied by 0 and its statistics left out.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +36,7 @@ from aerplane.learner.batching import (
     rank_mini_batches,
 )
 from aerplane.learner.distributed import Dist, all_reduce_sum
+from aerplane.learner.parallel import is_sharded, local_float, no_sync
 from aerplane.learner.policy import token_stats
 
 
@@ -123,6 +127,10 @@ def train_step(
     denominators = global_token_counts(samples, num_prompts, mini_batches)
     buckets = sorted({s.difficulty for s in samples})
     collated = [[collate(c, pad_id, ctx.device) for c in micro_batches(part, micro_batch_size)] for part in parts]
+    real = [len(mbs) for mbs in collated]  # passes past these are padding (FSDP only)
+    if is_sharded(model):
+        for m, passes in enumerate(max_passes(samples, num_prompts, ctx.world_size, mini_batches, micro_batch_size)):
+            collated[m] += [collated[m][-1]] * (passes - real[m])
 
     recomputed: dict[tuple[int, int], torch.Tensor] = {}
     if update and cfg.old_logprobs == "recompute" and mini_batches > 1:
@@ -140,9 +148,9 @@ def train_step(
         denom = max(denominators[m], 1)
         for i, mb in enumerate(mbs):
             last = i == len(mbs) - 1
-            sync = contextlib.nullcontext() if (last or not update or ctx.world_size == 1) else model.no_sync()
+            padding = i >= real[m]
             grad = torch.enable_grad() if update else torch.no_grad()
-            with sync, grad:
+            with no_sync(model, skip=update and not last), grad:
                 entropy, logprobs = token_stats(model, mb, temperature=cfg.temperature, chunk_size=cfg.chunk_size)
                 if cfg.old_logprobs == "sampler":
                     old = mb.sampler_logprobs
@@ -154,7 +162,9 @@ def train_step(
                         ref = token_stats(ref_model, mb, temperature=cfg.temperature, chunk_size=cfg.chunk_size)[1]
                 loss, sums = micro_batch_loss(entropy, logprobs, old, ref, mb, cfg, alpha=alpha, denominator=denom)
                 if update:
-                    (loss * ctx.world_size).backward()
+                    (loss * (0 if padding else ctx.world_size)).backward()
+            if padding:
+                continue
             for key in _SUMS:
                 totals[key] += sums[key]
             ent = entropy.detach()
@@ -165,7 +175,7 @@ def train_step(
         if update and optimizer is not None:
             params = [p for p in model.parameters() if p.requires_grad]
             norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
-            grad_norms.append(float(norm))
+            grad_norms.append(local_float(norm))
             lr_used = float(optimizer.param_groups[0]["lr"])
             optimizer.step()
             if scheduler is not None:
@@ -194,3 +204,14 @@ def train_step(
         updates=len(grad_norms),
         tokens_total=int(summed[-1]),
     )
+
+
+def max_passes(
+    samples: list[TrainSample], num_prompts: int, world_size: int, mini_batches: int, micro_batch_size: int
+) -> list[int]:
+    """Micro-batches of each mini-batch on the busiest rank (every rank computes it from the same `samples`)."""
+    most = [0] * mini_batches
+    for r in range(world_size):
+        for m, part in enumerate(rank_mini_batches(samples, num_prompts, r, world_size, mini_batches)):
+            most[m] = max(most[m], len(micro_batches(part, micro_batch_size)))
+    return most

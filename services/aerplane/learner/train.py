@@ -12,8 +12,10 @@ Each step t (policy version t = optimizer steps so far):
   3. the all-reduced token-mean entropy H_t is reported (step 0's forward runs before any update: that is H_0);
   4. checkpoint, publish weights v(t+1) and announce them on `weights`, append a line to metrics.jsonl.
 
-Rank 0 alone talks to Redis and the coefficient service and serves /metrics; the other ranks only train. Rank 0's
-decisions (the batch, α, "stop") travel in one broadcast per step, so every rank leaves the loop together.
+Rank 0 alone talks to Redis and the coefficient service and serves /metrics; the other ranks train (and, under
+FSDP, take part in the gathers that checkpointing and weight publishing need). Rank 0's decisions (the batch, α,
+"stop") travel in one broadcast per step, so every rank leaves the loop together. Precision and DDP vs FSDP:
+`learner.parallel` and docs/learner.md.
 """
 
 from __future__ import annotations
@@ -71,23 +73,21 @@ def train(settings: LearnerSettings) -> int:
         log.info("run %s: %d rank(s) on %s (%s), run dir %s", run_id, ctx.world_size, ctx.device, ctx.backend,
                  run_dir)  # fmt: skip
 
-    # --- model, optimizer, schedule -------------------------------------------------------------------------------
+    # --- model (float32 master weights; DDP or FSDP2, bf16 compute if asked), optimizer, schedule ------------------
     from aerplane.data.models import resolve_model
-    from aerplane.learner.policy import ResponseLogits, load_policy
+    from aerplane.learner.parallel import MASTER_DTYPE, wrap_policy
+    from aerplane.learner.policy import load_policy
 
     model_path = resolve_model(settings.model.path) if ctx.is_main else None
     model_path = distributed.broadcast(str(model_path) if model_path else None, ctx)
-    lm = load_policy(model_path, settings.model.dtype, ctx.device,
-                     gradient_checkpointing=settings.model.gradient_checkpointing)  # fmt: skip
-    policy: torch.nn.Module = ResponseLogits(lm)
-    if ctx.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        policy = DistributedDataParallel(policy, device_ids=[ctx.local_rank] if ctx.backend == "nccl" else None)
+    m = settings.model
+    lm = load_policy(model_path, MASTER_DTYPE, ctx.device, gradient_checkpointing=m.gradient_checkpointing)
+    policy = wrap_policy(lm, ctx, parallel=m.parallel, dtype=m.dtype)
     ref_policy = None
     if settings.loss.kl_coef > 0:
-        ref_policy = ResponseLogits(load_policy(model_path, settings.model.dtype, ctx.device)).requires_grad_(False)
-    optimizer = build_optimizer(lm, settings)
+        ref_lm = load_policy(model_path, MASTER_DTYPE, ctx.device).requires_grad_(False)
+        ref_policy = wrap_policy(ref_lm, ctx, parallel=m.parallel, dtype=m.dtype, trainable=False)
+    optimizer = build_optimizer(lm, settings)  # after sharding: FSDP's parameters are the local shards
     scheduler = build_scheduler(optimizer, settings)
 
     # --- resume ---------------------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def train(settings: LearnerSettings) -> int:
         raise SettingsError(f"learner.run.resume: {ckpt_dir} already holds checkpoints (last: step {latest[0]}); "
                             "pass --resume to continue that run, or choose another run id / run dir")  # fmt: skip
     if settings.run.resume and latest is not None:
-        start_step, coef_state = resume_from(latest[1], lm, optimizer, scheduler, ctx, run_id)
+        start_step, coef_state = resume_from(latest[1], lm, optimizer, scheduler, ctx, settings)
         if ctx.is_main:
             log.info("resumed from %s: next step %d", latest[1], start_step)
     elif settings.run.resume and ctx.is_main:
@@ -109,8 +109,11 @@ def train(settings: LearnerSettings) -> int:
     if driver is not None:
         driver.open(resume=settings.run.resume, start_step=start_step, coef_state=coef_state)
         metrics_log.truncate_from(start_step)
-        if start_step > 0:
-            driver.publish_weights(lm, start_step, start_step, force=False)
+    if start_step > 0:  # announce the resumed version (written again only if its folder is gone)
+        missing = distributed.broadcast(driver.weights_missing(start_step) if driver is not None else None, ctx)
+        state = serving_weights(lm, settings, ctx) if missing else None
+        if driver is not None:
+            driver.publish_weights(lm, state, start_step, start_step)
 
     loss_cfg = LossConfig(
         eps_low=settings.loss.eps_low, eps_high=settings.loss.eps_high, kl_coef=settings.loss.kl_coef,
@@ -150,7 +153,7 @@ def train(settings: LearnerSettings) -> int:
                 raise FloatingPointError(f"step {step}: non-finite entropy {result.mean_entropy}")
             coef_after = driver.report(step, result, phases) if driver is not None else None
 
-            # checkpoint (every rank writes its RNG state), publish weights
+            # checkpoint (every rank writes its RNG state, and its shards under FSDP), publish weights
             version = step + 1
             interval = settings.checkpoint.interval
             if version == settings.run.steps or (interval and version % interval == 0):
@@ -158,11 +161,13 @@ def train(settings: LearnerSettings) -> int:
                 save_checkpoint(version, lm, optimizer, scheduler, ctx, settings, driver)
                 last_checkpoint = version
                 phases["checkpoint"] = time.perf_counter() - t
+            if version == settings.run.steps or version % settings.weights.interval == 0:
+                t = time.perf_counter()
+                state = serving_weights(lm, settings, ctx)  # under FSDP every rank takes part in the gather
+                if driver is not None:
+                    driver.publish_weights(lm, state, version, step + 1)
+                phases["publish_weights"] = time.perf_counter() - t
             if driver is not None:
-                if version == settings.run.steps or version % settings.weights.interval == 0:
-                    t = time.perf_counter()
-                    driver.publish_weights(lm, version, step + 1)
-                    phases["publish_weights"] = time.perf_counter() - t
                 row = driver.metrics_row(step, plan_info=driver.last_info, result=result, coef=coef_after,
                                          phases=phases, seconds=time.perf_counter() - t0)  # fmt: skip
                 metrics_log.append(row)
@@ -219,42 +224,61 @@ def save_checkpoint(
     step: int, lm: torch.nn.Module, optimizer: Any, scheduler: Any, ctx: distributed.Dist,
     settings: LearnerSettings, driver: Driver | None,
 ) -> None:  # fmt: skip
-    """Every rank: RNG state into the temporary folder; rank 0: model, optimizer, scheduler, then the rename."""
+    """Every rank: RNG state (and, under FSDP, its shards) into the temporary folder; rank 0: the rest, the rename.
+
+    `driver` (rank 0 only) supplies the data position and the coefficient state."""
     root = settings.checkpoint_dir
+    sharded = settings.model.parallel == "fsdp"
     if ctx.is_main:
         ckpt.begin(root, step)
     distributed.barrier(ctx)
-    ckpt.write_rank_rng(ckpt.temp_dir(root, step), ctx.rank)
+    tmp = ckpt.temp_dir(root, step)
+    ckpt.write_rank_rng(tmp, ctx.rank)
+    if sharded:
+        ckpt.save_sharded(tmp, lm, optimizer)
     distributed.barrier(ctx)
     if ctx.is_main:
-        assert driver is not None
-        state = {
-            "model": {k: v.detach().cpu() for k, v in lm.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
+        position = driver.schedule.position(step) if driver is not None else None
+        coefficients = driver.coefficients.state_dict() if driver is not None else {}
+        state: dict[str, Any] = {
             "scheduler": scheduler.state_dict(),
             "step": step,
             "run_id": settings.run.run_id,
             "world_size": ctx.world_size,
-            "data_position": driver.schedule.position(step),
-            "coefficients": json.dumps(driver.coefficients.state_dict()),
+            "parallel": settings.model.parallel,
+            "data_position": position,
+            "coefficients": json.dumps(coefficients),
         }
-        meta = {"run_id": settings.run.run_id, "world_size": ctx.world_size,
-                "data_position": driver.schedule.position(step)}  # fmt: skip
+        if not sharded:
+            state["model"] = {k: v.detach().cpu() for k, v in lm.state_dict().items()}
+            state["optimizer"] = optimizer.state_dict()
+        meta = {"run_id": settings.run.run_id, "world_size": ctx.world_size, "parallel": settings.model.parallel,
+                "data_position": position}  # fmt: skip
         path = ckpt.commit(root, step, state, meta, settings.checkpoint.keep)
-        driver.metrics.checkpoints.inc()
+        if driver is not None:
+            driver.metrics.checkpoints.inc()
         log.info("checkpoint %s", path)
     distributed.barrier(ctx)
 
 
 def resume_from(
-    path: Path, lm: torch.nn.Module, optimizer: Any, scheduler: Any, ctx: distributed.Dist, run_id: str
+    path: Path, lm: torch.nn.Module, optimizer: Any, scheduler: Any, ctx: distributed.Dist, settings: LearnerSettings
 ) -> tuple[int, dict[str, Any] | None]:
+    """Every rank: model, optimizer, scheduler and RNG from the checkpoint at `path`; (next step, coefficient state)."""
     state = ckpt.load_trainer_state(path)
+    run_id, parallel = settings.run.run_id, settings.model.parallel
     if state["run_id"] != run_id:
         raise SettingsError(f"learner.run.run_id: the checkpoint {path} belongs to run {state['run_id']!r}, "
                             f"not {run_id!r}")  # fmt: skip
-    lm.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    written_by = state.get("parallel", "ddp")
+    if written_by != parallel:
+        raise SettingsError(f"learner.model.parallel: the checkpoint {path} was written under {written_by}; resume "
+                            f"with --parallel {written_by} (this run asks for {parallel})")  # fmt: skip
+    if parallel == "fsdp":
+        ckpt.load_sharded(path, lm, optimizer)
+    else:
+        lm.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     rng = ckpt.load_rank_rng(path, ctx.rank)
     if rng is not None:
@@ -262,6 +286,16 @@ def resume_from(
     elif ctx.is_main:
         log.warning("no RNG state for rank %d in %s (world size changed?): continuing with fresh RNG", ctx.rank, path)
     return int(state["step"]), json.loads(state.get("coefficients") or "{}")
+
+
+def serving_weights(lm: torch.nn.Module, settings: LearnerSettings, ctx: distributed.Dist) -> dict[str, Any] | None:
+    """Rank 0: the policy's parameters in the serving dtype (`model.dtype`), to publish. Under FSDP every rank must
+    call this (the parameters are gathered); under DDP the other ranks get None at no cost."""
+    if settings.model.parallel != "fsdp" and not ctx.is_main:
+        return None
+    from aerplane.learner.parallel import serving_state_dict
+
+    return serving_state_dict(lm, settings.model.dtype, ctx)
 
 
 class Driver:
@@ -451,13 +485,18 @@ class Driver:
         self.version = step + 1  # policy version = steps completed (an anchoring step's weights are unchanged)
         return state
 
-    def publish_weights(self, lm: torch.nn.Module, version: int, step: int, *, force: bool = True) -> None:
+    def weights_missing(self, version: int) -> bool:
+        return not (self.settings.weights_dir / f"v{version}" / "config.json").is_file()
+
+    def publish_weights(self, lm: torch.nn.Module, state: dict[str, Any] | None, version: int, step: int) -> None:
+        """Write `state` (from `serving_weights`) as version `version` and announce it; `state=None` announces the
+        folder already there (after a resume)."""
         from aerplane.common.messages import WEIGHTS, WeightsAnnouncement
 
         root = self.settings.weights_dir
         path = root / f"v{version}"
-        if force or not (path / "config.json").is_file():
-            path, num_bytes = ckpt.publish_weights(lm, root, version, self.settings.weights.keep)
+        if state is not None:
+            path, num_bytes = ckpt.publish_weights(lm, root, version, self.settings.weights.keep, state_dict=state)
         else:
             num_bytes = sum(f.stat().st_size for f in path.glob("*.safetensors"))
         self.streams.publish(WEIGHTS, WeightsAnnouncement(run_id=self.settings.run.run_id, version=version,
