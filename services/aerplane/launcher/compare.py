@@ -464,7 +464,13 @@ def _run_one(
     spec = next(c for c in state.configs if c.label == entry.label)
     numeric, options = spec.numeric_and_options()
     run_dir = state.out / entry.run_dir
-    resume = (run_dir / "run.json").exists()
+    resume = _has_checkpoint(run_dir)
+    if not resume and run_dir.exists():
+        # Interrupted before its first checkpoint (or its checkpoints did not travel, e.g. a fresh clone of a
+        # committed comparison): nothing to continue from, so the run starts over in a clean directory.
+        import shutil
+
+        shutil.rmtree(run_dir)
     ports = Ports.free()
     ports.coefficient_grpc, ports.coefficient_http = shared_ports.coefficient_grpc, shared_ports.coefficient_http
     cfg = UpConfig(
@@ -488,6 +494,10 @@ def _run_one(
             print(f"[compare] {entry.key}: removed checkpoints and old weights ({freed / 2**30:.1f} GiB); "
                   "the final weights stay", flush=True)  # fmt: skip
     return code
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / "run.json").exists() and any((run_dir / "checkpoints").glob("step_*"))
 
 
 def prune_finished_run(run_dir: Path) -> int:

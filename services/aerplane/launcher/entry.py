@@ -37,6 +37,8 @@ def _add_up(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--max-tokens", type=int, default=96, help="max response tokens (default 96)")
     b.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     b.add_argument("--lr", type=float, default=2e-6, help="learning rate (default 2e-6)")
+    b.add_argument("--dtype", default="auto", help="learner compute: float32 | bfloat16 (mixed precision, float32 "
+                   "master weights) | auto (bfloat16 where the CPU/GPU computes it natively; default)")  # fmt: skip
     b.add_argument("--nproc", type=int, default=1, help="learner processes (DDP ranks; default 1)")
     b.add_argument("--checkpoint-interval", type=int, default=5, help="checkpoint every N steps and at the end (5)")
     e = p.add_argument_group("evaluation")
@@ -86,9 +88,10 @@ def _up(args: argparse.Namespace) -> int:
         steps=args.steps, model=args.model, task=args.task, data=args.data, strategy=args.strategy,
         params=params, options=dict(strategy.options), backend=args.backend, run_dir=args.run_dir,
         run_id=args.run_id, resume=args.resume, eval_every=args.eval_every, eval_split=args.eval_split,
-        eval_size=args.eval_size, eval_k=args.eval_k, eval_seed=args.eval_seed, prompts_per_step=args.prompts_per_step,
-        samples_per_prompt=args.samples_per_prompt, max_tokens=args.max_tokens, temperature=args.temperature,
-        lr=args.lr, seed=args.seed, nproc=args.nproc, checkpoint_interval=args.checkpoint_interval, ports=ports,
+        eval_size=args.eval_size, eval_k=args.eval_k, eval_seed=args.eval_seed,
+        prompts_per_step=args.prompts_per_step, samples_per_prompt=args.samples_per_prompt,
+        max_tokens=args.max_tokens, temperature=args.temperature, lr=args.lr, dtype=args.dtype, seed=args.seed,
+        nproc=args.nproc, checkpoint_interval=args.checkpoint_interval, ports=ports,
         live=args.live, redis_url=os.environ.get("AERPLANE_REDIS_URL") or None,
     )  # fmt: skip
     return run_up(cfg)
@@ -121,6 +124,7 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--max-tokens", type=int)
     s.add_argument("--temperature", type=float)
     s.add_argument("--lr", type=float)
+    s.add_argument("--dtype")
     s.add_argument("--nproc", type=int)
     s.add_argument("--checkpoint-interval", type=int)
     s.add_argument("--eval-every", type=int)
