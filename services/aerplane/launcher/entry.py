@@ -20,9 +20,15 @@ def _add_up(subparsers: argparse._SubParsersAction) -> None:
         description="Start Redis, the coefficient, reward and generation services and the learner as local "
         "processes, train, evaluate the final policy on a held-out split, and write a report into the run "
         "directory. Ctrl-C stops everything.",
+        epilog="The defaults are a CPU demo regime (docs/results/README.md): SmolLM2-135M at lr 2e-4, where entropy "
+        "collapses within the run and AER engages; with --strategy aer, η = 0.01 and α_max = 0.03 unless given "
+        "(the services' own defaults are DESIGN's 1e-3 and 1e-2, placed for GPU-scale learning rates).",
     )
+    from aerplane.launcher.up import UpConfig
+
+    d = UpConfig()
     r = p.add_argument_group("run")
-    r.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
+    r.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
     r.add_argument("--model", default="smollm2-135m", help="smollm2-135m | tiny | a model folder")
     r.add_argument("--task", default="mixed", help="training task set (default mixed reasoning-gym arithmetic)")
     r.add_argument("--data", default=None, help="verl-style jsonl/parquet of prompts and answers, instead of --task")
@@ -32,20 +38,38 @@ def _add_up(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     b = p.add_argument_group("batch and sampling")
-    b.add_argument("--prompts-per-step", type=int, default=4, help="prompts per step (default 4)")
-    b.add_argument("--samples-per-prompt", "-G", type=int, default=8, help="G, responses per prompt (default 8)")
-    b.add_argument("--max-tokens", type=int, default=96, help="max response tokens (default 96)")
-    b.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    b.add_argument("--lr", type=float, default=2e-6, help="learning rate (default 2e-6)")
+    b.add_argument(
+        "--prompts-per-step",
+        type=int,
+        default=d.prompts_per_step,
+        help=f"prompts per step (default {d.prompts_per_step})",
+    )
+    b.add_argument(
+        "--samples-per-prompt",
+        "-G",
+        type=int,
+        default=d.samples_per_prompt,
+        help=f"G, responses per prompt (default {d.samples_per_prompt})",
+    )
+    b.add_argument("--max-tokens", type=int, default=d.max_tokens, help=f"max response tokens (default {d.max_tokens})")
+    b.add_argument(
+        "--temperature", type=float, default=d.temperature, help=f"sampling temperature (default {d.temperature})"
+    )
+    b.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
     b.add_argument("--dtype", default="auto", help="learner compute: float32 | bfloat16 (mixed precision, float32 "
-                   "master weights) | auto (bfloat16 where the CPU/GPU computes it natively; default)")  # fmt: skip
+                   "master weights) | auto (bfloat16 on a CUDA GPU, float32 on CPU; default)")  # fmt: skip
     b.add_argument("--nproc", type=int, default=1, help="learner processes (DDP ranks; default 1)")
     b.add_argument("--checkpoint-interval", type=int, default=5, help="checkpoint every N steps and at the end (5)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default 0: at the end only)")
     e.add_argument("--eval-split", default="rg-heldout", help="rg-heldout | champ (default rg-heldout)")
-    e.add_argument("--eval-size", type=int, default=16, help="held-out problems (default 16)")
-    e.add_argument("--eval-k", type=int, default=4, help="samples per problem for avg@k / pass@k (default 4)")
+    e.add_argument("--eval-size", type=int, default=d.eval_size, help=f"held-out problems (default {d.eval_size})")
+    e.add_argument(
+        "--eval-k",
+        type=int,
+        default=d.eval_k,
+        help=f"samples per problem for avg@k / pass@k, k = 1, 4, 8 up to it (default {d.eval_k})",
+    )
     e.add_argument("--eval-seed", type=int, default=0,
                    help="held-out problems and their sampling seeds, independent of --seed (default 0)")  # fmt: skip
     s = p.add_argument_group("services")
@@ -70,7 +94,12 @@ def _up(args: argparse.Namespace) -> int:
     import sys
 
     from aerplane.launcher.simulate import SimulateError, strategy_from_args
+    from aerplane.launcher.up import UP_AER_PARAMS
 
+    if args.strategy == "aer":  # the CPU demo regime's η and α_max unless given (up.UP_AER_PARAMS)
+        for name, value in UP_AER_PARAMS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
     try:
         strategy = strategy_from_args(args)
     except (ValueError, SimulateError) as exc:
