@@ -94,3 +94,26 @@ def test_kl_to_the_reference_grows_after_an_update(model_path) -> None:
 def test_measuring_only_leaves_the_parameters_alone(model_path) -> None:
     (r,), changed = _run(model_path, LossConfig(), update=False)
     assert not changed and r.updates == 0 and r.grad_norm is None and r.mean_entropy > 0
+
+
+def test_a_step_without_learning_signal_leaves_the_parameters_alone(model_path) -> None:
+    """All advantages zero and no entropy term: the gradient is exactly zero, and AdamW must not step on momentum."""
+    lm = load_policy(model_path, "float32", CTX.device)
+    policy = ResponseLogits(lm)
+    opt = torch.optim.AdamW(lm.parameters(), lr=1e-2)
+
+    def step(samples: list[TrainSample], alpha: float):  # noqa: ANN202
+        return train_step(policy, opt, None, samples, num_prompts=4, ctx=CTX, alpha=alpha, cfg=LossConfig(),
+                          micro_batch_size=3)  # fmt: skip
+
+    first = step(_samples(), alpha=0.0)  # a real update first, so AdamW holds momentum
+    assert first.skipped_updates == 0
+    flat = [TrainSample(**{**s.__dict__, "advantage": 0.0, "reward": 0.0}) for s in _samples()]
+    before = [p.detach().clone() for p in lm.parameters()]
+    r = step(flat, alpha=0.0)
+    assert r.grad_norm == 0.0 and r.skipped_updates == 1 and r.updates == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, lm.parameters(), strict=True))
+    # With an entropy bonus the same batch has a gradient, and the update happens.
+    r = step(flat, alpha=0.01)
+    assert r.grad_norm > 0 and r.skipped_updates == 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, lm.parameters(), strict=True))

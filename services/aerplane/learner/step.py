@@ -68,6 +68,7 @@ class StepResult:
     lr: float | None
     updates: int
     tokens_total: int  # prompt + response tokens of the batch (all ranks)
+    skipped_updates: int = 0  # mini-batch updates skipped for a zero gradient (no learning signal)
 
 
 _SUMS = ("entropy", "weighted_entropy", "pg", "kl", "sampler_kl", "clipped", "tokens")
@@ -143,6 +144,7 @@ def train_step(
     totals = dict.fromkeys(_SUMS, 0.0)
     by_bucket = {b: [0.0, 0.0] for b in buckets}  # entropy sum, tokens
     grad_norms: list[float] = []
+    skipped = 0
     lr_used: float | None = None
     for m, mbs in enumerate(collated):
         denom = max(denominators[m], 1)
@@ -177,7 +179,14 @@ def train_step(
             norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
             grad_norms.append(local_float(norm))
             lr_used = float(optimizer.param_groups[0]["lr"])
-            optimizer.step()
+            if grad_norms[-1] > 0.0:
+                optimizer.step()
+            else:
+                # No learning signal anywhere in the (global) mini-batch: every group's rewards were equal and no
+                # entropy term applied, so the gradient is exactly zero. AdamW would still move every weight by its
+                # momentum — an lr-sized step in a stale direction — so the update is skipped (the schedule and the
+                # policy version still advance).
+                skipped += 1
             if scheduler is not None:
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -202,6 +211,7 @@ def train_step(
         grad_norm=max(grad_norms) if grad_norms else None,
         lr=lr_used,
         updates=len(grad_norms),
+        skipped_updates=skipped,
         tokens_total=int(summed[-1]),
     )
 
