@@ -189,7 +189,7 @@ def test_unknown_run_is_not_found(client: CoefficientClient, operator: Coefficie
             call()
 
 
-def test_reports_are_idempotent_by_step_and_stale_ones_refused(client: CoefficientClient) -> None:
+def test_reports_are_idempotent_by_step_and_unapplied_old_ones_refused(client: CoefficientClient) -> None:
     client.start_run("run-i", "aer", {"anchor_steps": 1, "eta": 0.01}, {})
     client.report_entropy("run-i", 0, 2.0, 100)
     prompts = [("a", 0.0, 4), ("b", 0.9, 4)]
@@ -198,12 +198,14 @@ def test_reports_are_idempotent_by_step_and_stale_ones_refused(client: Coefficie
     assert applied["alpha"] > 0
     # A learner that crashed after reporting step 1 retries the step: same coefficients, no second move of α.
     assert client.get_coefficients("run-i", 1, prompts) == first
-    retried = client.report_entropy("run-i", 1, 0.7, 100)
-    assert retried == applied
-    with pytest.raises(StaleStepError, match="older than the last applied step 1") as info:
-        client.report_entropy("run-i", 0, 2.0, 100)
+    assert client.report_entropy("run-i", 1, 0.7, 100) == applied
+    # One resumed from an older checkpoint re-trains (and re-reports) steps 0 and 1: each was applied once already.
+    assert client.report_entropy("run-i", 0, 2.5, 100) == applied
+    later = client.report_entropy("run-i", 3, 0.6, 100)  # step 2 never reported
+    with pytest.raises(StaleStepError, match="older than the last applied step 3 .* never applied") as info:
+        client.report_entropy("run-i", 2, 2.0, 100)
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert client.get_state("run-i") == applied
+    assert client.get_state("run-i") == later
 
 
 # --- overrides over gRPC
@@ -368,6 +370,164 @@ def test_rest_mutations_need_the_token_and_never_log_it(
     assert TOKEN not in caplog.text and "alice-token" not in caplog.text
 
 
+# --- tokens by role: operator, read-only, learner
+
+READ_TOKEN, LEARNER_TOKEN = "s3cret-read-token", "s3cret-learner-token"
+ALL_TOKENS = (TOKEN, READ_TOKEN, LEARNER_TOKEN, "alice-token", "grafana-token")
+
+
+@pytest.fixture
+def locked(redis_url: str) -> Iterator[RunningService]:
+    """A service with every kind of token: reads, the learner's calls and mutations all need one."""
+    settings = CoefficientSettings(
+        redis_url=redis_url, host="127.0.0.1", grpc_port=0, http_port=0, api_token=TOKEN,
+        api_tokens="alice:alice-token", read_token=READ_TOKEN, read_tokens="grafana:grafana-token",
+        learner_token=LEARNER_TOKEN, watch_poll_seconds=0.2, shutdown_grace_seconds=1.0,
+    )  # fmt: skip
+    svc = start(settings)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def test_rest_reads_need_a_token_once_a_read_token_exists_and_only_operators_mutate(locked: RunningService) -> None:
+    with CoefficientClient(f"127.0.0.1:{locked.grpc_port}", timeout=10, token=LEARNER_TOKEN) as learner:
+        learner.start_run("guarded", "aer", {}, {})
+    with httpx.Client(base_url=f"http://127.0.0.1:{locked.http_port}", timeout=10) as http:
+        for path in ("/v1/runs", "/v1/runs/guarded", "/v1/runs/guarded/history", "/v1/runs/guarded/audit"):
+            for token in (None, "wrong"):
+                r = http.get(path, headers=_bearer(token))
+                assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", path
+            for token in (READ_TOKEN, "grafana-token", LEARNER_TOKEN, TOKEN, "alice-token"):
+                assert http.get(path, headers=_bearer(token)).status_code == 200, (path, token)
+        for token, status in [(None, 401), ("wrong", 401), (READ_TOKEN, 403), (LEARNER_TOKEN, 403)]:
+            r = http.patch("/v1/runs/guarded/coefficients", json={"alpha": 0.001}, headers=_bearer(token))
+            assert r.status_code == status, (token, r.text)
+            assert http.delete("/v1/runs/guarded/overrides", headers=_bearer(token)).status_code == status
+        assert "operator token" in r.json()["detail"]
+        assert http.patch(
+            "/v1/runs/guarded/coefficients", json={"alpha": 0.001}, headers=_bearer("alice-token")
+        ).is_success
+        audit = http.get("/v1/runs/guarded/audit", headers=_bearer(READ_TOKEN)).json()
+        assert [(e["actor"], e["action"]) for e in audit] == [("learner", "start"), ("alice", "override")]
+        for ops in ("/healthz", "/readyz", "/metrics"):  # probes and Prometheus never need a token
+            assert http.get(ops).status_code == 200
+        assert 'aerplane_coefficient_auth_failures_total{transport="rest"} 16.0' in http.get("/metrics").text
+
+
+def test_grpc_calls_need_the_token_of_their_role(locked: RunningService) -> None:
+    target = f"127.0.0.1:{locked.grpc_port}"
+    with (
+        CoefficientClient(target, timeout=10) as anonymous,
+        CoefficientClient(target, timeout=10, token=READ_TOKEN) as reader,
+        CoefficientClient(target, timeout=10, token=LEARNER_TOKEN) as learner,
+        CoefficientClient(target, timeout=10, token=TOKEN) as operator,
+    ):
+        for client, code in [(anonymous, grpc.StatusCode.UNAUTHENTICATED), (reader, grpc.StatusCode.PERMISSION_DENIED)]:
+            for call in (
+                lambda c: c.start_run("g", "aer", {}, {}),
+                lambda c: c.get_coefficients("g", 0, [("a", 0.5, 4)]),
+                lambda c: c.report_entropy("g", 0, 1.0, 10),
+            ):
+                with pytest.raises(AuthError) as info:
+                    call(client)
+                assert info.value.code == code
+        learner.start_run("g", "aer", {"anchor_steps": 1}, {})
+        assert learner.get_coefficients("g", 0, [("a", 0.5, 4)])[1] == [0.0]
+        assert learner.report_entropy("g", 0, 1.0, 10)["step"] == 0
+        for client in (reader, learner, operator):  # reads: any token
+            assert client.get_state("g")["run_id"] == "g" and [r["run_id"] for r in client.list_runs()] == ["g"]
+            assert next(iter(client.watch("g", timeout=10)))["run_id"] == "g"
+        for call in (
+            lambda: anonymous.get_state("g"),
+            lambda: anonymous.list_runs(),
+            lambda: next(anonymous.watch("g")),
+        ):
+            with pytest.raises(AuthError) as info:
+                call()
+            assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        for client in (reader, learner):  # mutations: operators only
+            with pytest.raises(AuthError) as info:
+                client.override("g", alpha=0.001)
+            assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert operator.override("g", alpha=0.001)["alpha_pinned"]
+        assert operator.report_entropy("g", 1, 1.0, 10)["step"] == 1  # an operator may do what the learner does
+    with grpc.insecure_channel(target) as channel:  # health and reflection stay open
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_only_an_operator_token_keeps_reads_and_the_learner_open(client: CoefficientClient, http: httpx.Client) -> None:
+    """`AERPLANE_API_TOKEN` (and named operator tokens) alone: the behaviour before read and learner tokens."""
+    client.start_run("compat", "aer", {}, {})  # no token: the learner's calls are open
+    client.get_coefficients("compat", 0, [("a", 0.5, 4)])
+    assert http.get("/v1/runs/compat").status_code == 200  # reads too
+    assert http.patch("/v1/runs/compat/coefficients", json={"alpha": 0.001}).status_code == 401
+    assert http.patch("/v1/runs/compat/coefficients", json={"alpha": 0.001}, headers=AUTH).status_code == 200
+
+
+def test_openapi_declares_every_status_and_where_a_token_is_needed(http: httpx.Client, locked: RunningService) -> None:
+    statuses = {
+        ("get", "/v1/runs"): {"200", "401", "503"},
+        ("get", "/v1/runs/{run_id}"): {"200", "401", "404", "422", "503"},
+        ("get", "/v1/runs/{run_id}/history"): {"200", "401", "404", "422", "503"},
+        ("get", "/v1/runs/{run_id}/audit"): {"200", "401", "404", "422", "503"},
+        ("patch", "/v1/runs/{run_id}/coefficients"): {"200", "401", "403", "404", "409", "422", "503"},
+        ("delete", "/v1/runs/{run_id}/overrides"): {"200", "401", "403", "404", "422", "503"},
+    }
+    operator_only = http.get("/openapi.json").json()
+    with httpx.Client(base_url=f"http://127.0.0.1:{locked.http_port}") as h:
+        every_role = h.get("/openapi.json").json()  # the document itself is open, like /docs
+    for doc, reads_secured in [(operator_only, False), (every_role, True)]:
+        ops = {(m, path): op for path, item in doc["paths"].items() for m, op in item.items()}
+        assert {k: set(op["responses"]) for k, op in ops.items()} == statuses
+        for (method, _), op in ops.items():
+            secured = method != "get" or reads_secured
+            assert op.get("security") == ([{"bearer": []}] if secured else None), (method, op["operationId"])
+        assert doc["components"]["securitySchemes"]["bearer"] == {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An aerplane API token.",
+        }
+        links = ops[("get", "/v1/runs")]["responses"]["200"]["links"]
+        assert links["getRun"] == {"operationId": "getRun", "parameters": {"run_id": "$response.body#/0/run_id"}}
+
+
+def test_no_token_is_ever_logged(locked: RunningService, caplog: pytest.LogCaptureFixture) -> None:
+    """Every outcome — accepted, refused, wrong role, unknown run, bad input — at DEBUG, REST and gRPC."""
+    caplog.set_level(logging.DEBUG)
+    target = f"127.0.0.1:{locked.grpc_port}"
+    with httpx.Client(base_url=f"http://127.0.0.1:{locked.http_port}", timeout=10) as http:
+        for token in (*ALL_TOKENS, None, "Bearer-lookalike"):
+            with CoefficientClient(target, timeout=10, token=token) as c:
+                for call in (
+                    lambda: c.start_run("logs", "aer", {}, {}, resume=True),
+                    lambda: c.get_coefficients("logs", 0, [("a", 0.5, 4)]),
+                    lambda: c.report_entropy("logs", 0, 1.0, 10),
+                    lambda: c.get_state("nope"),
+                    lambda: c.override("logs", alpha=0.001, reason="log test"),
+                    lambda: c.override("logs", alpha=5.0),
+                ):
+                    try:
+                        call()
+                    except CoefficientError:
+                        pass
+            headers = _bearer(token)
+            http.get("/v1/runs/logs", headers=headers)
+            http.get("/v1/runs/nope/history", headers=headers)
+            http.patch("/v1/runs/logs/coefficients", json={"alpha": 0.002}, headers=headers)
+            http.patch("/v1/runs/logs/coefficients", json={"alpha": 0.5}, headers=headers)
+            http.patch("/v1/runs/logs/coefficients", content=b"{bad", headers={**headers, "Content-Type": "x"})
+    assert caplog.records, "nothing was logged: the test would prove nothing"
+    for token in ALL_TOKENS:
+        assert token not in caplog.text
+
+
 def test_rest_unknown_run_is_404(http: httpx.Client) -> None:
     for method, path in [
         ("GET", "/v1/runs/ghost"),
@@ -387,22 +547,22 @@ def test_rest_unknown_run_is_404(http: httpx.Client) -> None:
         ('{"target_entropy": -Infinity}', "finite"),
         ('{"alpha": -0.001}', "greater than or equal"),
         ('{"alpha": 5}', "less than or equal"),
-        ('{"alpha": 0.5}', "alpha: must be within"),  # beyond the run's alpha_max
         ('{"target_entropy": 0}', "greater than"),
         ('{"alpha": "0.1"}', "valid number"),
         ('{"frozen": "yes"}', "valid boolean"),
         ('{"frozen": 1}', "valid boolean"),
-        ('{"params": {"eta": -1.0}}', "eta: must be >= 0"),
-        ('{"params": {"rho": 1.5}}', "rho: must be <= 1"),
-        ('{"params": {"alpha_min": 0.5, "alpha_max": 0.1}}', "alpha_min: must be <= alpha_max"),
-        ('{"params": {"bogus": 1.0}}', "unknown parameter"),
+        ('{"params": {"eta": -1.0}}', "greater than or equal to 0"),
+        ('{"params": {"rho": 1.5}}', "less than or equal to 1"),
+        ('{"params": {"bogus": 1.0}}', "Extra inputs"),
+        ('{"params": {"anchor_steps": 1.5}}', "multiple of 1"),
         ('{"params": {"eta": NaN}}', "finite"),
         ('{"params": [1, 2]}', "valid dictionary"),
         ('{"options": {"weighting": "cubic"}}', "weighting"),
-        ('{"strategy": "bogus"}', "unknown strategy"),
+        ('{"strategy": "bogus"}', "'skywork'"),
         ('{"unexpected": 1}', "Extra inputs"),
         ('{"alpha": 0.001, "run_id": "other"}', "Extra inputs"),
         ("{}", "nothing to change"),
+        ('{"reason": "just a reason", "release": false}', "nothing to change"),
         ('{"alpha": ', "JSON"),
         ("[1, 2]", "valid dictionary"),
         ("", "Field required"),
@@ -416,6 +576,28 @@ def test_rest_bad_bodies_get_422_with_a_message(
     assert r.status_code == 422, r.text
     assert match.lower() in r.text.lower()
     assert http.get("/v1/runs/run-v").json()["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ({"alpha": 0.5}, "alpha: must be within"),  # beyond the run's alpha_max
+        ({"params": {"alpha_min": 0.5, "alpha_max": 0.1}}, "alpha_min: must be <= alpha_max"),
+        ({"params": {"alpha": 0.1}}, "unknown parameter for strategy 'aer'"),  # fixed's parameter
+        ({"strategy": "fixed", "params": {"eta": 0.1}}, "unknown parameter for strategy 'fixed'"),
+        ({"strategy": "none", "target_entropy": 1.0}, "has no target entropy"),
+        ({"strategy": "fixed", "options": {"weighting": "linear"}}, "weighting"),
+    ],
+)
+def test_rest_changes_the_run_cannot_take_are_409(
+    client: CoefficientClient, http: httpx.Client, body: dict, match: str
+) -> None:
+    """Bodies that pass the schema but do not fit the run (its strategy, its bounds) conflict with its state."""
+    client.start_run("run-c", "aer", {}, {})
+    r = http.patch("/v1/runs/run-c/coefficients", json=body, headers=AUTH)
+    assert r.status_code == 409, r.text
+    assert match in r.json()["detail"]
+    assert http.get("/v1/runs/run-c").json()["version"] == 1
 
 
 def test_rest_oversized_bodies_and_bad_paths_get_422(
@@ -501,7 +683,7 @@ _field = hst.sampled_from(
     | _json,
     raw=hst.binary(max_size=64),
 )
-def test_fuzzed_override_bodies_get_200_or_422_never_500(
+def test_fuzzed_override_bodies_get_200_409_or_422_never_500(
     client: CoefficientClient, http: httpx.Client, body: object, raw: bytes
 ) -> None:
     if not http.get("/v1/runs/fuzz").is_success:
@@ -511,8 +693,8 @@ def test_fuzzed_override_bodies_get_200_or_422_never_500(
         r = http.patch(
             "/v1/runs/fuzz/coefficients", content=content, headers={**AUTH, "Content-Type": "application/json"}
         )
-        assert r.status_code in (200, 422), (content, r.status_code, r.text)
-        if r.status_code == 422:
+        assert r.status_code in (200, 409, 422), (content, r.status_code, r.text)
+        if r.status_code != 200:
             assert r.json()["detail"]
 
 

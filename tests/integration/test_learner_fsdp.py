@@ -140,7 +140,7 @@ def _job(out_dir: Path, device: str) -> None:
     lm2, policy2, opt2, sched2 = build(s)
     latest = ckpt.latest_checkpoint(s.checkpoint_dir)
     assert latest is not None and latest[0] == 2
-    start, _ = resume_from(latest[1], lm2, opt2, sched2, ctx, s)
+    start, _, _ = resume_from(latest[1], lm2, opt2, sched2, ctx, s)
     resumed = steps(policy2, opt2, sched2, 2)
     params["resumed"] = full_params(lm2)
     result.update(first=first, straight=straight, resumed=resumed, resume_start=start)

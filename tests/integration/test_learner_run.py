@@ -7,8 +7,11 @@ contract the learner has with any producer of scored samples — nothing here is
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -142,6 +145,47 @@ def wait_for(cond, timeout: float, what: str, proc: ManagedProcess) -> None:
         time.sleep(0.2)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process under `pid` (from /proc's parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def sigkill_learner(proc: ManagedProcess) -> None:
+    """SIGKILL torchrun and its workers at once, the way a machine or container dies. torchrun starts each worker
+    in a session of its own, so killing its process group alone would leave the workers training on."""
+    workers = descendants(proc.pid)
+    proc.kill()
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a learner worker outlived SIGKILL"
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "Z"
+    return stat[stat.rfind(")") + 2 :].split()[0]
+
+
 def final_params(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     return ckpt.load_trainer_state(run_dir / "checkpoints" / ckpt.step_dir_name(step))["model"]
 
@@ -177,7 +221,7 @@ def test_kill_and_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, r
         wait_for(lambda: len(read_metrics(run_dir)) >= 5, 600, "step 4", proc)
         wait_for(lambda: ckpt.latest_checkpoint(run_dir / "checkpoints") is not None
                  and ckpt.latest_checkpoint(run_dir / "checkpoints")[0] == 4, 60, "checkpoint 4", proc)  # fmt: skip
-        proc.kill()
+        sigkill_learner(proc)
         gen.hold_from_step = None
         again = learner(tmp_path, "resume", redis_url, "resumed", *local, "--resume").start()
         assert again.proc.wait(timeout=600) == 0, again.log_tail(40)
@@ -314,3 +358,103 @@ def test_fsdp_bf16_run_publishes_bf16_weights_and_resumes_from_its_sharded_check
     assert published.keys() <= full.keys()
     for name, tensor in published.items():
         assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, full[name].to(torch.bfloat16)), name
+
+
+def get_json_as(url: str, token: str):
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def test_sigkilled_learner_resumes_training_every_group_exactly_once(
+    tmp_path, redis_url, tokenizer, monkeypatch
+) -> None:
+    """SIGKILL the learner after it trained a step past its last checkpoint, then `--resume`. The learner's record
+    of consumed rollouts shows every group of every step trained once; the coefficient service has one history row
+    per step and α continues from where it stood; the parameters equal an uninterrupted run's, bit for bit. The
+    service runs with operator, read-only and learner tokens (the learner sends its token from the variable the
+    service reads it from), and no token reaches any log."""
+    from aerplane.learner.ledger import read_ledger
+
+    operator, reader, learner_token = "once-operator-token", "once-read-token", "once-learner-token"
+    monkeypatch.setenv("AERPLANE_COEFFICIENT__TOKEN", learner_token)  # both ends: the service and the learner
+    grpc_port, http_port = free_port(), free_port()
+    service = ManagedProcess(
+        "coefficient-once",
+        [sys.executable, "-m", "aerplane.cli", "coefficient", "serve", "--grpc-port", str(grpc_port),
+         "--http-port", str(http_port), "--redis-url", redis_url, "--host", "127.0.0.1"],
+        env={**os.environ, "AERPLANE_API_TOKEN": operator, "AERPLANE_API_READ_TOKEN": reader},
+        log_path=tmp_path / "coefficient-once.log", ready_url=f"http://127.0.0.1:{http_port}/readyz",
+    )  # fmt: skip
+    coef = ("--coefficient-target", f"127.0.0.1:{grpc_port}", "--strategy", "aer", "--strategy-param", "eta=0.5",
+            "--strategy-param", "alpha_max=0.05", "--strategy-param", "target_entropy=20")  # fmt: skip
+    api = f"http://127.0.0.1:{http_port}/v1/runs"
+    procs = [service]
+    try:
+        service.start().wait_ready(60)
+
+        # --- uninterrupted ---
+        gen = FakeRollouts(redis_url, "once-straight", tokenizer).start()
+        try:
+            straight = learner(tmp_path, "once-straight", redis_url, "once-straight", *coef, nproc=1)
+            procs.append(straight)
+            straight.start()
+            assert straight.proc.wait(timeout=600) == 0, straight.log_tail(40)
+        finally:
+            gen.stop()
+
+        # --- SIGKILL after step 4 was trained (checkpoint 4 holds steps 0–3), then --resume ---
+        run_dir = tmp_path / "once-killed"
+        gen = FakeRollouts(redis_url, "once-killed", tokenizer)
+        gen.hold_from_step = 5
+        gen.start()
+        try:
+            killed = learner(tmp_path, "once-killed", redis_url, "once-killed", *coef, nproc=1)
+            procs.append(killed)
+            killed.start()
+            wait_for(lambda: len(read_metrics(run_dir)) >= 5, 600, "step 4", killed)
+            wait_for(lambda: ckpt.latest_checkpoint(run_dir / "checkpoints") is not None, 60, "a checkpoint", killed)
+            sigkill_learner(killed)
+            assert ckpt.latest_checkpoint(run_dir / "checkpoints")[0] == 4
+            assert [e["step"] for e in read_ledger(run_dir)] == [0, 1, 2, 3, 4]  # step 4: trained, then lost
+            gen.hold_from_step = None
+            resumed = learner(tmp_path, "once-resumed", redis_url, "once-killed", *coef, "--resume", nproc=1)
+            procs.append(resumed)
+            resumed.start()
+            assert resumed.proc.wait(timeout=600) == 0, resumed.log_tail(40)
+        finally:
+            gen.stop()
+        history = {run: get_json_as(f"{api}/{run}/history", reader) for run in ("once-straight", "once-killed")}
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+    # The learner's record: every group of every step, once; the same groups as the uninterrupted run.
+    record, reference = read_ledger(run_dir), read_ledger(tmp_path / "once-straight")
+    assert [e["step"] for e in record] == list(range(STEPS))
+    trained = [(e["step"], g["prompt_id"]) for e in record for g in e["groups"]]
+    assert len(trained) == len(set(trained)) == STEPS * 4
+    assert all(g["samples"] == list(range(G)) for e in record for g in e["groups"])
+    groups = lambda entries: [[(g["prompt_id"], g["samples"]) for g in e["groups"]] for e in entries]  # noqa: E731
+    assert groups(record) == groups(reference)  # (the samples' policy versions follow the fake generator's timing)
+    assert "dropped steps 4" in resumed.log_tail(400)
+
+    # The coefficient service applied each step once, and α continued from the state before the crash.
+    rows = history["once-killed"]
+    assert [h["step"] for h in rows] == list(range(STEPS))
+    assert all(h["mean_entropy"] is not None for h in rows)
+    assert all(later["alpha"] == earlier["alpha_next"] for earlier, later in zip(rows[:-1], rows[1:], strict=True))
+    assert rows == history["once-straight"] and any(h["alpha"] > 0 for h in rows)
+    assert "run once-killed: step 4 was applied before; state unchanged" in service.log_tail(400)
+    metrics = read_metrics(run_dir)
+    assert [r["alpha"] for r in metrics] == [h["alpha"] for h in rows]
+
+    # The parameters: bit-exact with the uninterrupted run.
+    a, b = final_params(tmp_path / "once-straight", STEPS), final_params(run_dir, STEPS)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "parameters differ after the restart"
+
+    # No token in any log or in the settings the learner wrote down.
+    for path in [*tmp_path.glob("*.log"), run_dir / "learner_settings.json"]:
+        text = path.read_text(errors="replace")
+        for token in (operator, reader, learner_token):
+            assert token not in text, f"a token reached {path.name}"

@@ -7,7 +7,15 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from aerplane.coefficient.auth import ANONYMOUS, Authenticator, Unauthenticated
+from aerplane.coefficient.auth import (
+    ANONYMOUS,
+    Authenticator,
+    Credential,
+    Permission,
+    PermissionDenied,
+    Role,
+    Unauthenticated,
+)
 from aerplane.coefficient.runs import (
     InvalidValue,
     Override,
@@ -45,12 +53,17 @@ def test_reports_follow_the_core_strategy_exactly() -> None:
     assert run.view()["target_entropy"] == 1.0 and run.view()["observations"] == 6
 
 
-def test_same_step_is_a_no_op_and_older_steps_are_refused() -> None:
+def test_each_step_applies_once_and_older_unapplied_steps_are_refused() -> None:
     run = _report(_report(_aer(), 0, 2.0), 5, 0.5)
     again, applied = apply_report(run, 5, 3.0, 100, now=99.0)
     assert not applied and again == run
-    with pytest.raises(StaleStep, match="step 4 is older than the last applied step 5"):
-        apply_report(run, 4, 0.5, 100, now=99.0)
+    # A resumed learner re-reports step 0, which the store has a record of: nothing changes.
+    again, applied = apply_report(run, 0, 3.0, 100, now=99.0, applied=lambda step: step in (0, 5))
+    assert not applied and again == run
+    with pytest.raises(StaleStep, match="step 4 is older than the last applied step 5 .* never applied"):
+        apply_report(run, 4, 0.5, 100, now=99.0, applied=lambda step: step in (0, 5))
+    with pytest.raises(InvalidValue, match="mean_entropy"):  # values are checked even for a repeat
+        apply_report(run, 0, math.nan, 100, now=99.0, applied=lambda step: True)
 
 
 @pytest.mark.parametrize(
@@ -132,15 +145,56 @@ def test_run_record_round_trips_through_json() -> None:
     assert Run.from_json(run.to_json()) == run
 
 
+def _credentials(*items: tuple[str, Role, str]) -> list[Credential]:
+    return [Credential(actor, role, token.encode()) for actor, role, token in items]
+
+
 def test_authenticator_names_the_actor_and_refuses_bad_tokens() -> None:
-    assert Authenticator({}).actor(None) == ANONYMOUS
-    auth = Authenticator({"alice": "tok-a", "operator": "tok-o"})
-    assert auth.actor("Bearer tok-a") == "alice"
-    assert auth.actor("bearer tok-o") == "operator"
+    assert Authenticator().authorize(None, Permission.OPERATE) == ANONYMOUS
+    auth = Authenticator(_credentials(("alice", Role.OPERATOR, "tok-a"), ("operator", Role.OPERATOR, "tok-o")))
+    assert auth.authorize("Bearer tok-a", Permission.OPERATE) == "alice"
+    assert auth.authorize("bearer tok-o", Permission.OPERATE) == "operator"
     for header in (None, "", "Bearer", "Basic tok-a", "Bearer tok-x", "tok-a"):
         with pytest.raises(Unauthenticated) as info:
-            auth.actor(header)
+            auth.authorize(header, Permission.OPERATE)
         assert "tok-a" not in str(info.value)
+    assert repr(auth._credentials[0]) == "Credential(actor='alice', role=operator)"
+
+
+def test_roles_grant_their_permissions_and_only_configured_gates_are_checked() -> None:
+    only_operator = Authenticator(_credentials(("operator", Role.OPERATOR, "op")))
+    # AERPLANE_API_TOKEN alone, as before: reads and the learner's calls stay open, mutations need the token.
+    assert only_operator.authorize(None, Permission.READ) == ANONYMOUS
+    assert only_operator.authorize("Bearer junk", Permission.LEARN) == ANONYMOUS
+    with pytest.raises(Unauthenticated):
+        only_operator.authorize(None, Permission.OPERATE)
+
+    auth = Authenticator(
+        _credentials(("operator", Role.OPERATOR, "op"), ("reader", Role.READER, "rd"), ("learner", Role.LEARNER, "ln"))
+    )
+    allowed = {
+        "op": {Permission.READ, Permission.LEARN, Permission.OPERATE},
+        "ln": {Permission.READ, Permission.LEARN},
+        "rd": {Permission.READ},
+    }
+    for token, permissions in allowed.items():
+        for permission in Permission:
+            if permission in permissions:
+                assert auth.authorize(f"Bearer {token}", permission) != ANONYMOUS
+            else:
+                with pytest.raises(PermissionDenied) as info:
+                    auth.authorize(f"Bearer {token}", permission)
+                assert token not in str(info.value)
+    for permission in Permission:
+        with pytest.raises(Unauthenticated):
+            auth.authorize(None, permission)
+    assert auth.describe() == "reads need a token, learner calls need a token, mutations need a token"
+
+    # A read-only token alone closes mutations too (no operator token: nobody may mutate).
+    read_only = Authenticator(_credentials(("reader", Role.READER, "rd")))
+    assert read_only.enforced(Permission.OPERATE) and not read_only.enforced(Permission.LEARN)
+    with pytest.raises(PermissionDenied):
+        read_only.authorize("Bearer rd", Permission.OPERATE)
 
 
 def test_settings_env_names_and_token_list(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,7 +204,11 @@ def test_settings_env_names_and_token_list(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("AERPLANE_API_TOKENS", "alice:a1, bob:b2")
     s = load_settings(CoefficientSettings, {"http_port": 7000, "host": None}, section="coefficient")
     assert (s.grpc_port, s.http_port, s.redis_url) == (6000, 7000, "redis://example:6379/2")
-    assert s.tokens() == {"alice": "a1", "bob": "b2", "operator": "single"}
+    assert [(c.actor, c.role, c.token) for c in s.credentials()] == [
+        ("alice", Role.OPERATOR, b"a1"),
+        ("bob", Role.OPERATOR, b"b2"),
+        ("operator", Role.OPERATOR, b"single"),
+    ]
     assert "single" not in repr(s) and "a1" not in repr(s)
     monkeypatch.setenv("AERPLANE_API_TOKENS", "alice")
     with pytest.raises(SettingsError, match="AERPLANE_API_TOKENS: entry 1: expected name:token"):
@@ -167,12 +225,53 @@ def test_settings_ignore_unprefixed_variables(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("API_TOKEN", "not-ours")
     monkeypatch.setenv("HTTP_PORT", "1234")
     s = load_settings(CoefficientSettings, section="coefficient")
-    assert (s.redis_url, s.tokens(), s.http_port) == ("redis://127.0.0.1:6379/0", {}, 8000)
+    assert (s.redis_url, s.credentials(), s.http_port) == ("redis://127.0.0.1:6379/0", [], 8000)
+
+
+def test_read_and_learner_tokens_come_from_their_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AERPLANE_API_TOKEN", "op-secret")
+    monkeypatch.setenv("AERPLANE_API_READ_TOKEN", "rd-secret")
+    monkeypatch.setenv("AERPLANE_API_READ_TOKENS", "grafana:gf-secret")
+    monkeypatch.setenv("AERPLANE_COEFFICIENT__TOKEN", "ln-secret")  # the variable the learner sends it from
+    s = load_settings(CoefficientSettings, section="coefficient")
+    assert {(c.actor, c.role) for c in s.credentials()} == {
+        ("operator", Role.OPERATOR),
+        ("reader", Role.READER),
+        ("grafana", Role.READER),
+        ("learner", Role.LEARNER),
+    }
+    assert not any(secret in repr(s) for secret in ("op-secret", "rd-secret", "gf-secret", "ln-secret"))
+    assert s.authenticator().authorize("Bearer gf-secret", Permission.READ) == "grafana"
+
+    monkeypatch.setenv("AERPLANE_COEFFICIENT__TOKEN", "op-secret")  # one token, two roles: refused, token unsaid
+    with pytest.raises(SettingsError, match="learner_token: the token of 'learner' is also the token of") as info:
+        load_settings(CoefficientSettings, section="coefficient")
+    assert "op-secret" not in str(info.value)
+    monkeypatch.setenv("AERPLANE_COEFFICIENT__TOKEN", "")  # empty: unset, as in compose files
+    monkeypatch.setenv("AERPLANE_API_READ_TOKENS", "reader:x")
+    with pytest.raises(SettingsError, match="read_tokens: actor 'reader' is reserved"):
+        load_settings(CoefficientSettings, section="coefficient")
+    monkeypatch.setenv("AERPLANE_API_READ_TOKENS", "ci")
+    with pytest.raises(SettingsError, match="AERPLANE_API_READ_TOKENS: entry 1: expected name:token"):
+        load_settings(CoefficientSettings, section="coefficient")
 
 
 @pytest.mark.parametrize(
     "body",
     [
+        {},
+        {"reason": "only a reason"},
+        {"release": False, "params": {}},
+        {"alpha": None},
+        {"params": {"bogus": 1.0}},
+        {"params": {"Bad-Name": 1.0}},
+        {"params": {"eta": -1.0}},
+        {"params": {"rho": 0.0}},
+        {"params": {"tau": 1.5}},
+        {"params": {"anchor_steps": 1.5}},
+        {"params": {"eta": None}},
+        {"options": {"weighting": "cubic"}},
+        {"strategy": "bogus"},
         {"alpha": math.nan},
         {"alpha": math.inf},
         {"alpha": -0.1},
@@ -182,7 +281,6 @@ def test_settings_ignore_unprefixed_variables(monkeypatch: pytest.MonkeyPatch) -
         {"frozen": 1},
         {"params": {"eta": math.nan}},
         {"params": {"eta": "x"}},
-        {"params": {"Bad-Name": 1.0}},
         {"unknown": 1},
         {"reason": "x" * 2000},
     ],
@@ -190,6 +288,24 @@ def test_settings_ignore_unprefixed_variables(monkeypatch: pytest.MonkeyPatch) -
 def test_override_body_refuses_bad_values(body: dict) -> None:
     with pytest.raises(ValidationError):
         OverrideBody.model_validate(body)
+
+
+def test_override_body_schema_is_the_validator() -> None:
+    """The OpenAPI schema of the body carries the same parameter names and ranges as `build_strategy`'s checks."""
+    from aerplane.core.strategies import PARAM_BOUNDS
+
+    schema = OverrideBody.model_json_schema()
+    params = schema["$defs"]["StrategyParams"]
+    assert params["additionalProperties"] is False and set(params["properties"]) == set(PARAM_BOUNDS)
+    rho = params["properties"]["rho"]
+    assert (rho["type"], rho["exclusiveMinimum"], rho["maximum"]) == ("number", 0.0, 1.0)
+    assert params["properties"]["anchor_steps"]["multipleOf"] == 1
+    assert schema["$defs"]["StrategyOptions"]["properties"]["weighting"]["enum"] == ["threshold", "linear", "uniform"]
+    assert {b["required"][0] for b in schema["anyOf"]} == {
+        "alpha", "target_entropy", "params", "options", "strategy", "frozen", "release",
+    }  # fmt: skip
+    body = OverrideBody.model_validate({"params": {"anchor_steps": 2.0, "rho": 1}, "options": {"weighting": "linear"}})
+    assert body.to_override().params == {"anchor_steps": 2.0, "rho": 1.0}
 
 
 def test_the_service_imports_without_torch() -> None:

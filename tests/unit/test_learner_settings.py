@@ -122,3 +122,14 @@ def test_parallel_and_precision_flags_reach_the_worker() -> None:
     tail = entry.torchrun_argv(args)
     assert tail[tail.index("aerplane.learner") + 1 :] == ["--dtype", "bfloat16", "--parallel", "fsdp"]
     assert load_settings(LearnerSettings, {}, section=SECTION).model.parallel == "ddp"
+
+
+def test_the_coefficient_token_comes_from_the_shared_variable_and_is_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`AERPLANE_COEFFICIENT__TOKEN` is also what the coefficient service reads as its learner token."""
+    monkeypatch.setenv("AERPLANE_COEFFICIENT__TOKEN", "learner-secret")
+    s = load_settings(LearnerSettings, {}, section=SECTION)
+    assert s.coefficient.token is not None and s.coefficient.token.get_secret_value() == "learner-secret"
+    assert "learner-secret" not in repr(s) and "learner-secret" not in str(s.snapshot())
+    assert s.snapshot()["coefficient"]["token"] == "***"

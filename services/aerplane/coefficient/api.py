@@ -5,8 +5,10 @@ passed it opens its own from `settings.redis_url` in the lifespan and closes it 
 serve` passes the store it shares with the gRPC server.
 
 Error mapping (nothing a client sends can produce a 500): validation → 422 with the messages (never echoing the
-input, which may be NaN and is not JSON), unknown run → 404, missing/wrong token → 401, an existing run → 409,
-stale step → 409, Redis down → 503. Bodies over `max_body_bytes` get 422 before they are parsed.
+input, which may be NaN and is not JSON), unknown run → 404, missing/unknown token → 401, a token without the
+permission → 403, a change the run refuses → 409, Redis down → 503. Bodies over `max_body_bytes` get 422 before
+they are parsed. The OpenAPI document declares each route's statuses (routes.py) and, from the configured tokens,
+which routes need a bearer token — exactly the ones that check it.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ import redis
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import aerplane
-from aerplane.coefficient.auth import Authenticator, Unauthenticated
+from aerplane.coefficient.auth import Authenticator, PermissionDenied, Unauthenticated
 from aerplane.coefficient.metrics import CoefficientMetrics, RunCollector
-from aerplane.coefficient.routes import router
-from aerplane.coefficient.runs import InvalidValue, RunExists, RunNotFound, StaleStep
+from aerplane.coefficient.routes import RequirePermission, router
+from aerplane.coefficient.runs import InvalidValue, OverrideConflict, RunExists, RunNotFound, StaleStep
 from aerplane.coefficient.settings import CoefficientSettings
 from aerplane.coefficient.store import RunStore
 from aerplane.common.ops import add_ops_routes, new_registry
@@ -56,7 +60,7 @@ def build_app(
         registry = new_registry()
     if metrics is None:
         metrics = CoefficientMetrics(registry)
-    auth = auth or Authenticator(settings.tokens())
+    auth = auth or settings.authenticator()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,6 +82,7 @@ def build_app(
     app.state.auth = auth
     app.state.metrics = metrics
     app.include_router(router)
+    _declare_security(app, auth)
     registry.register(RunCollector(lambda: app.state.store))
 
     def ready() -> tuple[bool, dict[str, Any]]:
@@ -92,6 +97,39 @@ def build_app(
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(_RequestMetrics, metrics=metrics)
     return app
+
+
+def _declare_security(app: FastAPI, auth: Authenticator) -> None:
+    """OpenAPI: a bearer scheme, and `security` on exactly the operations whose permission is enforced."""
+    enforced: dict[tuple[str, str], bool] = {}
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        needs = [d.call.permission for d in route.dependant.dependencies if isinstance(d.call, RequirePermission)]
+        for method in route.methods:
+            enforced[(route.path_format, method.lower())] = any(auth.enforced(p) for p in needs)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                openapi_version=app.openapi_version,
+                description=app.description,
+                routes=app.routes,
+                separate_input_output_schemas=app.separate_input_output_schemas,
+            )
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An aerplane API token."}
+            }
+            for path, operations in schema.get("paths", {}).items():
+                for method, operation in operations.items():
+                    if enforced.get((path, method)):
+                        operation["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_error_handlers(app: FastAPI, metrics: CoefficientMetrics) -> None:
@@ -122,13 +160,19 @@ def _add_error_handlers(app: FastAPI, metrics: CoefficientMetrics) -> None:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(StaleStep)
-    async def stale(request: Request, exc: StaleStep) -> JSONResponse:
+    @app.exception_handler(OverrideConflict)
+    async def conflict(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(Unauthenticated)
     async def unauthenticated(request: Request, exc: Unauthenticated) -> JSONResponse:
         metrics.auth_failures.labels("rest").inc()
         return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(PermissionDenied)
+    async def forbidden(request: Request, exc: PermissionDenied) -> JSONResponse:
+        metrics.auth_failures.labels("rest").inc()
+        return JSONResponse({"detail": str(exc)}, status_code=403)
 
     @app.exception_handler(redis.ConnectionError)
     @app.exception_handler(redis.TimeoutError)

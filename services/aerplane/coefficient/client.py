@@ -9,8 +9,10 @@
     for st in c.watch("run-1"): ...                    # the state now, then every change
     c.close()
 
-Calls wait for the server to come up (up to `timeout`), and retry UNAVAILABLE a few times with backoff — safe
-because GetCoefficients and ReportEntropy are idempotent by step. Server errors raise `CoefficientError`
+Every call carries `token` (when given) as `authorization: Bearer <token>` metadata: the learner token for the
+learner's calls, an operator token for Override (see `aerplane.coefficient.auth`). Calls wait for the server to
+come up (up to `timeout`), and retry UNAVAILABLE a few times with backoff — safe because GetCoefficients and
+ReportEntropy are idempotent by step. Server errors raise `CoefficientError`
 subclasses: `RunNotFoundError`, `InvalidArgumentError` (also a ValueError), `StaleStepError`, `RunExistsError`,
 `AuthError`.
 """
@@ -71,7 +73,7 @@ class RunExistsError(CoefficientError):
 
 
 class AuthError(CoefficientError):
-    pass
+    """No valid token (UNAUTHENTICATED), or a token without the permission (PERMISSION_DENIED)."""
 
 
 _ERRORS = {
@@ -80,6 +82,7 @@ _ERRORS = {
     grpc.StatusCode.FAILED_PRECONDITION: StaleStepError,
     grpc.StatusCode.ALREADY_EXISTS: RunExistsError,
     grpc.StatusCode.UNAUTHENTICATED: AuthError,
+    grpc.StatusCode.PERMISSION_DENIED: AuthError,
 }
 
 
@@ -182,7 +185,7 @@ class CoefficientClient:
         return reply.alpha, list(reply.prompt_weights), target
 
     def report_entropy(self, run_id: str, step: int, mean_entropy: float, num_tokens: int) -> dict[str, Any]:
-        """Apply step `step`'s token-mean entropy; a repeat of the last step changes nothing."""
+        """Apply step `step`'s token-mean entropy; a step applied before changes nothing (the state is returned)."""
         request = pb.ReportEntropyRequest(run_id=run_id, step=step, mean_entropy=mean_entropy, num_tokens=num_tokens)
         return state_dict(self._call(self._stub.ReportEntropy, request))
 

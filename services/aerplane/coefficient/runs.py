@@ -12,8 +12,10 @@ this module only decides which strategy object and state to hand it:
 - **Frozen**: observations still update H_0 and the last entropy, α does not move.
 - **Parameter / strategy changes** are configuration, not overrides: they stay after a release. A strategy switch
   keeps α, H_0, the last entropy and the observation count, then `reconcile` fits them to the new parameters.
-- **Steps**: `last_step` is the learner's last applied step. A report for that step again changes nothing (a
-  learner retrying after a crash must not move α twice); an older step is refused with `StaleStep`.
+- **Steps**: `last_step` is the learner's last applied step. Each step's entropy is applied once: a report for a
+  step already applied (the last one, or an older one the store has a record of) changes nothing — a learner that
+  resumes from a checkpoint re-trains steps it had reported before it died, and α must not move twice. An older
+  step that was never applied is refused with `StaleStep` (applying it now would be out of order).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import functools
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -58,7 +61,11 @@ class RunExists(CoefficientError):
 
 
 class StaleStep(CoefficientError):
-    """A report for a step older than the last applied one (FAILED_PRECONDITION, 409)."""
+    """A report for a step older than the last applied one that was never applied itself (FAILED_PRECONDITION)."""
+
+
+class OverrideConflict(CoefficientError):
+    """A well-formed REST change the run refuses as it is configured (409; over gRPC: INVALID_ARGUMENT)."""
 
 
 def check_run_id(run_id: str) -> str:
@@ -230,8 +237,18 @@ def new_run(run_id: str, strategy: str, params: dict[str, float], options: dict[
     return Run(run_id=run_id, strategy=s.name, params=s.params, state=s.initial_state(), created_at=now, updated_at=now)
 
 
-def apply_report(run: Run, step: int, entropy: float, num_tokens: int, now: float) -> tuple[Run, bool]:
-    """The run after step `step` measured `entropy`; `(run, False)` when that step was already applied."""
+def apply_report(
+    run: Run,
+    step: int,
+    entropy: float,
+    num_tokens: int,
+    now: float,
+    *,
+    applied: Callable[[int], bool] = lambda step: False,
+) -> tuple[Run, bool]:
+    """The run after step `step` measured `entropy`; `(run, False)` when that step was already applied.
+
+    `applied(step)` says whether an older step than the last one was applied (the store keeps a record per step)."""
     try:
         h = check_entropy(entropy)
     except ValueError as exc:
@@ -246,7 +263,12 @@ def apply_report(run: Run, step: int, entropy: float, num_tokens: int, now: floa
         if step == run.last_step:
             return run, False
         if step < run.last_step:
-            raise StaleStep(f"step {step} is older than the last applied step {run.last_step} of run {run.run_id!r}")
+            if applied(step):
+                return run, False
+            raise StaleStep(
+                f"step {step} is older than the last applied step {run.last_step} of run {run.run_id!r} and was "
+                "never applied itself"
+            )
     state = run.effective().observe(run.state, entropy=h)
     if run.pin_alpha is not None:
         state = replace(state, alpha=run.pin_alpha)

@@ -1,45 +1,98 @@
 """REST request and response bodies. Field names are the proto's (RunState, OverrideRequest).
 
-Requests are strict: unknown fields, wrong types (a string where a number goes, 1 for a bool), NaN, ±inf and
-out-of-range values are refused with 422 before any handler runs; the strategy then validates parameters exactly
-like `build_strategy` (also 422).
+Requests are strict, and their schema is the validator: unknown fields or parameters, wrong types (a string where
+a number goes, 1 for a bool), NaN, ±inf, out-of-range values and a body that changes nothing are refused with 422
+before any handler runs. Parameter ranges come from `aerplane.core.strategies.PARAM_BOUNDS`, the table
+`build_strategy` checks, so a body the OpenAPI schema accepts passes those checks too. What only the run can
+decide — a parameter its strategy does not have, α outside its [alpha_min, alpha_max], alpha_min above its
+alpha_max, a target for a strategy without one — is a conflict with the run's state: 409.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator, with_config
+from typing_extensions import TypedDict
 
 from aerplane.coefficient.runs import MAX_REASON_CHARS, Override
+from aerplane.core.strategies import OPTION_VALUES, PARAM_BOUNDS, STRATEGY_DEFAULTS, STRATEGY_NAMES, ParamBounds
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-ParamName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def _param_type(name: str, bounds: ParamBounds) -> Any:
+    limits: dict[str, Any] = {"allow_inf_nan": False}
+    if bounds.low is not None:
+        limits["gt" if bounds.low_open else "ge"] = bounds.low
+    if bounds.high is not None:
+        limits["le"] = bounds.high
+    if bounds.integer:
+        limits["multiple_of"] = 1  # a number, not an integer type: gRPC carries parameters as doubles (2.0 is fine)
+    owners = ", ".join(s for s, defaults in STRATEGY_DEFAULTS.items() if name in defaults)
+    return Annotated[float, Field(description=f"Parameter of: {owners}.", **limits)]
+
+
+# Every numeric strategy parameter with its range; all optional, none nullable (TypedDict: absent means unchanged).
+StrategyParams = with_config(_STRICT)(
+    TypedDict(  # type: ignore[misc]
+        "StrategyParams", {name: _param_type(name, b) for name, b in PARAM_BOUNDS.items()}, total=False
+    )
+)
+StrategyOptions = with_config(_STRICT)(
+    TypedDict(  # type: ignore[misc]
+        "StrategyOptions", {name: Literal[values] for name, values in OPTION_VALUES.items()}, total=False
+    )
+)
+StrategyName = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]
+
+# The schema's form of "change something" (`Override.is_empty`), one branch per way to change a run.
+_SOMETHING_TO_CHANGE = [
+    {"required": ["alpha"], "properties": {"alpha": {"type": "number"}}},
+    {"required": ["target_entropy"], "properties": {"target_entropy": {"type": "number"}}},
+    {"required": ["params"], "properties": {"params": {"minProperties": 1}}},
+    {"required": ["options"], "properties": {"options": {"minProperties": 1}}},
+    {"required": ["strategy"], "properties": {"strategy": {"type": "string"}}},
+    {"required": ["frozen"], "properties": {"frozen": {"type": "boolean"}}},
+    {"required": ["release"], "properties": {"release": {"const": True}}},
+]
+
+
+def _override_schema(schema: dict[str, Any]) -> None:
+    schema["anyOf"] = _SOMETHING_TO_CHANGE
+    schema["examples"] = [{"alpha": 0.002, "reason": "entropy collapsing on hard prompts"}]
 
 
 class OverrideBody(BaseModel):
-    """`PATCH /v1/runs/{run_id}/coefficients`: any subset of these; `release` first drops pin, target and freeze."""
+    """`PATCH /v1/runs/{run_id}/coefficients`: any subset of these (at least one change); `release` first drops
+    pin, target and freeze."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        json_schema_extra={"examples": [{"alpha": 0.002, "reason": "entropy collapsing on hard prompts"}]},
-    )
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_override_schema)
 
     alpha: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description="Pin α to this value.")
     target_entropy: float | None = Field(
         None, gt=0.0, le=1000.0, allow_inf_nan=False, description="Replace ρ·H_0 (aer) or H_target (skywork)."
     )
-    params: dict[ParamName, FiniteFloat] = Field(
-        default_factory=dict, max_length=32, description="Strategy parameters to change (rho, tau, eta, alpha_max…)."
+    params: StrategyParams = Field(  # type: ignore[valid-type]
+        default_factory=dict,
+        description="Strategy parameters to change; each must be one of the run's strategy (after a switch in the "
+        "same request: of the new one), else 409.",
     )
-    options: dict[ParamName, Annotated[str, Field(max_length=64)]] = Field(
-        default_factory=dict, max_length=8, description="Non-numeric parameters to change (weighting)."
+    options: StrategyOptions = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="Non-numeric parameters to change (aer's weighting)."
     )
-    strategy: str | None = Field(None, max_length=32, description="Switch strategy: none | fixed | skywork | aer.")
+    strategy: StrategyName | None = Field(None, description="Switch strategy.")  # type: ignore[valid-type]
     frozen: bool | None = Field(None, description="Stop (true) or restart (false) the controller moving α.")
     reason: str = Field("", max_length=MAX_REASON_CHARS, description="Why; recorded in the audit log.")
     release: bool = Field(False, description="Drop the α pin, the target override and the freeze.")
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> OverrideBody:
+        if self.to_override().is_empty():
+            raise ValueError(
+                "nothing to change: give alpha, target_entropy, params, options, strategy, frozen or release=true"
+            )
+        return self
 
     def to_override(self) -> Override:
         return Override(
@@ -52,6 +105,24 @@ class OverrideBody(BaseModel):
             release=self.release,
             reason=self.reason,
         )
+
+
+class ErrorOut(BaseModel):
+    """An error: what went wrong, in words (never echoing a token)."""
+
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description="Where: body, query or path, then the field.")
+    msg: str
+    type: str
+
+
+class InvalidRequestOut(BaseModel):
+    """422: the request's problems, one per field, or one message (an oversized or unreadable body)."""
+
+    detail: list[ValidationIssue] | str
 
 
 class RunStateOut(BaseModel):

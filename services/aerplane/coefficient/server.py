@@ -19,7 +19,6 @@ import uvicorn
 from grpc_health.v1 import health, health_pb2
 
 from aerplane.coefficient.api import build_app
-from aerplane.coefficient.auth import Authenticator
 from aerplane.coefficient.metrics import CoefficientMetrics
 from aerplane.coefficient.service import SERVICE_NAME, CoefficientServicer, build_grpc_server
 from aerplane.coefficient.settings import CoefficientSettings
@@ -66,7 +65,7 @@ def start(settings: CoefficientSettings) -> RunningService:
     store = RunStore(settings.redis_url)
     registry = new_registry()
     metrics = CoefficientMetrics(registry)
-    auth = Authenticator(settings.tokens())
+    auth = settings.authenticator()
     stopping = threading.Event()
 
     servicer = CoefficientServicer(
@@ -115,7 +114,7 @@ def start(settings: CoefficientSettings) -> RunningService:
         settings.host,
         http_port,
         _redact(settings.redis_url),
-        "on" if auth.required else "off (no token configured)",
+        auth.describe(),
     )
     return RunningService(settings, store, grpc_port, http_port, grpc_server, health, http, http_thread, stopping)
 

@@ -2,8 +2,10 @@
 
 Thin on purpose: each method converts the request, calls `RunStore`, converts the answer back, and maps the
 store's errors onto status codes (unknown run → NOT_FOUND, bad values → INVALID_ARGUMENT, stale step →
-FAILED_PRECONDITION, existing run → ALREADY_EXISTS, bad token on Override → UNAUTHENTICATED, Redis down →
-UNAVAILABLE). Which calls need a token is explained in `aerplane.coefficient.auth`.
+FAILED_PRECONDITION, existing run → ALREADY_EXISTS, missing/unknown token → UNAUTHENTICATED, a token without the
+permission → PERMISSION_DENIED, Redis down → UNAVAILABLE). Every method declares the permission it needs (the
+`authorization: Bearer <token>` metadata is checked before the method runs); which tokens grant which permission
+is explained in `aerplane.coefficient.auth`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from aerplane.coefficient.auth import Authenticator, Unauthenticated
+from aerplane.coefficient.auth import ANONYMOUS, Authenticator, Permission, PermissionDenied, Unauthenticated
 from aerplane.coefficient.metrics import CoefficientMetrics
 from aerplane.coefficient.runs import InvalidValue, Override, Run, RunExists, RunNotFound, StaleStep
 from aerplane.coefficient.store import RunStore
@@ -39,6 +41,7 @@ _ERROR_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (StaleStep, grpc.StatusCode.FAILED_PRECONDITION),
     (RunExists, grpc.StatusCode.ALREADY_EXISTS),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (redis.ConnectionError, grpc.StatusCode.UNAVAILABLE),
     (redis.TimeoutError, grpc.StatusCode.UNAVAILABLE),
 ]
@@ -65,28 +68,36 @@ def prompt_accuracies(request: pb.GetCoefficientsRequest) -> list[float]:
     return list(request.accuracies)
 
 
-def _instrumented(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Count, time and map errors to status codes for one unary RPC."""
-    name = method.__name__
+def _rpc(permission: Permission) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One unary RPC that needs `permission`: check the caller's token, count, time, map errors to status codes.
+    The method gets the authenticated actor as its third argument."""
 
-    @functools.wraps(method)
-    def wrapper(self: CoefficientServicer, request: Any, context: grpc.ServicerContext) -> Any:
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            return method(self, request, context)
-        except Exception as exc:
-            code, message = _status_for(exc)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", name)
-            elif code == grpc.StatusCode.UNAUTHENTICATED:
-                self.metrics.auth_failures.labels("grpc").inc()
-            context.abort(code, message)
-        finally:
-            self.metrics.grpc_requests.labels(name, code.name).inc()
-            self.metrics.grpc_latency.labels(name).observe(time.perf_counter() - start)
+    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        name = method.__name__
 
-    return wrapper
+        @functools.wraps(method)
+        def wrapper(self: CoefficientServicer, request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return method(self, request, context, self.authorize(context, permission))
+            except Exception as exc:
+                code, message = _status_for(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.exception("%s failed", name)
+                elif code in _AUTH_CODES:
+                    self.metrics.auth_failures.labels("grpc").inc()
+                context.abort(code, message)
+            finally:
+                self.metrics.grpc_requests.labels(name, code.name).inc()
+                self.metrics.grpc_latency.labels(name).observe(time.perf_counter() - start)
+
+        return wrapper
+
+    return decorate
+
+
+_AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -119,10 +130,25 @@ class CoefficientServicer(pb_grpc.CoefficientServiceServicer):
         # Each open WatchState holds a handler thread; keep half of them for the learner's unary calls.
         self._watch_slots = threading.BoundedSemaphore(max(1, max_watchers))
 
-    @_instrumented
-    def StartRun(self, request: pb.StartRunRequest, context: grpc.ServicerContext) -> pb.RunState:  # noqa: N802
+    def authorize(self, context: grpc.ServicerContext, permission: Permission) -> str:
+        """The actor of the call's `authorization` metadata, allowed `permission` (raises otherwise)."""
+        authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value
+        return self.auth.authorize(authorization, permission)
+
+    @_rpc(Permission.LEARN)
+    def StartRun(  # noqa: N802
+        self, request: pb.StartRunRequest, context: grpc.ServicerContext, actor: str
+    ) -> pb.RunState:
         run, created = self.store.start_run(
-            request.run_id, request.strategy, dict(request.params), dict(request.options), resume=request.resume
+            request.run_id,
+            request.strategy,
+            dict(request.params),
+            dict(request.options),
+            resume=request.resume,
+            actor=actor if actor != ANONYMOUS else "learner",
         )
         log.info("%s run %s (%s)", "started" if created else "resumed", run.run_id, run.strategy)
         if not created and request.strategy and request.strategy != run.strategy:
@@ -134,9 +160,9 @@ class CoefficientServicer(pb_grpc.CoefficientServiceServicer):
             )
         return run_state_message(run.view())
 
-    @_instrumented
+    @_rpc(Permission.LEARN)
     def GetCoefficients(  # noqa: N802
-        self, request: pb.GetCoefficientsRequest, context: grpc.ServicerContext
+        self, request: pb.GetCoefficientsRequest, context: grpc.ServicerContext, actor: str
     ) -> pb.Coefficients:
         accuracies = prompt_accuracies(request)
         if len(accuracies) > self.max_prompts:
@@ -151,27 +177,31 @@ class CoefficientServicer(pb_grpc.CoefficientServiceServicer):
             target_entropy=answer.target_entropy,
         )
 
-    @_instrumented
+    @_rpc(Permission.LEARN)
     def ReportEntropy(  # noqa: N802
-        self, request: pb.ReportEntropyRequest, context: grpc.ServicerContext
+        self, request: pb.ReportEntropyRequest, context: grpc.ServicerContext, actor: str
     ) -> pb.RunState:
         run, applied = self.store.report_entropy(request.run_id, request.step, request.mean_entropy, request.num_tokens)
         if not applied:
-            log.info("run %s: step %d already applied; state unchanged", run.run_id, request.step)
+            log.info("run %s: step %d was applied before; state unchanged", run.run_id, request.step)
         return run_state_message(run.view())
 
-    @_instrumented
-    def GetState(self, request: pb.GetStateRequest, context: grpc.ServicerContext) -> pb.RunState:  # noqa: N802
+    @_rpc(Permission.READ)
+    def GetState(  # noqa: N802
+        self, request: pb.GetStateRequest, context: grpc.ServicerContext, actor: str
+    ) -> pb.RunState:
         return run_state_message(self.store.get_run(request.run_id).view())
 
-    @_instrumented
-    def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:  # noqa: N802
+    @_rpc(Permission.READ)
+    def ListRuns(  # noqa: N802
+        self, request: pb.ListRunsRequest, context: grpc.ServicerContext, actor: str
+    ) -> pb.ListRunsResponse:
         return pb.ListRunsResponse(runs=[run_state_message(r.view()) for r in self.store.list_runs()])
 
-    @_instrumented
-    def Override(self, request: pb.OverrideRequest, context: grpc.ServicerContext) -> pb.RunState:  # noqa: N802
-        metadata = dict(context.invocation_metadata() or ())
-        actor = self.auth.actor(metadata.get("authorization"))
+    @_rpc(Permission.OPERATE)
+    def Override(  # noqa: N802
+        self, request: pb.OverrideRequest, context: grpc.ServicerContext, actor: str
+    ) -> pb.RunState:
         change = Override(
             alpha=request.alpha if request.HasField("alpha") else None,
             target_entropy=request.target_entropy if request.HasField("target_entropy") else None,
@@ -188,6 +218,13 @@ class CoefficientServicer(pb_grpc.CoefficientServiceServicer):
         return run_state_message(run.view())
 
     def WatchState(self, request: pb.GetStateRequest, context: grpc.ServicerContext) -> Iterator[pb.RunState]:  # noqa: N802
+        try:
+            self.authorize(context, Permission.READ)
+        except (Unauthenticated, PermissionDenied) as exc:
+            code, message = _status_for(exc)
+            self.metrics.auth_failures.labels("grpc").inc()
+            self.metrics.grpc_requests.labels("WatchState", code.name).inc()
+            context.abort(code, message)
         if not self._watch_slots.acquire(blocking=False):
             self.metrics.grpc_requests.labels("WatchState", "RESOURCE_EXHAUSTED").inc()
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many open WatchState streams; try again later")

@@ -329,12 +329,16 @@ class RunStore:
         return run
 
     def report_entropy(self, run_id: str, step: int, mean_entropy: float, num_tokens: int) -> tuple[Run, bool]:
-        """Apply step `step`'s entropy. Returns (run, applied); applied is False for a repeat of the last step."""
+        """Apply step `step`'s entropy once. Returns (run, applied); applied is False for a step applied before
+        (the run is then returned unchanged: the first report of a step stands)."""
         applied = False
+        entropy_key = run_key(run_id, "entropy")
 
         def change(run: Run) -> tuple[Run, Callable[[Any], None] | None]:
             nonlocal applied
-            new, applied = apply_report(run, step, mean_entropy, num_tokens, self._clock())
+            new, applied = apply_report(  # a step's record is written once, with the report: no need to WATCH it
+                run, step, mean_entropy, num_tokens, self._clock(), applied=lambda s: self.redis.hexists(entropy_key, s)
+            )
             if not applied:
                 return run, None
             record = json.dumps(

@@ -60,6 +60,34 @@ STRATEGY_NAMES = tuple(STRATEGY_DEFAULTS)
 
 
 @dataclass(frozen=True)
+class ParamBounds:
+    """The range of one numeric parameter: `low` (exclusive when `low_open`) to `high`; `integer` for counts."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    integer: bool = False
+
+
+# The one declaration of each numeric parameter's range: `build_strategy` checks it, and the coefficient service's
+# REST schema is derived from it (so a request the schema accepts is one these checks accept).
+PARAM_BOUNDS: dict[str, ParamBounds] = {
+    "alpha": ParamBounds(low=0.0),
+    "delta": ParamBounds(low=0.0),
+    "eta": ParamBounds(low=0.0),
+    "alpha_min": ParamBounds(low=0.0),
+    "alpha_max": ParamBounds(low=0.0),
+    "alpha_init": ParamBounds(low=0.0),
+    "rho": ParamBounds(low=0.0, low_open=True, high=1.0),
+    "tau": ParamBounds(low=0.0, high=1.0),
+    "target_entropy": ParamBounds(low=0.0, low_open=True),
+    "anchor_steps": ParamBounds(low=1.0, integer=True),
+}
+# The string parameters and their values.
+OPTION_VALUES: dict[str, tuple[str, ...]] = {"weighting": WEIGHTINGS}
+
+
+@dataclass(frozen=True)
 class StrategyState:
     """Where a strategy stands after `step` observations.
 
@@ -345,26 +373,23 @@ def _number(
 
 def _validate(name: str, params: dict[str, Any]) -> dict[str, Any]:
     p = dict(params)
-    for key in ("alpha", "delta", "eta", "alpha_min", "alpha_max", "alpha_init"):
-        if key in p:
-            p[key] = _number(key, p[key], low=0.0)
-    if "rho" in p:
-        p["rho"] = _number("rho", p["rho"], low=0.0, low_open=True, high=1.0)
-    if "tau" in p:
-        p["tau"] = _number("tau", p["tau"], low=0.0, high=1.0)
     if name == "skywork" and p["target_entropy"] is None:
         raise ValueError("target_entropy: required for strategy 'skywork'")
-    if p.get("target_entropy") is not None:
-        p["target_entropy"] = _number("target_entropy", p["target_entropy"], low=0.0, low_open=True)
-    if "anchor_steps" in p:
-        value = p["anchor_steps"]
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"anchor_steps: must be an integer >= 1, got {p['anchor_steps']!r}")
-        p["anchor_steps"] = value
-    if "weighting" in p and p["weighting"] not in WEIGHTINGS:
-        raise ValueError(f"weighting: must be one of {', '.join(WEIGHTINGS)}, got {p['weighting']!r}")
+    for key, bounds in PARAM_BOUNDS.items():
+        if p.get(key) is None:
+            continue
+        if bounds.integer:
+            value = p[key]
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (bounds.low or 0):
+                raise ValueError(f"{key}: must be an integer >= {bounds.low:g}, got {p[key]!r}")
+            p[key] = value
+        else:
+            p[key] = _number(key, p[key], low=bounds.low, high=bounds.high, low_open=bounds.low_open)
+    for key, allowed in OPTION_VALUES.items():
+        if key in p and p[key] not in allowed:
+            raise ValueError(f"{key}: must be one of {', '.join(allowed)}, got {p[key]!r}")
     if "alpha_min" in p and "alpha_max" in p:
         if p["alpha_min"] > p["alpha_max"]:
             raise ValueError(f"alpha_min: must be <= alpha_max ({p['alpha_max']!r}), got {p['alpha_min']!r}")

@@ -4,9 +4,11 @@ Run directory::
 
     <run dir>/
       metrics.jsonl                   one JSON line per step (rank 0)
+      consumed.jsonl                  the prompt groups each step trained on (rank 0; `learner.ledger`)
       learner_settings.json           the resolved settings of the latest start
       checkpoints/step_000004/        state after 4 completed steps (the next step to run is 4)
-        trainer.pt                    scheduler, step, run id, data position, coefficient state, parallel mode;
+        trainer.pt                    scheduler, step, run id, data position, coefficient state, parallel mode,
+                                      where consumed.jsonl stood (offset and SHA-256: resuming cuts it back there);
                                       under DDP also the model and optimizer (gathered: every rank holds them whole)
         shards/                       under FSDP only: model and optimizer, sharded (torch.distributed.checkpoint)
         rng_rank0.pt rng_rank1.pt …   each rank's RNG states (torch, CUDA, Python, NumPy)

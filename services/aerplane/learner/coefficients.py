@@ -101,12 +101,12 @@ class RemoteCoefficients:
     def report(self, step: int, mean_entropy: float, num_tokens: int) -> dict[str, Any]:
         from aerplane.coefficient.client import StaleStepError
 
+        # A resumed learner re-trains the steps after its last checkpoint, which it may have reported before it died:
+        # the service applies each step's entropy once, so such a report changes nothing (α does not move twice).
         try:
             return dict(self.client.report_entropy(self.run_id, step, mean_entropy, num_tokens))
-        except StaleStepError:
-            # A resumed learner re-trains steps after its last checkpoint that the service already applied:
-            # the service keeps the first report (α must not move twice), so this one changes nothing.
-            log.warning("step %d was already reported to the coefficient service; keeping its state", step)
+        except StaleStepError as exc:  # an older step the service never applied: it cannot be applied out of order
+            log.warning("step %d: the coefficient service refused the report (%s); keeping its state", step, exc)
             return self.state()
 
     def state(self) -> dict[str, Any]:
@@ -133,5 +133,5 @@ def build_coefficients(settings: Any) -> CoefficientSource:
         s.params,
         s.options,
         timeout=settings.coefficient.timeout_s,
-        token=settings.coefficient.token,
+        token=settings.coefficient.token.get_secret_value() if settings.coefficient.token else None,
     )

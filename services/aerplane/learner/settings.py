@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from aerplane.common.settings import ServiceSettings, SettingsError
@@ -194,8 +194,9 @@ class CoefficientSettings(_Group):
     """gRPC address of the coefficient service; `local` runs the strategy in-process (no service, no overrides)."""
     timeout_s: float = Field(10.0, gt=0)
     """Deadline of one coefficient RPC."""
-    token: str | None = None
-    """Bearer token for the coefficient service, if it requires one."""
+    token: SecretStr | None = None
+    """The coefficient service's learner token (`AERPLANE_COEFFICIENT__TOKEN`, the variable the service reads it
+    from too), sent as gRPC `authorization` metadata; needed once the service has one. Never logged."""
 
 
 def strategy_kwargs(params: dict[str, float], options: dict[str, str]) -> dict[str, Any]:

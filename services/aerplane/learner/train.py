@@ -9,8 +9,14 @@ Each step t (policy version t = optimizer steps so far):
      re-requested);
   2. rank 0 computes per-prompt accuracy, asks the coefficient service for α_t and λ_q, builds the batch with
      group-normalised advantages and broadcasts it; every rank trains on its share of whole groups;
-  3. the all-reduced token-mean entropy H_t is reported (step 0's forward runs before any update: that is H_0);
+  3. the all-reduced token-mean entropy H_t is reported (step 0's forward runs before any update: that is H_0), and
+     the step's prompt groups are added to the record of consumed rollouts (`learner.ledger`);
   4. checkpoint, publish weights v(t+1) and announce them on `weights`, append a line to metrics.jsonl.
+
+Exactly once across restarts: a checkpoint holds the model, optimizer, RNG, the data position (= the step) and
+where the consumed-rollout record stood; `--resume` cuts the record back to it and trains on from that step, so
+every group of every step goes into the parameters once. The coefficient service applies each step's entropy once,
+so the steps re-trained after a crash do not move α again, and it answers the α it gave the first time.
 
 Rank 0 alone talks to Redis and the coefficient service and serves /metrics; the other ranks train (and, under
 FSDP, take part in the gathers that checkpointing and weight publishing need). Rank 0's decisions (the batch, α,
@@ -91,13 +97,13 @@ def train(settings: LearnerSettings) -> int:
     scheduler = build_scheduler(optimizer, settings)
 
     # --- resume ---------------------------------------------------------------------------------------------------
-    start_step, coef_state = 0, None
+    start_step, coef_state, ledger_mark = 0, None, None
     latest = ckpt.latest_checkpoint(ckpt_dir)
     if latest is not None and not settings.run.resume:
         raise SettingsError(f"learner.run.resume: {ckpt_dir} already holds checkpoints (last: step {latest[0]}); "
                             "pass --resume to continue that run, or choose another run id / run dir")  # fmt: skip
     if settings.run.resume and latest is not None:
-        start_step, coef_state = resume_from(latest[1], lm, optimizer, scheduler, ctx, settings)
+        start_step, coef_state, ledger_mark = resume_from(latest[1], lm, optimizer, scheduler, ctx, settings)
         if ctx.is_main:
             log.info("resumed from %s: next step %d", latest[1], start_step)
     elif settings.run.resume and ctx.is_main:
@@ -107,7 +113,7 @@ def train(settings: LearnerSettings) -> int:
     driver = Driver(settings, ctx, model_path, stop) if ctx.is_main else None
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
     if driver is not None:
-        driver.open(resume=settings.run.resume, start_step=start_step, coef_state=coef_state)
+        driver.open(resume=settings.run.resume, start_step=start_step, coef_state=coef_state, ledger_mark=ledger_mark)
         metrics_log.truncate_from(start_step)
     if start_step > 0:  # announce the resumed version (written again only if its folder is gone)
         missing = distributed.broadcast(driver.weights_missing(start_step) if driver is not None else None, ctx)
@@ -240,6 +246,7 @@ def save_checkpoint(
     if ctx.is_main:
         position = driver.schedule.position(step) if driver is not None else None
         coefficients = driver.coefficients.state_dict() if driver is not None else {}
+        ledger = driver.ledger.mark() if driver is not None else None
         state: dict[str, Any] = {
             "scheduler": scheduler.state_dict(),
             "step": step,
@@ -248,12 +255,13 @@ def save_checkpoint(
             "parallel": settings.model.parallel,
             "data_position": position,
             "coefficients": json.dumps(coefficients),
+            "ledger": ledger,
         }
         if not sharded:
             state["model"] = {k: v.detach().cpu() for k, v in lm.state_dict().items()}
             state["optimizer"] = optimizer.state_dict()
         meta = {"run_id": settings.run.run_id, "world_size": ctx.world_size, "parallel": settings.model.parallel,
-                "data_position": position}  # fmt: skip
+                "data_position": position, "ledger": ledger}  # fmt: skip
         path = ckpt.commit(root, step, state, meta, settings.checkpoint.keep)
         if driver is not None:
             driver.metrics.checkpoints.inc()
@@ -263,8 +271,9 @@ def save_checkpoint(
 
 def resume_from(
     path: Path, lm: torch.nn.Module, optimizer: Any, scheduler: Any, ctx: distributed.Dist, settings: LearnerSettings
-) -> tuple[int, dict[str, Any] | None]:
-    """Every rank: model, optimizer, scheduler and RNG from the checkpoint at `path`; (next step, coefficient state)."""
+) -> tuple[int, dict[str, Any] | None, dict[str, Any] | None]:
+    """Every rank: model, optimizer, scheduler and RNG from the checkpoint at `path`; (next step, coefficient state,
+    consumed-rollout record mark — None in checkpoints written before the record existed)."""
     state = ckpt.load_trainer_state(path)
     run_id, parallel = settings.run.run_id, settings.model.parallel
     if state["run_id"] != run_id:
@@ -285,7 +294,7 @@ def resume_from(
         ckpt.set_rng_state(rng)
     elif ctx.is_main:
         log.warning("no RNG state for rank %d in %s (world size changed?): continuing with fresh RNG", ctx.rank, path)
-    return int(state["step"]), json.loads(state.get("coefficients") or "{}")
+    return int(state["step"]), json.loads(state.get("coefficients") or "{}"), state.get("ledger")
 
 
 def serving_weights(lm: torch.nn.Module, settings: LearnerSettings, ctx: distributed.Dist) -> dict[str, Any] | None:
@@ -320,6 +329,8 @@ class Driver:
         self.streams: Any = None
         self.collector: Any = None
         self.schedule: Any = None
+        self.ledger: Any = None
+        self.consumed: dict[str, list[Any]] = {}  # the groups of the step being trained (for the ledger)
         self.slots_cache: dict[int, list[Any]] = {}
         self.published_through = -1
         self.version = 0
@@ -335,14 +346,24 @@ class Driver:
 
     # --- start-up ---------------------------------------------------------------------------------------------
 
-    def open(self, *, resume: bool, start_step: int, coef_state: dict[str, Any] | None) -> None:
+    def open(
+        self, *, resume: bool, start_step: int, coef_state: dict[str, Any] | None, ledger_mark: dict[str, Any] | None
+    ) -> None:
         from aerplane.common.messages import ROLLOUT_SCORED, ScoredSample
         from aerplane.common.streams import StreamClient
+        from aerplane.learner.ledger import ConsumedLedger
         from aerplane.learner.rollouts import LEARNER_GROUP, PromptSchedule, RolloutCollector, publish_requests
 
         s = self.settings
         self.schedule = PromptSchedule(self._load_items(), s.batch.prompts_per_step, seed=s.run.seed,
                                        shuffle=s.data.shuffle)  # fmt: skip
+        self.ledger = ConsumedLedger.open(s.run_dir, ledger_mark, start_step=start_step)
+        if start_step > 0 and self.ledger.last_prompt_ids is not None:
+            expected = [slot.prompt_id for slot in self._slots(start_step - 1)]
+            if self.ledger.last_prompt_ids != expected:
+                raise SettingsError(f"learner.data: step {start_step - 1} trained on other prompts than the data "
+                                    "settings give now (the task list, its size, seed or shuffle changed); resume with "
+                                    "the settings the run started with")  # fmt: skip
         self.streams = StreamClient(s.redis_url, s.run.run_id)
         consumer = self.streams.consumer(ROLLOUT_SCORED, LEARNER_GROUP, "learner-0", ScoredSample,
                                          claim_idle_ms=600_000, max_deliveries=10)  # fmt: skip
@@ -428,6 +449,7 @@ class Driver:
             if groups is None:
                 return StepPlan(stop=True)
             self.collector.finish(step)
+            self.consumed = groups
 
             t = time.perf_counter()
             pids = list(groups)
@@ -479,8 +501,14 @@ class Driver:
         return step < anchor - 1
 
     def report(self, step: int, result: StepResult, phases: dict[str, float]) -> dict[str, Any]:
+        """After the step's update: report H_t to the coefficient service, record the consumed groups."""
+        from aerplane.learner.ledger import Sample
+
         t = time.perf_counter()
         state = self.coefficients.report(step, result.mean_entropy, result.num_tokens)
+        groups = {pid: [Sample(x.sample_index, x.policy_version) for x in xs] for pid, xs in self.consumed.items()}
+        self.ledger.record(step, groups, samples_per_prompt=self.settings.batch.samples_per_prompt,
+                           policy_version=self.version, update=result.updates > 0)  # fmt: skip
         phases["report"] = time.perf_counter() - t
         self.version = step + 1  # policy version = steps completed (an anchoring step's weights are unchanged)
         return state
@@ -555,5 +583,7 @@ class Driver:
         if self.streams is not None:
             self._event("learner_finished" if finished else "learner_stopped", self.version, {})
             self.streams.close()
+        if self.ledger is not None:
+            self.ledger.close()
         self.coefficients.close()
         self.ops.stop()

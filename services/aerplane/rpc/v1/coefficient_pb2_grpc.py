@@ -89,7 +89,8 @@ class CoefficientServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportEntropy(self, request, context):
-        """Apply step `step`'s measured entropy. Idempotent by step; older steps → FAILED_PRECONDITION.
+        """Apply step `step`'s measured entropy, once: a step applied before changes nothing (the state is returned);
+        an older step that was never applied → FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
