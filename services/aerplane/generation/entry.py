@@ -2,6 +2,7 @@
 
 aerplane model tiny                                   # prints the tiny model's folder (last line of stdout)
 MODEL=$(aerplane model prepare | tail -n1)            # SmolLM2-135M-Instruct as safetensors, converted once
+aerplane model prepare tiny                           # the same as `aerplane model tiny`
 aerplane generation serve --backend vllm --model "$MODEL" --run-id r1 --redis-url redis://127.0.0.1:6379/0
 """
 
@@ -44,6 +45,9 @@ def register(subparsers: Any) -> None:
     ):
         p = model_sub.add_parser(name, help=text, description=text + ". The folder is the last line of stdout.")
         p.add_argument("--cache-dir", help="cache directory (default $AERPLANE_CACHE_DIR or ~/.cache/aerplane)")
+        if name == "prepare":  # one command for deployments that pick the embedded model by name
+            p.add_argument("name", nargs="?", default="smollm2-135m", choices=("smollm2-135m", "tiny"),
+                           help="which embedded model (default smollm2-135m)")  # fmt: skip
         p.set_defaults(func=_model)
 
 
@@ -83,7 +87,8 @@ def _model(args: argparse.Namespace) -> int:
 
     setup_logging("model")
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    build = prepare_smollm2 if args.model_command == "prepare" else tiny_model
+    tiny = args.model_command == "tiny" or getattr(args, "name", None) == "tiny"
+    build = tiny_model if tiny else prepare_smollm2
     try:
         path = build(args.cache_dir)
     except ModelUnavailable as exc:

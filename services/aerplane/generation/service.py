@@ -16,7 +16,7 @@ from typing import Any
 
 from aerplane.common.logs import setup_logging
 from aerplane.common.ops import OpsServer, new_registry
-from aerplane.generation.metrics import GenerationMetrics
+from aerplane.generation.metrics import GenerationMetrics, VLLMMetricsProxy
 from aerplane.generation.settings import GenerationSettings
 
 log = logging.getLogger("aerplane.generation")
@@ -88,6 +88,9 @@ def _run(settings: GenerationSettings, metrics: GenerationMetrics, state: dict[s
     except BackendError as exc:
         log.error("engine failed to start: %s", exc)
         return 1
+    vllm_url = getattr(backend, "base_url", None)
+    if vllm_url:  # vLLM's own vllm:* series, served on this service's /metrics
+        metrics.registry.register(VLLMMetricsProxy(f"{vllm_url}/metrics"))
     tokenizer = getattr(backend, "tokenizer", None)
     if tokenizer is None:
         from transformers import AutoTokenizer

@@ -90,7 +90,7 @@ class GenerationSettings(ServiceSettings):
     """More vLLM server flags, e.g. `["--max-num-seqs", "256"]` (env: a JSON list)."""
 
     vllm_log: Path | None = None
-    """Log file of the vLLM server started here (default: `$TMPDIR/aerplane-vllm-<pid>-<port>.log`)."""
+    """Log file of the vLLM server started here (default: none, vLLM's output goes to this service's stdout)."""
 
     vllm_request_timeout_s: float = Field(600.0, gt=0)
     """Timeout of one completion request to vLLM."""

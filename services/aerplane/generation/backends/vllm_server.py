@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -75,7 +74,7 @@ def vllm_server_argv(
         "--max-model-len", str(max_model_len),
         "--logprobs-mode", f"{logprobs_mode}_logprobs",
         "--seed", str(seed),
-        "--disable-log-stats",
+        # No --disable-log-stats: in vLLM 0.32 it also removes the Prometheus logger (vllm:* metrics stay empty).
         "--uvicorn-log-level", "warning",
     ]  # fmt: skip
     if enforce_eager:
@@ -148,8 +147,6 @@ class VLLMBackend(Backend):
         port = port or free_port()
         if chunked_prefill is None:
             chunked_prefill = has_cuda()
-        if log_path is None:
-            log_path = Path(tempfile.gettempdir()) / f"aerplane-vllm-{os.getpid()}-{port}.log"
         argv = vllm_server_argv(
             model_path,
             port=port,
@@ -169,8 +166,9 @@ class VLLMBackend(Backend):
             env=vllm_server_env(kv_cache_gib=kv_cache_gib),
             log_path=log_path,
             ready_url=f"{base_url}/health",
+            inherit_output=True,  # without a log file, vLLM's output joins this service's (the container log)
         )
-        log.info("starting vLLM for %s on port %d (log: %s)", model_path, port, log_path)
+        log.info("starting vLLM for %s on port %d (log: %s)", model_path, port, log_path or "this service's output")
         started = time.monotonic()
         process.start()
         try:
