@@ -116,3 +116,38 @@ def test_cli_help_imports_nothing_heavy() -> None:
     ).stdout  # fmt: skip
     for heavy in ("torch", "vllm", "transformers", "fastapi", "grpc"):
         assert f"'{heavy}'" not in mods, f"{heavy} imported by `aerplane --help`"
+
+
+def test_log_stream_is_stderr_by_default_and_stdout_on_request(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from aerplane.common.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        monkeypatch.delenv("AERPLANE_LOG_STREAM", raising=False)
+        setup_logging("t1").info("to stderr")
+        monkeypatch.setenv("AERPLANE_LOG_STREAM", "stdout")
+        setup_logging("t2").info("to stdout")
+        setup_logging("t3", stream="stderr").info("forced stderr")
+        out, err = capsys.readouterr()
+        assert "to stdout" in out and "to stderr" not in out and "forced stderr" not in out
+        assert "to stderr" in err and "forced stderr" in err and "[t1 " in err
+        monkeypatch.setenv("AERPLANE_LOG_STREAM", "syslog")
+        with pytest.raises(ValueError, match="AERPLANE_LOG_STREAM"):
+            setup_logging("t4")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu", "slim"])
+def test_container_images_log_to_stdout(name: str) -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "deploy" / "docker" / f"Dockerfile.{name}").read_text()
+    runtime = text.rsplit("\nFROM ", 1)[-1]  # the last stage is what runs
+    assert "AERPLANE_LOG_STREAM=stdout" in runtime

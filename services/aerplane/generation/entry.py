@@ -85,7 +85,7 @@ def _model(args: argparse.Namespace) -> int:
     from aerplane.common.logs import setup_logging
     from aerplane.data.models import ModelUnavailable, prepare_smollm2, tiny_model
 
-    setup_logging("model")
+    setup_logging("model", stream="stderr")  # stdout carries the model folder
     logging.getLogger("transformers").setLevel(logging.ERROR)
     tiny = args.model_command == "tiny" or getattr(args, "name", None) == "tiny"
     build = tiny_model if tiny else prepare_smollm2
