@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from aerplane.launcher.up import Ports, Stack, UpConfig, UpError, execute, validate
+from aerplane.launcher.up import Interrupted, Ports, Stack, UpConfig, UpError, execute, raise_interrupted, validate
 
 STATE_FILE = "compare.json"
 # UpConfig fields that are the shared setup of a comparison (everything but what varies per run, and plumbing).
@@ -404,7 +404,7 @@ def run_compare(
     shared = Stack(UpConfig(**state.setup, ports=shared_ports, redis_url=redis_url), out, "compare", facts)
     progress = _Progress(state)
     code = 0
-    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
             shared.start_shared(lambda text: print(f"[compare] {text}", flush=True))
@@ -420,7 +420,7 @@ def run_compare(
             if code >= 128 or code == 2:
                 break
             code = 0
-    except _Interrupt as exc:
+    except Interrupted as exc:
         code = 128 + exc.signum
     finally:
         for s in previous:
@@ -438,16 +438,6 @@ def run_compare(
         print(f"[compare] {len(failed)} run(s) failed: {', '.join(r.key for r in failed)}; rerun to retry them")
         return 1
     return 0
-
-
-class _Interrupt(Exception):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _interrupt(signum: int, _frame: Any) -> None:
-    raise _Interrupt(signum)
 
 
 def _run_one(

@@ -546,7 +546,7 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def _raise_interrupted(signum: int, _frame: Any) -> None:
+def raise_interrupted(signum: int, _frame: Any) -> None:
     raise Interrupted(signum)
 
 
@@ -614,7 +614,7 @@ def execute(
     title = f"{title_prefix}aerplane · run {run_id} · {cfg.strategy} · {model_name} · {facts['backend']}"
     view = make_view(cfg.live, cfg.steps, urls, override_curl(p.coefficient_http, run_id), title)
     stack = Stack(cfg, run_dir, run_id, facts, shared)
-    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
     evaluations: list[dict[str, Any]] = []
     code = 0
     try:
