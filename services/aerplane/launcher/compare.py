@@ -412,9 +412,9 @@ def run_compare(
             print(f"aerplane compare: could not start the shared services: {exc}", file=sys.stderr)
             return 1
         print(f"[compare] REST API: http://127.0.0.1:{shared_ports.coefficient_http}/v1/runs", flush=True)
+        position = {r.key: i for i, r in enumerate(state.ordered_runs(), 1)}
         for entry in pending:
-            index = state.ordered_runs().index(entry) + 1
-            code = _run_one(state, entry, index, total, shared, shared_ports, facts, live, progress)
+            code = _run_one(state, entry, position[entry.key], total, shared, shared_ports, facts, live, progress)
             state.save()
             write_compare_report(out)
             if code >= 128 or code == 2:
@@ -487,7 +487,9 @@ def _run_one(
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    return (run_dir / "run.json").exists() and any((run_dir / "checkpoints").glob("step_*"))
+    from aerplane.learner.checkpoint import latest_checkpoint
+
+    return (run_dir / "run.json").exists() and latest_checkpoint(run_dir / "checkpoints") is not None
 
 
 def prune_finished_run(run_dir: Path) -> int:
@@ -498,12 +500,9 @@ def prune_finished_run(run_dir: Path) -> int:
     """
     import shutil
 
-    doomed = [run_dir / "checkpoints"]
-    versions = sorted(
-        (p for p in (run_dir / "weights").glob("v*") if p.is_dir() and p.name[1:].isdigit()),
-        key=lambda p: int(p.name[1:]),
-    )
-    doomed += versions[:-1]
+    from aerplane.learner.checkpoint import list_versions
+
+    doomed = [run_dir / "checkpoints", *(path for _, path in list_versions(run_dir / "weights")[:-1])]
     freed = 0
     for path in doomed:
         if path.exists():

@@ -25,7 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from aerplane.launcher.report import ReportError, read_metrics
+from aerplane.launcher.report import ReportError, read_metrics, save_figure, series, step_figure
 
 PLOTS = {
     "entropy": ("mean_entropy", "Policy entropy H (dashed: each run's H*)", "mean token entropy (nats)"),
@@ -282,11 +282,7 @@ def write_markdown(results: dict[str, Any], out_dir: Path, plots: list[Path]) ->
 
 
 def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     plots_dir = out_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -296,32 +292,17 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     }
     paths = []
     for name, (key, title, ylabel) in PLOTS.items():
-        fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=100)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig, ax = step_figure(title, ylabel, size=(7.2, 4.0))
         for i, c in enumerate(results["configs"]):
             color = colors[i % len(colors)]
             for j, r in enumerate(c["runs"]):
                 recs = records[(c["label"], r["seed"])]
-                xs = [x["step"] for x in recs if _finite(x.get(key))]
-                ys = [x[key] for x in recs if _finite(x.get(key))]
-                ax.plot(xs, ys, color=color, alpha=0.9 if j == 0 else 0.55, linewidth=1.3,
+                ax.plot(*series(recs, key), color=color, alpha=0.9 if j == 0 else 0.55, linewidth=1.3,
                         label=c["label"] if j == 0 else None)  # fmt: skip
-                if name == "entropy":
-                    tx = [x["step"] for x in recs if _finite(x.get("target_entropy"))]
-                    ty = [x["target_entropy"] for x in recs if _finite(x.get("target_entropy"))]
-                    if tx:
-                        ax.plot(tx, ty, color=color, linestyle="--", linewidth=0.9, alpha=0.7)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="best", fontsize=7)
-        fig.tight_layout()
-        path = plots_dir / f"{name}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
+                target = series(recs, "target_entropy") if name == "entropy" else ([], [])
+                if target[0]:
+                    ax.plot(*target, color=color, linestyle="--", linewidth=0.9, alpha=0.7)
+        paths.append(save_figure(fig, ax, plots_dir / f"{name}.png", legend_size=7))
     return paths
 
 

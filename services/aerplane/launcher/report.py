@@ -47,7 +47,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+def series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     xs, ys = [], []
     for rec in records:
         value = rec.get(key)
@@ -68,7 +68,7 @@ def _difficulty_series(records: list[dict[str, Any]], key: str) -> dict[str, tup
     return out
 
 
-def _last(records: list[dict[str, Any]], key: str) -> float | None:
+def last_value(records: list[dict[str, Any]], key: str) -> float | None:
     for rec in reversed(records):
         value = rec.get(key)
         if isinstance(value, int | float) and math.isfinite(value):
@@ -76,63 +76,75 @@ def _last(records: list[dict[str, Any]], key: str) -> float | None:
     return None
 
 
-def write_plots(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+def step_figure(title: str, ylabel: str, size: tuple[float, float] = (6.4, 3.6)):  # noqa: ANN201 - (Figure, Axes)
+    """A figure with one per-step axis: integer steps on x, a light grid (the plots of run and comparison reports)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    fig, ax = plt.subplots(figsize=size, dpi=100)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig, ax
+
+
+def save_figure(fig, ax, path: Path, legend_size: int = 8) -> Path:  # noqa: ANN001 - matplotlib objects
+    """Legend (when anything is labelled), tight layout, PNG to `path`, and the figure closed."""
+    import matplotlib.pyplot as plt
+
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_plots(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
 
     def figure(name: str, title: str, ylabel: str):  # noqa: ANN202 - local helper
-        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        return fig, ax, out_dir / f"{name}.png"
+        return (*step_figure(title, ylabel), out_dir / f"{name}.png")
 
     def save(fig, ax, path: Path) -> None:  # noqa: ANN001
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, ax, path))
 
     fig, ax, path = figure("entropy", "Policy entropy vs target", "mean token entropy (nats)")
-    ax.plot(*_series(records, "mean_entropy"), marker=".", label="H (mean)")
+    ax.plot(*series(records, "mean_entropy"), marker=".", label="H (mean)")
     for bucket, (xs, ys) in sorted(_difficulty_series(records, "entropy_by_difficulty").items()):
         ax.plot(xs, ys, linestyle=":", label=f"H ({bucket})")
-    h0, target = _last(records, "initial_entropy"), _last(records, "target_entropy")
+    h0, target = last_value(records, "initial_entropy"), last_value(records, "target_entropy")
     if h0 is not None:
         ax.axhline(h0, color="grey", linestyle="--", label=f"H_0 = {h0:.3f}")
-    xs, ys = _series(records, "target_entropy")
+    xs, ys = series(records, "target_entropy")
     if xs:
         ax.plot(xs, ys, color="red", linestyle="--", label=f"H* = {target:.3f}" if target is not None else "H*")
     save(fig, ax, path)
 
     fig, ax, path = figure("alpha", "Entropy coefficient α", "α")
-    ax.plot(*_series(records, "alpha"), marker=".", label="α_t")
+    ax.plot(*series(records, "alpha"), marker=".", label="α_t")
     save(fig, ax, path)
 
     fig, ax, path = figure("prompt_weight", "Mean per-prompt weight λ", "mean λ")
-    ax.plot(*_series(records, "mean_prompt_weight"), marker=".", label="mean λ")
+    ax.plot(*series(records, "mean_prompt_weight"), marker=".", label="mean λ")
     ax.set_ylim(-0.05, 1.05)
     save(fig, ax, path)
 
     fig, ax, path = figure("accuracy", "Training accuracy", "mean reward")
-    ax.plot(*_series(records, "accuracy"), marker=".", label="overall")
+    ax.plot(*series(records, "accuracy"), marker=".", label="overall")
     for bucket, (xs, ys) in sorted(_difficulty_series(records, "accuracy_by_difficulty").items()):
         ax.plot(xs, ys, marker=".", linestyle="--", label=bucket)
     ax.set_ylim(-0.05, 1.05)
     save(fig, ax, path)
 
     fig, ax, path = figure("response_length", "Response length", "tokens")
-    ax.plot(*_series(records, "response_length"), marker=".", label="mean response tokens")
+    ax.plot(*series(records, "response_length"), marker=".", label="mean response tokens")
     save(fig, ax, path)
     return paths
 
@@ -183,8 +195,8 @@ def write_report(run_dir: Path) -> Path:
         ("alpha", "α"), ("mean_prompt_weight", "mean λ"), ("response_length", "response length"),
     ]:  # fmt: skip
         out.append(f"| {label} | {fmt(first.get(key))} | {fmt(last.get(key))} |")
-    h0 = _last(records, "initial_entropy")
-    out += ["", f"Initial entropy H_0 = {fmt(h0)}; target H* = {fmt(_last(records, 'target_entropy'))}.", ""]
+    h0 = last_value(records, "initial_entropy")
+    out += ["", f"Initial entropy H_0 = {fmt(h0)}; target H* = {fmt(last_value(records, 'target_entropy'))}.", ""]
     if evaluation:
         out += ["## Held-out evaluation", ""]
         out += ["| split | problems | k | avg@k | pass@k |", "|---|---|---|---|---|"]

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import sys
 import time
 import uuid
@@ -280,7 +281,7 @@ class Stack:
         args = [
             "learner", "train", "--nproc-per-node", str(cfg.nproc),
             "--run-id", self.run_id, "--run-dir", str(self.run_dir), "--steps", str(cfg.steps), "--seed", str(cfg.seed),
-            "--model", self.facts["model_path"], "--lr", repr(cfg.lr), "--dtype", self.facts.get("dtype", "float32"),
+            "--model", self.facts["model_path"], "--lr", repr(cfg.lr), "--dtype", self.facts["dtype"],
             "--prompts-per-step", str(cfg.prompts_per_step), "--samples-per-prompt", str(cfg.samples_per_prompt),
             "--max-response-tokens", str(cfg.max_tokens), "--temperature", repr(cfg.temperature),
             "--strategy", cfg.strategy, "--coefficient-target", f"127.0.0.1:{p.coefficient_grpc}",
@@ -354,11 +355,11 @@ def cpu_split(backend: str) -> dict[str, dict[str, str]]:
     """
     if backend != "vllm" or _has_cuda():
         return {}
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cpus = len(cores)
     if cpus < 2:
         return {}
-    first = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(cpus))
-    vllm_cores = first[: cpus // 2]
+    vllm_cores = cores[: cpus // 2]
     out: dict[str, dict[str, str]] = {"generation": {}, "learner": {}}
     if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         out["generation"]["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in vllm_cores)
@@ -512,11 +513,8 @@ def eval_summary(per_problem: dict[str, list[float]], difficulty: dict[str, str]
     n_problems = len(problems)
 
     def mean_se(values: list[float]) -> tuple[float, float]:
-        mean = sum(values) / len(values)
-        if len(values) < 2:
-            return mean, 0.0
-        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-        return mean, math.sqrt(var / len(values))
+        se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+        return statistics.fmean(values), se
 
     by_k: dict[str, dict[str, float]] = {}
     for kk in sorted({*(x for x in EVAL_KS if x <= k), k}):
