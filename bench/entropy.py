@@ -21,39 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+from _memory import peak_rss_bytes, reset_peak_rss, rss_bytes  # bench/_memory.py
+
 PEAK_TARGET = 0.3
 TIME_TARGET = 1.2
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_bytes() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _inputs(tokens: int, vocab: int, dtype_name: str, device: str = "cpu"):
@@ -92,10 +68,10 @@ def measure_memory(
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     else:
-        before = _rss_bytes()
-        exact = _reset_peak()
+        before = rss_bytes()
+        exact = reset_peak_rss()
         _step(method, logits, ids, chunk_size)
-        peak = _peak_bytes()
+        peak = peak_rss_bytes()
     logits_bytes = logits.numel() * logits.element_size()
     grad_bytes = logits.grad.numel() * logits.grad.element_size()
     return {

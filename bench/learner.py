@@ -43,7 +43,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from _memory import peak_rss_bytes, reset_peak_rss, rss_bytes  # bench/_memory.py
 
 TARGET = 0.9
 
@@ -276,20 +277,6 @@ def bench_model(name: str) -> Path:
     return target
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _mmap_threshold(size: int) -> bool:
     """glibc: serve every allocation of at least `size` bytes by its own mmap, and trim the heap. With 128 KiB while
     memory is measured, a freed tensor leaves the resident set at once; by default the threshold grows to 32 MiB
@@ -303,14 +290,6 @@ def _mmap_threshold(size: int) -> bool:
         return ok
     except (OSError, AttributeError):
         return False
-
-
-def _peak_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def memory_worker(spec: dict) -> None:
@@ -331,7 +310,7 @@ def memory_worker(spec: dict) -> None:
     with torch.device("meta"):  # imports the model's code (~200 MB of RSS for transformers): not the model's memory
         AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(spec["model_path"]))
     exact = cuda or _mmap_threshold(128 * 1024)
-    rss_before = _rss_bytes()
+    rss_before = rss_bytes()
     lm = load_policy(spec["model_path"], MASTER_DTYPE, ctx.device)
     policy = wrap_policy(lm, ctx, parallel=spec["parallel"], dtype=spec["dtype"])
     opt = torch.optim.AdamW(lm.parameters(), lr=1e-6)
@@ -355,9 +334,9 @@ def memory_worker(spec: dict) -> None:
         times = [step() for _ in range(spec["steps"])]
         peak, exact = torch.cuda.max_memory_allocated(), True
     else:  # the memory step (untimed) first, then the timed steps with malloc's usual large-allocation threshold
-        exact = exact and _reset_peak_rss()
+        exact = exact and reset_peak_rss()
         step()
-        peak = _peak_rss_bytes() - rss_before
+        peak = peak_rss_bytes() - rss_before
         _mmap_threshold(32 * 1024 * 1024)
         times = [step() for _ in range(spec["steps"])]
 
