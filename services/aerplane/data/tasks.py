@@ -20,6 +20,9 @@ multi-term 2–3 digit expressions with all four operators and GSM-style word pr
 | medium | 35% | basic_arithmetic: 2–3 terms, 1–2 digits, + − ×, no parentheses; chain_sum: 3 terms, 2 digits |
 | hard   | 25% | basic_arithmetic: 3–5 terms, 2–3 digits, + − × ÷, parentheses; gsm_symbolic |
 
+`easy` keeps the easy and medium sources only, 65% easy and 35% medium, for short CPU runs that need a reward in
+most groups from the first step.
+
 reasoning-gym derives item i of a dataset with seed s from `Random(s + i)`. Tier t of a mixture uses dataset seed
 `seed + t · 10^7`; training seeds are below 10^8 and the held-out split's start at `EVAL_SEED_BASE` (10^9), so no
 training item shares a generator seed with a held-out one (the tests also check the texts are disjoint).
@@ -99,7 +102,14 @@ MIXED: tuple[_Source, ...] = (
     _Source("basic_arithmetic", "hard", 0.15, {"min_terms": 3, "max_terms": 5, "min_digits": 2, "max_digits": 3}),
     _Source("gsm_symbolic", "hard", 0.10),
 )
-MIXTURES: dict[str, tuple[_Source, ...]] = {"mixed": MIXED}
+# `easy`: the same sources weighted toward the easy tier (65 % / 35 % / 0 %), so a 135M model finds a reward in
+# most groups from the first step; the CPU reference comparison trains on it (docs/results/README.md).
+EASY: tuple[_Source, ...] = (
+    _Source(MIXED[0].dataset, "easy", 0.65, MIXED[0].config),
+    _Source(MIXED[1].dataset, "medium", 0.20, MIXED[1].config),
+    _Source(MIXED[2].dataset, "medium", 0.15, MIXED[2].config),
+)
+MIXTURES: dict[str, tuple[_Source, ...]] = {"mixed": MIXED, "easy": EASY}
 EVAL_SETS = ("rg-heldout", "champ")
 
 
