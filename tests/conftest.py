@@ -7,8 +7,9 @@ is skipped when torch sees no CUDA device.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,28 @@ def _cuda_available() -> bool:
         return torch.cuda.is_available()
     except ImportError:
         return False
+
+
+_TABLES: dict[str, tuple[list[str], list[list[Any]]]] = {}
+
+
+@pytest.fixture
+def report_table() -> Callable[[str, list[str], list[Any]], None]:
+    """`report_table(title, header, row)`: add a row to a table printed at the end of the test session (figures a
+    test measured, e.g. the fault tests' time to recover), so CI logs show them next to the results."""
+
+    def add(title: str, header: list[str], row: list[Any]) -> None:
+        _TABLES.setdefault(title, (header, []))[1].append(row)
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for title, (header, rows) in _TABLES.items():
+        terminalreporter.section(title)
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+        for line in (header, ["-" * w for w in widths], *rows):
+            terminalreporter.write_line("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)))
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from aerplane.common.messages import (
     ScoredSample,
     WeightsAnnouncement,
 )
-from aerplane.common.process import ManagedProcess, free_port
+from aerplane.common.process import ManagedProcess, descendants, free_port
 from aerplane.common.streams import StreamClient
 from aerplane.learner import checkpoint as ckpt
 
@@ -143,25 +143,6 @@ def wait_for(cond, timeout: float, what: str, proc: ManagedProcess) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}:\n{proc.log_tail(40)}")
         time.sleep(0.2)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process under `pid` (from /proc's parent links)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def sigkill_learner(proc: ManagedProcess) -> None:

@@ -8,10 +8,12 @@ workers) — never by name, always by the PID we started.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -64,6 +66,41 @@ def live_group_members(pgid: int) -> list[int]:
     return members
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process under `pid`, from /proc's parent links (children before grandchildren). Linux only."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) >= 2 and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(0), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
+    """Have Linux send `sig` to this process when its parent dies (PR_SET_PDEATHSIG). False off Linux."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 class ProcessDied(RuntimeError):
     """A supervised child exited while we waited for it."""
 
@@ -81,9 +118,12 @@ class ManagedProcess:
         ready_url: str | None = None,
         cwd: Path | None = None,
         inherit_output: bool = False,
+        die_with_parent: bool = False,
     ) -> None:
         """`log_path`: the child's stdout and stderr go there; without one they are discarded, or, with
-        `inherit_output`, both go to this process's stdout (in a container: the container's log)."""
+        `inherit_output`, both go to this process's stdout (in a container: the container's log).
+        `die_with_parent`: the child's process group is SIGKILLed when this process dies, even by SIGKILL (through
+        a small wrapper process that leads the group: `python -m aerplane.common.deathsig`)."""
         self.name = name
         self.argv = list(argv)
         self.env = dict(os.environ if env is None else env)
@@ -91,6 +131,7 @@ class ManagedProcess:
         self.inherit_output = inherit_output
         self.ready_url = ready_url
         self.cwd = cwd
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -104,8 +145,11 @@ class ManagedProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
             out = self._log
+        argv = self.argv
+        if self.die_with_parent:
+            argv = [sys.executable, "-m", "aerplane.common.deathsig", str(os.getpid()), *argv]
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd, start_new_session=True
+            argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd, start_new_session=True
         )
         return self
 

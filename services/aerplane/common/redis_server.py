@@ -72,6 +72,18 @@ class LocalRedis:
         finally:
             client.close()
 
+    def ping(self) -> bool:
+        """Whether the server answers PING now."""
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        try:
+            return bool(client.ping())
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            return False  # down, or still loading its append-only file
+        finally:
+            client.close()
+
     def stop(self) -> None:
         self.process.stop(timeout=5)
 

@@ -79,6 +79,11 @@ def _add_up(subparsers: argparse._SubParsersAction) -> None:
                        help=f"default {default}")  # fmt: skip
     s.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
                    help="live terminal view (default: when stdout is a terminal)")  # fmt: skip
+    s.add_argument("--max-failures", type=int, default=d.max_failures,
+                   help="a service that dies is restarted (the learner with --resume); this many failures of one "
+                   f"service within --failure-window seconds stop the run (default {d.max_failures})")  # fmt: skip
+    s.add_argument("--failure-window", type=float, default=d.failure_window,
+                   help=f"seconds (default {d.failure_window:g})")  # fmt: skip
     _add_strategy_flags(p)
     p.set_defaults(func=_up)
 
@@ -122,6 +127,7 @@ def _up(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens, temperature=args.temperature, lr=args.lr, dtype=args.dtype, seed=args.seed,
         nproc=args.nproc, checkpoint_interval=args.checkpoint_interval, ports=ports,
         live=args.live, redis_url=os.environ.get("AERPLANE_REDIS_URL") or None,
+        max_failures=args.max_failures, failure_window=args.failure_window,
     )  # fmt: skip
     return run_up(cfg)
 

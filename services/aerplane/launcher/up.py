@@ -7,9 +7,13 @@ Order: Redis (`AERPLANE_REDIS_URL`, else a private redis-server on a free port),
 then the learner, each started as a child in its own process group, its log streamed to `RUN_DIR/logs/`, and
 waited on at `/readyz` before the next starts. Everything is validated before anything starts (model, data, strategy
 parameters, ports). When the learner finishes, the final policy is evaluated on the held-out split through the same
-generation and reward services, and `report.md` is written. Ctrl-C / SIGTERM, or any service dying, stops every child
-by PID (SIGTERM, then SIGKILL) and — for a crash — names the service and shows its last log lines; the exit code is
-then non-zero.
+generation and reward services, and `report.md` is written.
+
+A service that dies mid-run is restarted with backoff on the same ports (launcher/supervise.py), the learner with
+`--resume` from its last checkpoint; the view and `RUN_DIR/events.jsonl` show each exit and recovery. A service that
+fails `--max-failures` times within `--failure-window` seconds, or one that never becomes ready at start, stops the
+run: every child is stopped by PID (SIGTERM, then SIGKILL), the service and its log are named, and the exit code is
+non-zero. Ctrl-C / SIGTERM stops every child the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from aerplane.common.process import ManagedProcess, ProcessDied, free_port, http_ok, port_in_use
+from aerplane.launcher.supervise import GaveUp, RestartPolicy, Supervised, Supervisor, with_flag
 
 
 class UpError(RuntimeError):
@@ -86,6 +91,8 @@ class UpConfig:
     ports: Ports = field(default_factory=Ports)
     live: bool | None = None
     redis_url: str | None = None
+    max_failures: int = 5  # failures of one service within failure_window seconds that end the run
+    failure_window: float = 600.0
 
 
 # AER's step size and ceiling for the CPU demo regime (lr 2e-4): DESIGN §1's η = 1e-3 and α_max = 1e-2 suit GPU-scale
@@ -146,6 +153,9 @@ def validate(cfg: UpConfig, *, shared_ports: tuple[str, ...] = ()) -> dict[str, 
         if len(items) < cfg.prompts_per_step:
             raise UpError(f"--data {cfg.data}: {len(items)} prompts, fewer than one step's {cfg.prompts_per_step}")
 
+    if cfg.max_failures < 1 or cfg.failure_window <= 0:
+        raise UpError(f"--max-failures must be at least 1 and --failure-window positive, got {cfg.max_failures} and "
+                      f"{cfg.failure_window:g}")  # fmt: skip
     if cfg.eval_size < 1 or cfg.eval_k < 1:
         raise UpError(f"--eval-size and --eval-k must be at least 1, got {cfg.eval_size} and {cfg.eval_k}")
     ports = asdict(cfg.ports)
@@ -194,7 +204,13 @@ class Stack:
     """
 
     def __init__(
-        self, cfg: UpConfig, run_dir: Path, run_id: str, facts: dict[str, Any], shared: Stack | None = None
+        self,
+        cfg: UpConfig,
+        run_dir: Path,
+        run_id: str,
+        facts: dict[str, Any],
+        shared: Stack | None = None,
+        on_event: Any = None,
     ) -> None:
         self.cfg, self.run_dir, self.run_id, self.facts = cfg, run_dir, run_id, facts
         self.shared = shared
@@ -204,6 +220,9 @@ class Stack:
         self.services: list[Service] = []
         self.learner: Service | None = None
         self.metrics_seen: dict[str, bool] = {}
+        policy = RestartPolicy(max_failures=cfg.max_failures, window_s=cfg.failure_window)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.supervisor = Supervisor(policy, on_event=on_event, events_path=run_dir / "events.jsonl")
 
     # Each child gets the parent's environment (AERPLANE_API_TOKEN etc.) minus settings that would point it at
     # another run's resources; the flags below win over the rest.
@@ -231,8 +250,12 @@ class Stack:
             raise UpError(str(exc)) from None
         self.redis.start()
         self.redis_url = self.redis.url
+        # Restarted on its port with its append-only file: the streams and coefficient state come back with it.
+        self.supervisor.add(Supervised("redis", self.redis.process, ready=self.redis.ping, ready_timeout=60))
 
-    def start_service(self, svc: Service, on_wait: Any = None) -> None:
+    def start_service(self, svc: Service, **supervision: Any) -> None:
+        """Start `svc` and wait until it is ready (a failed first start ends the run: it is a setup problem, not a
+        crash), then put it under supervision."""
         svc.process.start()
         self.services.append(svc)
         self.write_services()
@@ -242,6 +265,9 @@ class Stack:
             raise ServiceCrashed(svc.name, svc.process.poll(), svc.process.log_tail(30)) from None
         except TimeoutError:
             raise ServiceCrashed(svc.name, None, svc.process.log_tail(30)) from None
+        url = svc.process.ready_url or ""
+        ready = lambda: http_ok(url)  # noqa: E731
+        self.supervisor.add(Supervised(svc.name, svc.process, ready, svc.ready_timeout, **supervision))
 
     def start_shared(self, status: Any) -> None:
         """Redis and the coefficient service: what several runs can share."""
@@ -265,13 +291,15 @@ class Stack:
         status("starting the reward service")
         reward = self._service(
             "reward",
-            ["reward", "serve", "--run-id", self.run_id, "--http-port", str(p.reward_http), *common],
+            ["reward", "serve", "--run-id", self.run_id, "--http-port", str(p.reward_http), "--consumer", "reward-0",
+             *common],
             p.reward_http, 120,
         )  # fmt: skip
         self.start_service(reward)
         status(f"starting the generation service ({self.facts['backend']}; the first start can take minutes)")
         gen_args = ["generation", "serve", "--backend", self.facts["backend"], "--model", self.facts["model_path"],
-                    "--run-id", self.run_id, "--http-port", str(p.generation_http), *common]  # fmt: skip
+                    "--run-id", self.run_id, "--http-port", str(p.generation_http), "--consumer", "generation-0",
+                    *common]  # fmt: skip
         if self.facts["backend"] == "vllm":
             gen_args += ["--vllm-port", str(p.vllm), "--max-model-len", str(cfg.max_tokens + 512)]
         self.start_service(self._service("generation", gen_args, p.generation_http, 900))
@@ -294,21 +322,29 @@ class Stack:
         if cfg.resume:
             args.append("--resume")
         self.learner = self._service("learner", args, p.learner_http, 600)
-        self.start_service(self.learner)
+        # A learner that dies continues from its last checkpoint; exit 0 is the run's end, exit 2 a configuration
+        # error that a restart would only repeat.
+        self.start_service(self.learner, restart_argv=with_flag("--resume"), finishes=True, fatal_codes=(2,))
         return self.learner
 
-    def check_alive(self) -> None:
-        """Raise ServiceCrashed for the first long-running service that has exited (not the learner)."""
+    def supervise(self) -> None:
+        """Restart what died (this stack's services and the shared ones); GaveUp when one fails too often."""
         if self.shared is not None:
-            self.shared.check_alive()
-        if self.redis is not None and self.redis.process.poll() is not None:
-            raise ServiceCrashed("redis", self.redis.process.poll(), self.redis.process.log_tail(30))
-        for svc in self.services:
-            if svc is self.learner:
-                continue
-            code = svc.process.poll()
-            if code is not None:
-                raise ServiceCrashed(svc.name, code, svc.process.log_tail(30))
+            self.shared.supervise()
+        restarts = sum(c.restarts for c in self.supervisor.children)
+        self.supervisor.tick()
+        if sum(c.restarts for c in self.supervisor.children) != restarts:
+            self.write_services()  # new PIDs
+
+    def recoveries(self) -> list[dict[str, Any]]:
+        """Every restart so far, the shared services' included: service, exit code, seconds to recover."""
+        shared = self.shared.recoveries() if self.shared is not None else []
+        return sorted([*shared, *self.supervisor.summary()], key=lambda r: r["failed_at"])
+
+    @property
+    def learner_done(self) -> bool:
+        child = self.supervisor.get("learner")
+        return child is not None and child.state == "done"
 
     def scrape_metrics(self) -> None:
         """Ask each service's /metrics once (recorded in services.json; the report states which answered)."""
@@ -328,6 +364,7 @@ class Stack:
                     "ready": s.process.ready_url,
                     "log": str(s.process.log_path),
                     "metrics_answered": self.metrics_seen.get(s.name, False),
+                    "restarts": getattr(self.supervisor.get(s.name), "restarts", 0),
                 }
                 for s in self.services
             },  # fmt: skip
@@ -468,7 +505,7 @@ def evaluate(stack: Stack, *, step: int, policy_version: int, timeout: float = 1
             while any(len(r) < cfg.eval_k for r in rewards.values()):
                 if time.monotonic() > deadline:
                     raise UpError(f"evaluation at step {step}: results still missing after {timeout:.0f}s")
-                stack.check_alive()
+                stack.supervise()
                 deliveries = consumer.read(count=256, block_ms=500)
                 for d in deliveries:
                     s = d.record
@@ -611,18 +648,18 @@ def execute(
     model_name = Path(facts["model_path"]).name
     title = f"{title_prefix}aerplane · run {run_id} · {cfg.strategy} · {model_name} · {facts['backend']}"
     view = make_view(cfg.live, cfg.steps, urls, override_curl(p.coefficient_http, run_id), title)
-    stack = Stack(cfg, run_dir, run_id, facts, shared)
+    stack = Stack(cfg, run_dir, run_id, facts, shared, on_event=view.event)
     previous = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
     evaluations: list[dict[str, Any]] = []
     code = 0
     try:
         stack.start_all(view.status)
         view.status("starting the learner")
-        learner = stack.start_learner()
+        stack.start_learner()
         view.status(f"training; logs in {run_dir / 'logs'}")
         evaluated: set[int] = set()
-        while learner.process.poll() is None:
-            stack.check_alive()
+        while not stack.learner_done:
+            stack.supervise()
             stack.scrape_metrics()
             rec = last_metrics(run_dir)
             view.update(rec, coefficient_state(p.coefficient_http, run_id))
@@ -635,18 +672,16 @@ def execute(
                 view.status(f"training; logs in {run_dir / 'logs'}")
             time.sleep(0.5)
         view.update(last_metrics(run_dir), coefficient_state(p.coefficient_http, run_id))
-        if learner.process.poll() != 0:
-            raise ServiceCrashed("learner", learner.process.poll(), learner.process.log_tail(30))
         if cfg.steps not in evaluated:
             view.status(f"evaluating the final policy on {cfg.eval_split} ({cfg.eval_size} problems × {cfg.eval_k})")
             evaluations.append(evaluate(stack, step=cfg.steps, policy_version=cfg.steps))
         _write_json(run_dir / "eval.json", {"splits": evaluations[-1:], "history": evaluations})
         view.status("writing the report")
         report = write_report(run_dir)
-        _write_json(run_dir / "run.json", {**run_info, "finished": time.time()})
+        _write_json(run_dir / "run.json", {**run_info, "finished": time.time(), "recoveries": stack.recoveries()})
         view.close()
         print(f"report: {report}")
-    except ServiceCrashed as exc:
+    except (ServiceCrashed, GaveUp) as exc:
         view.close()
         print(f"aerplane up: {exc}; last lines of its log:\n{exc.tail}", file=sys.stderr)
         code = 1

@@ -41,6 +41,10 @@ class PlainView:
     def status(self, text: str) -> None:
         print(text, flush=True)
 
+    def event(self, text: str) -> None:
+        """A supervision event (a service exited, restarted, recovered)."""
+        print(f"[supervisor] {text}", flush=True)
+
     def update(self, rec: dict[str, Any] | None, state: dict[str, Any] | None) -> None:
         if not rec or rec.get("step") == self._last_step:
             return
@@ -80,6 +84,7 @@ class LiveView:
         )
         self.task = self.progress.add_task("steps", total=total_steps)
         self.status_text = "starting…"
+        self.events: list[str] = []  # the last supervision events, newest last
         self.rec: dict[str, Any] = {}
         self.state: dict[str, Any] = {}
         self.started = time.monotonic()
@@ -88,6 +93,10 @@ class LiveView:
 
     def status(self, text: str) -> None:
         self.status_text = text
+        self.live.update(self._render())
+
+    def event(self, text: str) -> None:
+        self.events = [*self.events[-2:], f"{time.strftime('%H:%M:%S')} {text}"]
         self.live.update(self._render())
 
     def update(self, rec: dict[str, Any] | None, state: dict[str, Any] | None) -> None:
@@ -128,8 +137,9 @@ class LiveView:
             if key.startswith("metrics:"):
                 links.add_row(key.replace("metrics:", "metrics "), url)
         links.add_row("override α", self.curl)
+        events = [f"[yellow]{e}[/yellow]" for e in self.events]
         return Panel(
-            Group(self.progress, table, links, f"[dim]{self.status_text}[/dim]"), title=self.title, expand=True
+            Group(self.progress, table, links, *events, f"[dim]{self.status_text}[/dim]"), title=self.title, expand=True
         )
 
     def close(self) -> None:

@@ -8,10 +8,20 @@ successful gloo run exits 0; exit code 2 for invalid settings, 1 for a failed ru
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> None:
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # torchrun starts each worker in a session of its own: a supervisor that kills torchrun's process group (or
+        # a torchrun that is SIGKILLed) would leave the workers training on beside the learner that replaces them.
+        from aerplane.common.process import set_parent_death_signal
+
+        parent = os.getppid()
+        set_parent_death_signal()
+        if os.getppid() != parent:  # torchrun died before the call above
+            sys.exit(1)
     from aerplane.common.logs import setup_logging
     from aerplane.common.settings import SettingsError, load_settings
     from aerplane.learner.entry import overrides_from_args, parse_worker_args

@@ -10,10 +10,12 @@ so the learner's loop does not know which one it has.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any, Protocol
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PromptStats = tuple[str, float, int]  # (prompt_id, accuracy, num_samples)
 
@@ -82,20 +84,44 @@ class RemoteCoefficients:
         *,
         timeout: float = 10.0,
         token: str | None = None,
+        outage_s: float = 300.0,
     ) -> None:
         from aerplane.coefficient.client import CoefficientClient
 
         self.client = CoefficientClient(target, timeout=timeout, token=token)
+        self.outage_s = outage_s
         self.run_id = run_id
         self.strategy = strategy
         self.params = dict(params)
         self.options = dict(options)
 
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """`call`, retried with backoff (0.5 s doubling to 5 s) while the service is unreachable or too slow to
+        answer — a restart — for up to `outage_s`; other errors at once."""
+        import grpc
+
+        from aerplane.coefficient.client import CoefficientError
+
+        deadline, delay = time.monotonic() + self.outage_s, 0.5
+        while True:
+            try:
+                return call()
+            except CoefficientError as exc:
+                if exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("coefficient service unreachable (%s); retrying in %.1fs", exc.code.name, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def start(self, resume: bool) -> dict[str, Any]:
-        return dict(self.client.start_run(self.run_id, self.strategy, self.params, self.options, resume))
+        return dict(self._retrying(
+            lambda: self.client.start_run(self.run_id, self.strategy, self.params, self.options, resume)
+        ))  # fmt: skip
 
     def coefficients(self, step: int, prompts: Sequence[PromptStats]) -> tuple[float, list[float], float | None]:
-        alpha, weights, target = self.client.get_coefficients(self.run_id, step, list(prompts))
+        alpha, weights, target = self._retrying(lambda: self.client.get_coefficients(self.run_id, step, list(prompts)))
         return float(alpha), [float(w) for w in weights], (float(target) if target else None)
 
     def report(self, step: int, mean_entropy: float, num_tokens: int) -> dict[str, Any]:
@@ -104,13 +130,13 @@ class RemoteCoefficients:
         # A resumed learner re-trains the steps after its last checkpoint, which it may have reported before it died:
         # the service applies each step's entropy once, so such a report changes nothing (α does not move twice).
         try:
-            return dict(self.client.report_entropy(self.run_id, step, mean_entropy, num_tokens))
+            return dict(self._retrying(lambda: self.client.report_entropy(self.run_id, step, mean_entropy, num_tokens)))
         except StaleStepError as exc:  # an older step the service never applied: it cannot be applied out of order
             log.warning("step %d: the coefficient service refused the report (%s); keeping its state", step, exc)
             return self.state()
 
     def state(self) -> dict[str, Any]:
-        return dict(self.client.get_state(self.run_id))
+        return dict(self._retrying(lambda: self.client.get_state(self.run_id)))
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # the service keeps the state
@@ -134,4 +160,5 @@ def build_coefficients(settings: Any) -> CoefficientSource:
         s.options,
         timeout=settings.coefficient.timeout_s,
         token=settings.coefficient.token.get_secret_value() if settings.coefficient.token else None,
+        outage_s=settings.coefficient.outage_s,
     )

@@ -194,6 +194,9 @@ class CoefficientSettings(_Group):
     """gRPC address of the coefficient service; `local` runs the strategy in-process (no service, no overrides)."""
     timeout_s: float = Field(10.0, gt=0)
     """Deadline of one coefficient RPC."""
+    outage_s: float = Field(300.0, ge=0)
+    """How long a call keeps being retried (with backoff) while the service is unreachable, e.g. restarting, before
+    the learner fails: every call is idempotent by step, so a retry is always safe."""
     token: SecretStr | None = None
     """The coefficient service's learner token (`AERPLANE_COEFFICIENT__TOKEN`, the variable the service reads it
     from too), sent as gRPC `authorization` metadata; needed once the service has one. Never logged."""

