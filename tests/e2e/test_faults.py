@@ -149,3 +149,25 @@ def test_no_process_outlives_the_run(faulty_run: dict[str, Any]) -> None:
     # started in sessions of their own) and their replacements.
     for pid in [*injector.killed_pids, *watcher.pids.values()]:
         assert not group_alive(pid), f"pid {pid} (or its group) outlived aerplane up"
+
+
+@pytest.mark.slow
+def test_a_service_that_keeps_failing_stops_the_run_naming_it_and_its_log(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    killed: list[int] = []
+
+    def kill_reward_after_the_first_step(watcher: RunWatcher) -> None:
+        if not killed and (run_dir / "metrics.jsonl").exists() and metrics_rows(run_dir):
+            pid = watcher.services()["services"]["reward"]["pid"]
+            os.killpg(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    watcher = RunWatcher(run_dir, "--steps", "50", "--max-failures", "1", "--backend", "transformers", *TINY_RUN)
+    code = watcher.wait(timeout=900, on_poll=kill_reward_after_the_first_step)
+    assert killed and code == 1, watcher.output()
+    assert f"service 'reward' failed 1 time within 600s (last exit code -9); its log: {run_dir}/logs/reward.log" in (
+        watcher.output()
+    )
+    assert len(metrics_rows(run_dir)) < 50
+    for pid in [*killed, *watcher.pids.values()]:
+        assert not group_alive(pid), f"pid {pid} outlived aerplane up"

@@ -168,7 +168,8 @@ class Supervisor:
             raise GaveUp(child.name, code, child.process.log_path, child.process.log_tail(30),
                          f"exited with code {code}, which a restart cannot fix")  # fmt: skip
         if len(child.failures) >= self.policy.max_failures:
-            why = f"failed {len(child.failures)} times within {window:.0f}s"
+            n = len(child.failures)
+            why = f"failed {n} time{'s' if n != 1 else ''} within {window:.0f}s"
             self._record("gave_up", child, code=code, why=why)
             raise GaveUp(child.name, code, child.process.log_path, child.process.log_tail(30), why)
         delay = self.policy.delay(child.consecutive)
