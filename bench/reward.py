@@ -16,10 +16,13 @@ trip (vs redis-benchmark's raw XADD).
    out and handed to math-verify), scoring the same items, the two alternating first. Also counts how many items
    each gets right (every item of the mix has a known right reward).
 3. Stream round trip. Candidate: `StreamClient.publish_many` (batches of 100) of GeneratedSample records (128
-   prompt + 256 response tokens with logprobs, ~2.7 KB each) from one thread while a consumer `read`s (count 100),
-   decodes and `publish_and_ack`s a ScoredSample per message — the reward service's transport path, minus scoring
-   — until every message is acked. Baseline: `redis-benchmark -n 20000 -q XADD` (50 clients, no pipelining,
-   a 1-byte field) against the same private redis-server in the same run: Redis' raw XADD rate on this machine.
+   prompt + 256 response tokens with logprobs, ~2.9 KB each) from a producer process — as generation publishes —
+   while a consumer in this process `read`s (count 100), decodes and `publish_and_ack`s a ScoredSample per message
+   — the reward service's transport path, minus scoring — until every message is acked; the rate is messages over
+   the time from the first publish to the last ack. Baseline: `redis-benchmark -n 20000 -q XADD` (50 clients, no
+   pipelining, a 1-byte field) against the same private redis-server in the same run: Redis' raw XADD rate on this
+   machine. For context (not the baseline): redis-benchmark XADD with a field as large as one record, and the same
+   round trip written with bare redis-py calls (no records, no validation, a MULTI/EXEC instead of the script).
 
 Rounds alternate candidate and baseline; figures are medians over rounds. Benchmarks report, they never assert.
 """
@@ -32,9 +35,9 @@ import re
 import shutil
 import statistics
 import subprocess
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,22 +161,34 @@ def sample(i: int, run_id: str):
     )  # fmt: skip
 
 
-def round_trip(url: str, run_id: str, n: int) -> float:
-    from aerplane.common.messages import ROLLOUT_GENERATED, ROLLOUT_SCORED, GeneratedSample, ScoredSample
+def _produce(url: str, run_id: str, n: int, start: Any) -> None:
+    """The producer process: wait for the go, then publish `n` records in batches of 100."""
+    from aerplane.common.messages import ROLLOUT_GENERATED
     from aerplane.common.streams import StreamClient
 
     producer = StreamClient(url, run_id, maxlen=max(100_000, 2 * n))
+    records = [sample(i, run_id) for i in range(n)]
+    start.wait()
+    for first in range(0, n, 100):
+        producer.publish_many(ROLLOUT_GENERATED, records[first : first + 100])
+    producer.close()
+
+
+def round_trip(url: str, run_id: str, n: int) -> float:
+    import multiprocessing
+
+    from aerplane.common.messages import ROLLOUT_GENERATED, ROLLOUT_SCORED, GeneratedSample, ScoredSample
+    from aerplane.common.streams import StreamClient
+
     worker = StreamClient(url, run_id, maxlen=max(100_000, 2 * n))
     consumer = worker.consumer(ROLLOUT_GENERATED, "reward", "bench", GeneratedSample)
-    records = [sample(i, run_id) for i in range(n)]
-
-    def produce() -> None:
-        for start in range(0, n, 100):
-            producer.publish_many(ROLLOUT_GENERATED, records[start : start + 100])
-
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    producer = ctx.Process(target=_produce, args=(url, run_id, n, start))
+    producer.start()
+    time.sleep(1.0)  # let the producer import and build its records; the clock starts at the go
     t = time.perf_counter()
-    thread = threading.Thread(target=produce)
-    thread.start()
+    start.set()
     done = 0
     while done < n:
         batch = consumer.read(count=100, block_ms=1000)
@@ -182,14 +197,60 @@ def round_trip(url: str, run_id: str, n: int) -> float:
         consumer.publish_and_ack(ROLLOUT_SCORED, out, ids, sources=ids)
         done += len(batch)
     elapsed = time.perf_counter() - t
-    thread.join()
+    producer.join(60)
     assert worker.pending(ROLLOUT_GENERATED, "reward") == 0
-    producer.close()
     worker.close()
     return n / elapsed
 
 
-def redis_benchmark_xadd(port: int, n: int = 20_000, clients: int = 50) -> float:
+def bare_round_trip(url: str, n: int) -> float:
+    """The same traffic with bare redis-py calls: pre-encoded payloads, no validation, MULTI/EXEC (context)."""
+    import multiprocessing
+
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.xgroup_create("bare:gen", "g", id="0", mkstream=True)
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    producer = ctx.Process(target=_bare_produce, args=(url, n, start))
+    producer.start()
+    time.sleep(1.0)
+    t = time.perf_counter()
+    start.set()
+    done = 0
+    while done < n:
+        resp = client.xreadgroup("g", "c", {"bare:gen": ">"}, count=100, block=1000)
+        if not resp:
+            continue
+        entries = resp[0][1] if isinstance(resp, list) else next(iter(resp.values()))[0]
+        pipe = client.pipeline(transaction=True)
+        for _, fields in entries:
+            pipe.xadd("bare:scored", {b"d": fields[b"d"]})
+        pipe.xack("bare:gen", "g", *[entry_id for entry_id, _ in entries])
+        pipe.execute()
+        done += len(entries)
+    elapsed = time.perf_counter() - t
+    producer.join(60)
+    client.close()
+    return n / elapsed
+
+
+def _bare_produce(url: str, n: int, start: Any) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    payload = sample(0, "bare").encode()
+    start.wait()
+    for _ in range(0, n, 100):
+        pipe = client.pipeline(transaction=False)
+        for _ in range(100):
+            pipe.xadd("bare:gen", {b"d": payload})
+        pipe.execute()
+    client.close()
+
+
+def redis_benchmark_xadd(port: int, n: int = 20_000, clients: int = 50, value_bytes: int = 1) -> float:
     exe = shutil.which("redis-benchmark")
     if exe is None:
         raise SystemExit("redis-benchmark not found (it ships with redis-server / redis-tools)")
@@ -209,7 +270,7 @@ def redis_benchmark_xadd(port: int, n: int = 20_000, clients: int = 50) -> float
             "benchxadd",
             "*",
             "f",
-            "v",
+            "v" * value_bytes,
         ],
         capture_output=True,
         text=True,
@@ -227,7 +288,8 @@ def bench_streams(n: int, rounds: int) -> dict:
 
     from aerplane.common.redis_server import LocalRedis
 
-    rt, raw, raw1 = [], [], []
+    rt, raw, raw1, raw_big, bare = [], [], [], [], []
+    payload = len(sample(0, "bench0").encode())
     with LocalRedis() as server:
         client = redis.Redis.from_url(server.url)
         for r in range(rounds):
@@ -235,8 +297,11 @@ def bench_streams(n: int, rounds: int) -> dict:
             raw.append(redis_benchmark_xadd(server.port))
             raw1.append(redis_benchmark_xadd(server.port, n=5000, clients=1))
             client.flushall()
+            raw_big.append(redis_benchmark_xadd(server.port, value_bytes=payload))
+            client.flushall()
             rt.append(round_trip(server.url, f"bench{r}", n))
-        payload = len(sample(0, "bench0").encode())
+            client.flushall()
+            bare.append(bare_round_trip(server.url, n))
         client.close()
     return {
         "messages": n,
@@ -246,6 +311,8 @@ def bench_streams(n: int, rounds: int) -> dict:
         "roundtrip_rounds": rt,
         "raw_rounds": raw,
         "raw_xadd_1_client_per_s": statistics.median(raw1),
+        "raw_xadd_record_size_per_s": statistics.median(raw_big),
+        "bare_redis_py_roundtrip_per_s": statistics.median(bare),
     }
 
 
@@ -285,6 +352,10 @@ def main() -> None:
     print(f"{'redis-benchmark XADD, 50 clients, 1-byte field (baseline)':<66}{s['raw_xadd_per_s']:>12.0f}")
     print(f"{'publish_many → read → publish_and_ack (1 producer, 1 consumer)':<66}{s['roundtrip_msgs_per_s']:>12.0f}")
     print(f"{'redis-benchmark XADD, 1 client (context, not the baseline)':<66}{s['raw_xadd_1_client_per_s']:>12.0f}")
+    big = f"redis-benchmark XADD, 50 clients, {s['payload_bytes']}-byte field (context)"
+    print(f"{big:<66}{s['raw_xadd_record_size_per_s']:>12.0f}")
+    bare = "the round trip in bare redis-py, no records (context)"
+    print(f"{bare:<66}{s['bare_redis_py_roundtrip_per_s']:>12.0f}")
     print(f"round trip / raw XADD: {ratio:.2f}")
     print()
     lines = [
@@ -310,8 +381,8 @@ def main() -> None:
             "bench": "reward",
             "metric": "stream_roundtrip_ratio",
             "value": round(ratio, 3),
-            "baseline": "redis-benchmark XADD (50 clients, no pipelining) on the same redis-server",
-            "target": None,
+            "baseline": "redis-benchmark XADD (50 clients, no pipelining, 1-byte field) on the same redis-server",
+            "target": 0.5,
             "better": "higher",
             "figures": s,
         },

@@ -200,6 +200,52 @@ def test_streams_are_capped(redis_url: str) -> None:
     c.close()
 
 
+def test_trimming_keeps_what_any_group_has_not_acknowledged(client: StreamClient) -> None:
+    client.publish_many(m.ROLLOUT_GENERATED, [sample(i) for i in range(10)])
+    fast = client.consumer(m.ROLLOUT_GENERATED, "fast", "f", m.GeneratedSample, trim_every_s=3600)
+    slow = client.consumer(m.ROLLOUT_GENERATED, "slow", "s", m.GeneratedSample, trim_every_s=3600)
+    got = read_all(fast, 10)
+    fast.ack(*[d.id for d in got])
+    first = slow.read(count=4, block_ms=100)  # delivered to slow: 4; acked: the first 2
+    slow.ack(first[0].id, first[1].id)
+    assert client.trim_acknowledged(m.ROLLOUT_GENERATED) == 2  # slow's oldest pending entry (the 3rd) stays
+    left = client.redis.xrange(client.key(m.ROLLOUT_GENERATED))
+    assert [e[0].decode() for e in left] == [d.id for d in got[2:]]
+    slow.ack(first[2].id, first[3].id)
+    # Nothing pending: up to slow's last-delivered entry (the 4th), which stays.
+    assert client.trim_acknowledged(m.ROLLOUT_GENERATED) == 1
+    assert client.length(m.ROLLOUT_GENERATED) == 7
+    # A stream nobody reads in a group is left alone.
+    client.publish_many(m.EVENTS, [m.Event(run_id=RUN, kind="tick") for _ in range(5)])
+    assert client.trim_acknowledged(m.EVENTS) == 0 and client.length(m.EVENTS) == 5
+
+
+def test_a_long_run_keeps_stream_memory_bounded(client: StreamClient) -> None:
+    """20 000 samples of a realistic size through generate → score → learn, with a cap (maxlen 10 000) the run
+    never reaches: acknowledged entries are trimmed as they go, so memory follows the backlog, not the run."""
+    consumer = client.consumer(m.ROLLOUT_GENERATED, "reward", "r", m.GeneratedSample, trim_every_s=0)
+    learner = client.consumer(m.ROLLOUT_SCORED, "learner", "l", m.ScoredSample, trim_every_s=0)
+    big = m.GeneratedSample(
+        run_id=RUN, step=0, prompt_id="p", sample_index=0, num_samples=1, policy_version=0, task="math",
+        difficulty="easy", ground_truth="1", prompt_token_ids=list(range(128)), response_token_ids=list(range(256)),
+        logprobs=[-0.5] * 256, response_text="x" * 1024,
+    )  # fmt: skip
+    peak_bytes = peak_len = 0
+    for _ in range(100):
+        client.publish_many(m.ROLLOUT_GENERATED, [big] * 200)
+        batch = read_all(consumer, 200)
+        consumer.publish_and_ack(m.ROLLOUT_SCORED, [scored(d.record) for d in batch], [d.id for d in batch])
+        learned = read_all(learner, 200)
+        learner.ack(*[d.id for d in learned])
+        for name in (m.ROLLOUT_GENERATED, m.ROLLOUT_SCORED):
+            key = client.key(name)
+            peak_len = max(peak_len, client.length(name))
+            peak_bytes = max(peak_bytes, int(client.redis.memory_usage(key, samples=0) or 0))
+    assert consumer.trimmed + learner.trimmed >= 2 * (20_000 - 200)
+    assert peak_len <= 400  # one round's backlog (200) plus at most one more, never the 10 000 of the cap
+    assert peak_bytes < 400 * 6 * 1024, peak_bytes  # ~4.6 KB an entry: the backlog's worth, not the run's 90 MB
+
+
 def test_back_pressure_waits_for_the_downstream_group_then_times_out(client: StreamClient) -> None:
     consumer = client.consumer(m.ROLLOUT_GENERATED, "reward", "a", m.GeneratedSample)
     for i in range(5):

@@ -39,6 +39,29 @@ def test_generated_sample_round_trips_with_packed_arrays() -> None:
     assert back == scored and back.key == s.key
 
 
+def test_a_scored_sample_carries_the_generated_bytes_unchanged_and_validates_them_on_decode() -> None:
+    generated = _sample().encode()
+    scored = m.ScoredSample.from_generated(m.decode(generated), 0.5, "mismatch")
+    body = msgpack.unpackb(scored.encode(), raw=False)
+    assert body == {"k": "scored_sample", "v": 1, "sample": generated, "reward": 0.5, "reason": "mismatch"}
+    back = m.decode(scored.encode(), expect=m.ScoredSample)
+    assert back == scored and back.response_token_ids == _sample().response_token_ids and back.reward == 0.5
+
+    # Built from fields, not from decoded bytes: the sample is encoded (and checked) here.
+    direct = m.ScoredSample.from_generated(_sample(), 1.0, "match")
+    assert m.decode(direct.encode()) == direct
+    with pytest.raises(m.MessageError, match="sample_index"):
+        m.ScoredSample.from_generated(_sample(sample_index=4), 1.0, "match").encode()
+
+    inner = msgpack.unpackb(generated, raw=False)
+    inner["step"] = -1
+    body["sample"] = msgpack.packb(inner, use_bin_type=True)
+    with pytest.raises(m.MessageError, match="sample: step: expected a non-negative integer"):
+        m.decode(msgpack.packb(body, use_bin_type=True))
+    with pytest.raises(m.MessageError, match="missing fields"):
+        m.decode(msgpack.packb({"k": "scored_sample", "v": 1, "sample": generated}, use_bin_type=True))
+
+
 @pytest.mark.parametrize(
     "payload, reason",
     [

@@ -45,14 +45,6 @@ def stream_key(run_id: str, name: str) -> str:
     return f"aerplane:{run_id}:{name}"
 
 
-def _pack_u32(values: list[int]) -> bytes:
-    return array.array("I", values).tobytes()
-
-
-def _pack_f32(values: list[float]) -> bytes:
-    return array.array("f", values).tobytes()
-
-
 def _unpack(raw: Any, code: str, name: str) -> list:
     if not isinstance(raw, bytes):
         raise MessageError(f"{name}: expected packed bytes, got {type(raw).__name__}")
@@ -65,42 +57,93 @@ def _unpack(raw: Any, code: str, name: str) -> list:
     return arr.tolist()
 
 
-# Field kinds used by the validator.
-_STR, _INT, _FLOAT, _U32, _F32, _DICT, _OPT_INT, _OPT_FLOAT = (
-    "str",
-    "int",
-    "float",
-    "u32[]",
-    "f32[]",
-    "dict",
-    "int?",
-    "float?",
-)
+# Field kinds, read from each record's annotations: the fields are the one declaration of a record.
+_KINDS = {
+    "str": "str", "int": "int", "float": "float", "int | None": "int?", "float | None": "float?",
+    "list[int]": "u32[]", "list[float]": "f32[]", "dict[str, Any]": "dict",
+}  # fmt: skip
+_PACKED = {"u32[]": "I", "f32[]": "f"}
 
 
-@dataclass(frozen=True, slots=True)
+def _check_str(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise MessageError(f"{name}: expected a string, got {type(value).__name__}")
+    if len(value) > MAX_TEXT_CHARS:
+        raise MessageError(f"{name}: {len(value)} characters exceed the limit of {MAX_TEXT_CHARS}")
+
+
+def _check_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MessageError(f"{name}: expected a non-negative integer, got {value!r}")
+
+
+def _check_float(name: str, value: Any) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise MessageError(f"{name}: expected a finite number, got {value!r}")
+
+
+def _check_array(name: str, value: Any) -> None:
+    if not isinstance(value, list | tuple):
+        raise MessageError(f"{name}: expected a list, got {type(value).__name__}")
+    if len(value) > MAX_TOKENS:
+        raise MessageError(f"{name}: {len(value)} elements exceed the limit of {MAX_TOKENS}")
+
+
+def _check_dict(name: str, value: Any) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise MessageError(f"{name}: expected a map with string keys")
+
+
+def _optional(check: Any) -> Any:
+    def check_optional(name: str, value: Any) -> None:
+        if value is not None:
+            check(name, value)
+
+    return check_optional
+
+
+_CHECKS = {
+    "str": _check_str, "int": _check_int, "float": _check_float, "int?": _optional(_check_int),
+    "float?": _optional(_check_float), "u32[]": _check_array, "f32[]": _check_array, "dict": _check_dict,
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Record:
+    """A stream record. Subclasses declare their fields once, as annotated dataclass fields (types from `_KINDS`);
+    the checks and the encoding follow from them (`_plan`)."""
+
     KIND: ClassVar[str] = ""
-    SPEC: ClassVar[dict[str, str]] = {}
+    _plan: ClassVar[tuple[tuple[str, str, Any], ...]] = ()  # (field, kind, check), in declaration order
+    _names: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def _make_plan(cls) -> None:
+        plan = []
+        for f in fields(cls):
+            if f.name.startswith("_"):
+                continue  # bookkeeping, not on the wire
+            kind = _KINDS.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+            if kind is None:
+                raise TypeError(f"{cls.__name__}.{f.name}: unsupported field type {f.type!r}")
+            plan.append((f.name, kind, _CHECKS[kind]))
+        cls._plan = tuple(plan)
+        cls._names = frozenset(name for name, _, _ in plan)
 
     def validate(self) -> None:
-        for name, kind in self.SPEC.items():
-            _check_value(name, kind, getattr(self, name))
+        for name, _, check in self._plan:
+            check(name, getattr(self, name))
         if not self.run_id:  # type: ignore[attr-defined]
             raise MessageError("run_id: must not be empty")
 
     def encode(self) -> bytes:
         self.validate()
         body: dict[str, Any] = {"k": self.KIND, "v": SCHEMA_VERSION}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kind = self.SPEC[f.name]
-            if kind == _U32:
-                value = _pack_u32(value)
-            elif kind == _F32:
-                value = _pack_f32(value)
-            body[f.name] = value
-        data = msgpack.packb(body, use_bin_type=True)
+        for name, kind, _ in self._plan:
+            value = getattr(self, name)
+            code = _PACKED.get(kind)
+            body[name] = value if code is None else array.array(code, value).tobytes()
+        data = _packb(body)
         if len(data) > MAX_MESSAGE_BYTES:
             raise MessageError(f"{self.KIND}: encoded size {len(data)} exceeds {MAX_MESSAGE_BYTES} bytes")
         return data
@@ -109,42 +152,14 @@ class _Record:
         return asdict(self)
 
 
-def _check_value(name: str, kind: str, value: Any) -> None:
-    if kind == _STR:
-        if not isinstance(value, str):
-            raise MessageError(f"{name}: expected a string, got {type(value).__name__}")
-        if len(value) > MAX_TEXT_CHARS:
-            raise MessageError(f"{name}: {len(value)} characters exceed the limit of {MAX_TEXT_CHARS}")
-    elif kind in (_INT, _OPT_INT):
-        if value is None and kind == _OPT_INT:
-            return
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise MessageError(f"{name}: expected a non-negative integer, got {value!r}")
-    elif kind in (_FLOAT, _OPT_FLOAT):
-        if value is None and kind == _OPT_FLOAT:
-            return
-        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-            raise MessageError(f"{name}: expected a finite number, got {value!r}")
-    elif kind in (_U32, _F32):
-        if not isinstance(value, list | tuple):
-            raise MessageError(f"{name}: expected a list, got {type(value).__name__}")
-        if len(value) > MAX_TOKENS:
-            raise MessageError(f"{name}: {len(value)} elements exceed the limit of {MAX_TOKENS}")
-    elif kind == _DICT:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise MessageError(f"{name}: expected a map with string keys")
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RolloutRequest(_Record):
     """One prompt to sample `num_samples` (G) responses for, published by the learner."""
 
     KIND: ClassVar[str] = "rollout_request"
-    SPEC: ClassVar[dict[str, str]] = {
-        "run_id": _STR, "step": _INT, "prompt_id": _STR, "prompt": _STR, "ground_truth": _STR, "task": _STR,
-        "difficulty": _STR, "num_samples": _INT, "policy_version": _INT, "temperature": _FLOAT, "top_p": _FLOAT,
-        "max_tokens": _INT, "seed": _OPT_INT,
-    }  # fmt: skip
 
     run_id: str
     step: int
@@ -170,17 +185,11 @@ class RolloutRequest(_Record):
             raise MessageError(f"top_p: must be in (0, 1], got {self.top_p}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GeneratedSample(_Record):
     """One sampled response with its per-token logprobs, published by generation."""
 
     KIND: ClassVar[str] = "generated_sample"
-    SPEC: ClassVar[dict[str, str]] = {
-        "run_id": _STR, "step": _INT, "prompt_id": _STR, "sample_index": _INT, "num_samples": _INT,
-        "policy_version": _INT, "task": _STR, "difficulty": _STR, "ground_truth": _STR,
-        "prompt_token_ids": _U32, "response_token_ids": _U32, "logprobs": _F32, "response_text": _STR,
-        "finish_reason": _STR,
-    }  # fmt: skip
 
     run_id: str
     step: int
@@ -196,6 +205,9 @@ class GeneratedSample(_Record):
     logprobs: list[float]  # sampling logprob of each response token under `policy_version`
     response_text: str
     finish_reason: str = "stop"
+    # The validated bytes this record was decoded from: a scored sample carries them on unchanged (ScoredSample).
+    # Not an __init__ argument, so `dataclasses.replace` never carries bytes that no longer match the fields.
+    _payload: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def validate(self) -> None:
         _Record.validate(self)
@@ -212,47 +224,51 @@ class GeneratedSample(_Record):
         return (self.run_id, self.step, self.prompt_id, self.sample_index)
 
 
-@dataclass(frozen=True, slots=True)
-class ScoredSample(_Record):
-    """A generated sample with its verified reward, published by the reward service."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScoredSample(GeneratedSample):
+    """A generated sample with its verified reward, published by the reward service.
+
+    On the wire it is the generated sample's own payload, unchanged, next to the verdict: `{"k": "scored_sample",
+    "v": 1, "sample": <generated_sample bytes>, "reward": r, "reason": s}`. The reward service passes on the bytes
+    it decoded and validated (no re-encoding); decoding validates the inner sample again like any other.
+    """
 
     KIND: ClassVar[str] = "scored_sample"
-    SPEC: ClassVar[dict[str, str]] = {**GeneratedSample.SPEC, "reward": _FLOAT, "reason": _STR}
 
-    run_id: str
-    step: int
-    prompt_id: str
-    sample_index: int
-    num_samples: int
-    policy_version: int
-    task: str
-    difficulty: str
-    ground_truth: str
-    prompt_token_ids: list[int]
-    response_token_ids: list[int]
-    logprobs: list[float]
-    response_text: str
-    finish_reason: str
     reward: float
     reason: str  # match | mismatch | no_answer | timeout | too_long | error
 
-    validate = GeneratedSample.validate  # type: ignore[assignment]
-
-    @property
-    def key(self) -> tuple[str, int, str, int]:
-        return (self.run_id, self.step, self.prompt_id, self.sample_index)
-
     @classmethod
     def from_generated(cls, g: GeneratedSample, reward: float, reason: str) -> ScoredSample:
-        return cls(**{f.name: getattr(g, f.name) for f in fields(g)}, reward=reward, reason=reason)
+        values = {name: getattr(g, name) for name, _, _ in GeneratedSample._plan}
+        record = cls(**values, reward=reward, reason=reason)
+        object.__setattr__(record, "_payload", g._payload)
+        return record
+
+    def validate(self) -> None:
+        if self._payload is None:  # built here, not from a decoded sample: check the sample part too
+            GeneratedSample.validate(self)
+        _check_float("reward", self.reward)
+        _check_str("reason", self.reason)
+
+    def encode(self) -> bytes:
+        self.validate()
+        sample = self._payload
+        if sample is None:
+            values = {name: getattr(self, name) for name, _, _ in GeneratedSample._plan}
+            sample = GeneratedSample(**values).encode()
+        body = {"k": self.KIND, "v": SCHEMA_VERSION, "sample": sample, "reward": self.reward, "reason": self.reason}
+        data = _packb(body)
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise MessageError(f"{self.KIND}: encoded size {len(data)} exceeds {MAX_MESSAGE_BYTES} bytes")
+        return data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WeightsAnnouncement(_Record):
     """A new policy version: a safetensors checkpoint on the shared volume."""
 
     KIND: ClassVar[str] = "weights"
-    SPEC: ClassVar[dict[str, str]] = {"run_id": _STR, "version": _INT, "step": _INT, "path": _STR, "num_bytes": _INT}
 
     run_id: str
     version: int
@@ -261,12 +277,11 @@ class WeightsAnnouncement(_Record):
     num_bytes: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Event(_Record):
     """A lifecycle event (run started, step done, service ready, ...)."""
 
     KIND: ClassVar[str] = "event"
-    SPEC: ClassVar[dict[str, str]] = {"run_id": _STR, "kind": _STR, "step": _INT, "time": _FLOAT, "detail": _DICT}
 
     run_id: str
     kind: str
@@ -278,6 +293,13 @@ class Event(_Record):
 RECORDS: dict[str, type[_Record]] = {
     cls.KIND: cls for cls in (RolloutRequest, GeneratedSample, ScoredSample, WeightsAnnouncement, Event)
 }
+for _cls in RECORDS.values():
+    _cls._make_plan()
+ScoredSample._names = frozenset({"sample", "reward", "reason"})  # its wire fields (see its docstring)
+
+
+def _unpackb(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=True)
 
 
 def decode(data: bytes, expect: type[_Record] | None = None) -> _Record:
@@ -287,7 +309,7 @@ def decode(data: bytes, expect: type[_Record] | None = None) -> _Record:
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageError(f"payload: {len(data)} bytes exceed {MAX_MESSAGE_BYTES}")
     try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        body = _unpackb(data)
     except Exception as exc:
         raise MessageError(f"payload: not msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(body, dict):
@@ -301,24 +323,36 @@ def decode(data: bytes, expect: type[_Record] | None = None) -> _Record:
         raise MessageError(f"kind: expected {expect.KIND!r}, got {kind!r}")
     if version != SCHEMA_VERSION:
         raise MessageError(f"v: unsupported schema version {version!r} (this build reads {SCHEMA_VERSION})")
-    names = {f.name for f in fields(cls)}
-    unknown = set(body) - names
+    unknown = body.keys() - cls._names
     if unknown:
         raise MessageError(f"{kind}: unknown fields {sorted(unknown)}")
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name not in body:
-            continue  # dataclass defaults apply; a missing required field fails below
-        raw = body[f.name]
-        spec = cls.SPEC[f.name]
-        if spec == _U32:
-            raw = _unpack(raw, "I", f.name)
-        elif spec == _F32:
-            raw = _unpack(raw, "f", f.name)
-        values[f.name] = raw
+    if cls is ScoredSample:
+        return _decode_scored(body)
+    for name, field_kind, _ in cls._plan:
+        code = _PACKED.get(field_kind)
+        if code is not None and name in body:
+            body[name] = _unpack(body[name], code, name)
+    values = body
     try:
         record = cls(**values)
     except TypeError as exc:
         raise MessageError(f"{kind}: {exc}") from None
+    record.validate()
+    if cls is GeneratedSample:
+        object.__setattr__(record, "_payload", data)
+    return record
+
+
+def _decode_scored(body: dict[str, Any]) -> ScoredSample:
+    missing = {"sample", "reward", "reason"} - body.keys()
+    if missing:
+        raise MessageError(f"scored_sample: missing fields {sorted(missing)}")
+    if not isinstance(body["sample"], bytes):
+        raise MessageError(f"sample: expected the generated sample's bytes, got {type(body['sample']).__name__}")
+    try:
+        inner = decode(body["sample"], expect=GeneratedSample)
+    except MessageError as exc:
+        raise MessageError(f"sample: {exc}") from None
+    record = ScoredSample.from_generated(inner, body["reward"], body["reason"])  # type: ignore[arg-type]
     record.validate()
     return record

@@ -31,9 +31,13 @@ dead-letter stream at once; an entry delivered more than `max_deliveries` times 
 there before its next processing. Dead letters (`aerplane:{run_id}:deadletter`) keep the original bytes `d`, the
 source stream and id, the group, consumer, delivery count and reason; moving one is atomic with its ack.
 
-Streams are capped with `XADD MAXLEN ~ maxlen`. Trimming can drop entries a slow group has not read, so producers
-apply back-pressure: `publish(..., max_lag=N, lag_group=G)` waits while G's backlog (entries not yet delivered to G
-plus entries delivered but not acked) exceeds N; keep N well below `maxlen`.
+Memory: every consumer trims its input stream by what every group on it has acknowledged (`XTRIM MINID`, at most
+every `trim_every_s` seconds, after an ack): entries older than each group's oldest pending entry (or, with none
+pending, its last-delivered entry) go, so a stream holds about its unfinished backlog rather than `maxlen`
+entries (docs/operations.md has the arithmetic). A stream without groups is left alone. Streams are also capped with
+`XADD MAXLEN ~ maxlen`, the backstop for a group that stops reading. That cap can drop entries a slow group has not
+read, so producers apply back-pressure: `publish(..., max_lag=N, lag_group=G)` waits while G's backlog (entries not
+yet delivered to G plus entries delivered but not acked) exceeds N; keep N well below `maxlen`.
 
 Redis unavailable (restart, network blip): every call retries on ConnectionError/TimeoutError with exponential
 backoff (0.05 s doubling to 2 s) for up to `reconnect_timeout` seconds, then raises. Acked data is as durable as
@@ -113,6 +117,32 @@ return {#r, r[#r][1]}
 """
 _COUNT_CHUNK = 10_000
 
+# KEYS[1] = stream. Trim what every consumer group has acknowledged: entries older than the smallest, over the
+# groups, of the oldest pending id (or, with nothing pending, the last-delivered id). Returns the entries removed.
+_TRIM_ACKED = """
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok or #groups == 0 then return 0 end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local floor, floor_ms, floor_seq = nil, nil, nil
+for _, g in ipairs(groups) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  local point = info['last-delivered-id']
+  if tonumber(info['pending']) > 0 then
+    point = redis.call('XPENDING', KEYS[1], info['name'])[2]
+  end
+  local ms, seq = parse(point)
+  if floor == nil or ms < floor_ms or (ms == floor_ms and seq < floor_seq) then
+    floor, floor_ms, floor_seq = point, ms, seq
+  end
+end
+if floor_ms == 0 and floor_seq == 0 then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', floor)
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -175,6 +205,7 @@ class StreamClient:
         self._publish_and_ack = self.redis.register_script(_PUBLISH_AND_ACK)
         self._extend = self.redis.register_script(_EXTEND)
         self._count_range = self.redis.register_script(_COUNT_RANGE)
+        self._trim_acked = self.redis.register_script(_TRIM_ACKED)
 
     # --- plumbing -------------------------------------------------------------------------------------------------
 
@@ -288,6 +319,7 @@ class StreamClient:
         *,
         claim_idle_ms: int = 30_000,
         max_deliveries: int = 5,
+        trim_every_s: float = 5.0,
     ) -> Consumer:
         """A member of consumer group `group` on `stream`; the group is created (from id 0, MKSTREAM) if missing."""
         return Consumer(
@@ -298,6 +330,7 @@ class StreamClient:
             record_type,
             claim_idle_ms=claim_idle_ms,
             max_deliveries=max_deliveries,
+            trim_every_s=trim_every_s,
         )
 
     def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:
@@ -347,6 +380,11 @@ class StreamClient:
                 return total
             start = f"({_s(last)}"
 
+    def trim_acknowledged(self, stream: str) -> int:
+        """Remove the entries of `stream` that every consumer group has acknowledged; returns how many went.
+        A stream without groups keeps everything (a group created later may still want it)."""
+        return int(self._call(self._trim_acked, keys=[self.key(stream)], args=[]))
+
     def lag(self, stream: str, group: str) -> int:
         """Entries of `stream` not yet delivered to `group`."""
         return self.group_info(stream, group).lag
@@ -381,6 +419,7 @@ class Consumer:
         *,
         claim_idle_ms: int,
         max_deliveries: int,
+        trim_every_s: float = 5.0,
     ) -> None:
         if not group or not name:
             raise ValueError("consumer group and consumer name must not be empty")
@@ -396,6 +435,9 @@ class Consumer:
         self.record_type = record_type
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
+        self.trim_every_s = trim_every_s  # how often an ack also trims what every group acknowledged (0: every ack)
+        self._last_trim = time.monotonic()
+        self.trimmed = 0  # entries this consumer's trims removed
         self.dead_lettered = 0  # entries this consumer moved to the dead-letter stream
         self.duplicates_dropped = 0  # results not published because their source was already acked elsewhere
         self._claim_cursor = "0-0"
@@ -556,6 +598,13 @@ class Consumer:
         """XACK entries whose work is done and needs no result on another stream."""
         if ids:
             self.client._call(self.client.redis.xack, self.key, self.group, *ids)
+            self._maybe_trim()
+
+    def _maybe_trim(self) -> None:
+        now = time.monotonic()
+        if now - self._last_trim >= self.trim_every_s:
+            self._last_trim = now
+            self.trimmed += self.client.trim_acknowledged(self.stream)
 
     def publish_and_ack(
         self,
@@ -586,6 +635,7 @@ class Consumer:
             args += [src, record.encode()]
         out_key = self.client.key(out_stream)
         published = self.client._call(self.client._publish_and_ack, keys=[out_key, self.key], args=args)
+        self._maybe_trim()
         dropped = len(records) - len(published)
         if dropped:
             self.duplicates_dropped += dropped
