@@ -178,9 +178,11 @@ log "images: $(for k in "${!SIZES[@]}"; do printf '%s %s; ' "$k" "${SIZES[$k]}";
 RUN_ID="smoke-$(date +%Y%m%d-%H%M%S)"
 TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
 {
-  grep -vE '^(COMPOSE_PROFILES|AERPLANE_API_TOKEN|GRAFANA_ADMIN_PASSWORD|RUN_ID|AERPLANE_IMAGE_TAG)=' .env.example
+  grep -vE '^(COMPOSE_PROFILES|AERPLANE_API_TOKEN|AERPLANE_LEARNER_TOKEN|REDIS_PASSWORD|GRAFANA_ADMIN_PASSWORD|RUN_ID|AERPLANE_IMAGE_TAG)=' .env.example
   echo "COMPOSE_PROFILES=cpu"
   echo "AERPLANE_API_TOKEN=$TOKEN"
+  echo "AERPLANE_LEARNER_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+  echo "REDIS_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
   echo "GRAFANA_ADMIN_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(16))')"
   echo "RUN_ID=$RUN_ID"
   echo "RUN_STEPS=10000"  # the learner must still be training (and scraped) when the checks run

@@ -45,6 +45,8 @@ SETTINGS_CLASSES = {
 PROCESS_VARIABLES = {
     "AERPLANE_CACHE_DIR": "aerplane/data/models.py",
     "AERPLANE_LOG_LEVEL": "aerplane/common/logs.py",
+    "AERPLANE_REDIS_PASSWORD": "aerplane/common/redis_server.py",
+    "AERPLANE_REDIS_PASSWORD_FILE": "aerplane/common/redis_server.py",
 }
 
 

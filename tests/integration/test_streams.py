@@ -348,3 +348,34 @@ def test_lag_is_counted_when_redis_cannot_say(client: StreamClient, monkeypatch:
     client.redis.xdel(key, victim)
     assert client.redis.xinfo_groups(key)[0]["lag"] is None
     assert client.lag(m.EVENTS, "g") == 19
+
+
+def test_a_password_protected_redis_is_reached_with_the_password_from_a_secret_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aerplane.coefficient.store import RunStore
+
+    secret = tmp_path / "redis_password"
+    secret.write_text("s3cret-hex-0123\n")  # as `docker compose` mounts a secret: one trailing newline
+    with LocalRedis(password="s3cret-hex-0123") as server:
+        monkeypatch.delenv("AERPLANE_REDIS_PASSWORD", raising=False)
+        monkeypatch.delenv("AERPLANE_REDIS_PASSWORD_FILE", raising=False)
+        refused = StreamClient(server.url, RUN)  # refused at once, not retried for reconnect_timeout
+        with pytest.raises(redis.AuthenticationError, match="AERPLANE_REDIS_PASSWORD_FILE"):
+            refused.publish(m.EVENTS, m.Event(run_id=RUN, kind="tick"))
+        refused.close()
+
+        monkeypatch.setenv("AERPLANE_REDIS_PASSWORD_FILE", str(secret))
+        c = StreamClient(server.url, RUN)
+        c.publish(m.EVENTS, m.Event(run_id=RUN, kind="tick"))
+        assert c.length(m.EVENTS) == 1 and c.ping()
+        assert RunStore(server.url).redis.ping()  # the coefficient service's store reads the same secret
+        c.close()
+
+        monkeypatch.delenv("AERPLANE_REDIS_PASSWORD_FILE")
+        monkeypatch.setenv("AERPLANE_REDIS_PASSWORD", "wrong")
+        with pytest.raises(redis.AuthenticationError):
+            StreamClient(server.url, RUN).length(m.EVENTS)
+        monkeypatch.setenv("AERPLANE_REDIS_PASSWORD_FILE", str(tmp_path / "missing"))
+        with pytest.raises(RuntimeError, match="AERPLANE_REDIS_PASSWORD_FILE=.*cannot read the Redis password"):
+            StreamClient(server.url, RUN)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,9 @@ AERPLANE_SERVICES = {  # compose service -> component whose settings class reads
 }
 DOCKERFILES = sorted((ROOT / "deploy" / "docker").glob("Dockerfile.*"))
 OFFLINE_DOCKERFILES = sorted((ROOT / "deploy" / "docker" / "offline").glob("Dockerfile.*"))
-# The chart requires a token (auth.apiToken) or an existing Secret, and generates none: every render passes one.
-TOKEN = "auth.apiToken=test-token"
+# The chart requires the tokens and the bundled Redis' password (or an existing Secret), and generates none: every
+# render passes them.
+TOKEN = "auth.apiToken=test-token,auth.learnerToken=test-learner-token,auth.redisPassword=0123abcd"
 
 
 def render(*values_files: Path, sets: tuple[str, ...] | list[str] = ()) -> list[dict[str, Any]]:
@@ -145,11 +147,44 @@ def test_compose_services_have_healthchecks_and_wait_for_healthy_dependencies(
                 assert services[name].get("depends_on"), f"{profile}/{name} starts before its dependencies"
 
 
+def _redis_argv(svc: dict[str, Any]) -> list[str]:
+    """The redis-server command line inside `sh -c` (the password is read from the secret file there)."""
+    assert svc["entrypoint"] == ["/bin/sh", "-c"] and len(svc["command"]) == 1
+    return shlex.split(svc["command"][0])
+
+
 def test_compose_redis_persists_with_aof_on_a_volume(compose_projects: dict[str, dict[str, Any]]) -> None:
     redis = compose_projects["gpu"]["services"]["redis"]
-    command = redis["command"]
+    command = _redis_argv(redis)
+    assert command[:2] == ["exec", "redis-server"]
     assert command[command.index("--appendonly") + 1] == "yes"
     assert any(v["type"] == "volume" and v["target"] == "/data" for v in redis["volumes"])
+
+
+@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+def test_compose_redis_needs_a_password_from_a_secret_and_nothing_private_is_published(
+    compose_projects: dict[str, dict[str, Any]], profile: str
+) -> None:
+    project = compose_projects[profile]
+    assert project["secrets"]["redis_password"]["environment"] == "REDIS_PASSWORD"
+    services = project["services"]
+    redis = services["redis"]
+    command = _redis_argv(redis)
+    assert command[command.index("--requirepass") + 1].lstrip("$") == "(cat /run/secrets/redis_password)"
+    assert [s["source"] for s in redis["secrets"]] == ["redis_password"] and redis["user"] == "999:999"
+    assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])
+    for name, svc in services.items():
+        env = svc.get("environment") or {}
+        if "AERPLANE_REDIS_URL" in env:  # every aerplane service that talks to Redis
+            assert env["AERPLANE_REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password", name
+            assert "redis_password" in [s["source"] for s in svc["secrets"]], name
+            assert "@" not in env["AERPLANE_REDIS_URL"], f"{name}: a password in the URL"
+        published = {int(p["target"]) for p in svc.get("ports", [])}
+        assert not published & {6379, 50051}, f"{name} publishes Redis or gRPC on the host"
+        assert all(p.get("host_ip") == "127.0.0.1" for p in svc.get("ports", [])), name
+    # The learner's gRPC calls are checked: the service knows the token the learner sends.
+    learner = services["learner" if profile == "gpu" else "learner-cpu"]["environment"]
+    assert services["coefficient"]["environment"]["AERPLANE_COEFFICIENT__TOKEN"] == learner["AERPLANE_COEFFICIENT__TOKEN"]
 
 
 def test_compose_gpu_services_reserve_gpus_and_cpu_services_do_not(
@@ -372,7 +407,8 @@ def test_host_network_override_binds_only_the_published_services_beyond_loopback
                 assert value == "127.0.0.1", f"{profile}/{name}: {key}={value}"
             if name in public:
                 assert public[name] in hosts, f"{profile}/{name} does not bind PUBLISH_ADDRESS"
-        assert "--bind" in project["services"]["redis"]["command"]
+        redis = _redis_argv(project["services"]["redis"])
+        assert redis[redis.index("--bind") + 1] == "127.0.0.1" and "--requirepass" in redis
         assert "--web.listen-address=127.0.0.1:9090" in project["services"]["prometheus"]["command"]
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from deploy_support import ALL_ON_VALUES, CHART, check_environment, helm
 
-TOKEN = "auth.apiToken=test-token"
+TOKEN = "auth.apiToken=test-token,auth.learnerToken=test-learner-token,auth.redisPassword=0123abcd"
 TWO_NODES = [
     "learner.nodes=2",
     "learner.gpusPerNode=4",
@@ -398,6 +398,99 @@ def test_an_existing_secret_is_used_as_it_is(variants: dict[str, list[dict[str, 
     assert ref["name"] == "aerplane-api"
     ref = env_of(container(specs["learner"], "learner"))["AERPLANE_COEFFICIENT__TOKEN"]["valueFrom"]["secretKeyRef"]
     assert ref["name"] == "aerplane-api"
+
+
+def test_redis_requires_a_password_that_every_component_reads_from_the_secret(
+    variants: dict[str, list[dict[str, Any]]],
+) -> None:
+    for variant in ("1-node", "2-node"):
+        docs = variants[variant]
+        secret = kinds(docs)["Secret"]["aer-aerplane-auth"]
+        assert set(secret["data"]) == {"api-token", "learner-token", "redis-password"}
+        specs = pod_specs(docs)
+        redis = container(specs["redis"], "redis")
+        args = redis["args"]
+        assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+        for name in ("REDIS_PASSWORD", "REDISCLI_AUTH"):  # the server's password; redis-cli's probes use it
+            assert env_of(redis)[name]["valueFrom"]["secretKeyRef"] == {
+                "name": "aer-aerplane-auth",
+                "key": "redis-password",
+            }
+        for component, template in specs.items():
+            if component == "redis":
+                continue
+            for c in template["spec"]["containers"]:
+                ref = env_of(c)["AERPLANE_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+                assert ref == {"name": "aer-aerplane-auth", "key": "redis-password"}, (variant, component)
+            assert "checksum/auth" in template["metadata"]["annotations"], (variant, component)
+    # An external Redis takes its password in its URL: no password, no requirement.
+    external = render("redis.url=redis://:pw@redis.example:6379/0", "auth.redisPassword=")
+    assert "redis-password" not in kinds(external)["Secret"]["aer-aerplane-auth"]["data"]
+    assert all("AERPLANE_REDIS_PASSWORD" not in env_of(c) for t in pod_specs(external).values()
+               for c in t["spec"]["containers"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["auth.redisPassword="], "auth.redisPassword"),
+        (["auth.learnerToken="], "auth.learnerToken"),
+        (["auth.learnerToken=test-token"], "must differ from auth.apiToken"),
+        (["auth.redisPassword=has space"], "redisPassword"),
+    ],
+)
+def test_missing_or_unsafe_credentials_are_refused_with_their_value_name(sets: list[str], message: str) -> None:
+    argv = ["template", "aer", str(CHART), "--set", TOKEN]
+    for item in sets:
+        argv += ["--set", item]
+    result = helm(*argv)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_the_learner_calls_with_its_own_token_which_the_coefficient_service_requires(
+    variants: dict[str, list[dict[str, Any]]],
+) -> None:
+    specs = pod_specs(variants["1-node"])
+    learner = env_of(container(specs["learner"], "learner"))["AERPLANE_COEFFICIENT__TOKEN"]
+    service = env_of(container(specs["coefficient"], "coefficient"))["AERPLANE_COEFFICIENT__TOKEN"]
+    assert learner == service
+    assert learner["valueFrom"]["secretKeyRef"] == {"name": "aer-aerplane-auth", "key": "learner-token"}
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def test_network_policies_let_only_aerplane_pods_reach_redis_and_grpc(
+    variants: dict[str, list[dict[str, Any]]],
+) -> None:
+    for variant in ("1-node", "2-node"):
+        docs = variants[variant]
+        policies = kinds(docs)["NetworkPolicy"]
+        specs = pod_specs(docs)
+        labels = {component: t["metadata"]["labels"] for component, t in specs.items()}
+        redis = policies["aer-aerplane-redis"]["spec"]
+        assert _selects(redis["podSelector"]["matchLabels"], labels["redis"]) and redis["policyTypes"] == ["Ingress"]
+        (rule,) = redis["ingress"]
+        assert [p["port"] for p in rule["ports"]] == ["redis"]
+        (source,) = rule["from"]
+        allowed = source["podSelector"]["matchLabels"]
+        for component in ("coefficient", "reward", "generation", "learner"):
+            assert _selects(allowed, labels[component]), (variant, component)
+        assert not _selects(allowed, {"app.kubernetes.io/name": "aerplane", "app.kubernetes.io/instance": "other"})
+        coefficient = policies["aer-aerplane-coefficient"]["spec"]
+        assert _selects(coefficient["podSelector"]["matchLabels"], labels["coefficient"])
+        grpc, http = coefficient["ingress"]
+        assert [p["port"] for p in grpc["ports"]] == ["grpc"] and grpc["from"][0]["podSelector"][
+            "matchLabels"
+        ] == allowed
+        assert [p["port"] for p in http["ports"]] == ["http"] and "from" not in http  # REST and /metrics stay reachable
+        # The named ports exist on the selected pods.
+        assert "redis" in {p["name"] for p in container(specs["redis"], "redis")["ports"]}
+        assert {"grpc", "http"} <= {p["name"] for p in container(specs["coefficient"], "coefficient")["ports"]}
+    external = kinds(render("redis.url=redis://:pw@redis.example:6379/0", "auth.redisPassword="))
+    assert list(external["NetworkPolicy"]) == ["aer-aerplane-coefficient"]  # no Redis of ours to guard
+    assert "NetworkPolicy" not in kinds(variants["all-on"])  # networkPolicy.enabled=false there
 
 
 def test_no_pod_disruption_budget_blocks_a_drain_by_default(variants: dict[str, list[dict[str, Any]]]) -> None:

@@ -78,7 +78,8 @@ app.kubernetes.io/part-of: aerplane
 {{- if and .Values.redis.bundled.enabled (not .Values.redis.url) (not .Values.redis.existingSecret) -}}true{{- end -}}
 {{- end -}}
 
-{{/* AERPLANE_REDIS_URL from redis.existingSecret, as a container env entry (nothing otherwise). */}}
+{{/* AERPLANE_REDIS_URL from redis.existingSecret, or, with the bundled Redis, AERPLANE_REDIS_PASSWORD from the
+chart's auth Secret, as container env entries (nothing otherwise). */}}
 {{- define "aerplane.redisEnv" -}}
 {{- with .Values.redis.existingSecret }}
 - name: AERPLANE_REDIS_URL
@@ -86,6 +87,13 @@ app.kubernetes.io/part-of: aerplane
     secretKeyRef:
       name: {{ . }}
       key: {{ $.Values.redis.existingSecretKey }}
+{{- end }}
+{{- if include "aerplane.bundledRedis" . }}
+- name: AERPLANE_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "aerplane.secretName" . }}
+      key: {{ .Values.auth.redisPasswordKey }}
 {{- end }}
 {{- end -}}
 
@@ -352,12 +360,13 @@ readinessProbe:
 {{/* The API token as AERPLANE_API_TOKEN (and extra env names), from the chart's Secret or an existing one. */}}
 {{- define "aerplane.tokenEnv" -}}
 {{- $root := .root -}}
+{{- $key := default $root.Values.auth.existingSecretKey .key -}}
 {{- range .names }}
 - name: {{ . }}
   valueFrom:
     secretKeyRef:
       name: {{ include "aerplane.secretName" $root }}
-      key: {{ $root.Values.auth.existingSecretKey }}
+      key: {{ $key }}
 {{- end }}
 {{- end -}}
 

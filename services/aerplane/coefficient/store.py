@@ -52,6 +52,7 @@ from aerplane.coefficient.runs import (
     new_run,
     strategy_for,
 )
+from aerplane.common.redis_server import connect
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class RunStore:
     def __init__(self, redis_url: str, *, clock: Callable[[], float] = time.time) -> None:
         self.redis_url = redis_url
         self._clock = clock
-        self.redis = redis.Redis.from_url(
+        self.redis = connect(
             redis_url,
             socket_timeout=10,
             socket_connect_timeout=5,

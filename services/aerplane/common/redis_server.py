@@ -1,4 +1,5 @@
-"""A private `redis-server` on a free loopback port, for `aerplane up` and the tests.
+"""A private `redis-server` on a free loopback port, for `aerplane up` and the tests; and `connect`, how every
+aerplane process opens a Redis client.
 
 Redis ≥ 6.2 is required (XAUTOCLAIM). Persistence is off unless a directory is given: the launcher passes the run
 directory so a restarted `aerplane up --resume` finds its streams and coefficient state again.
@@ -6,14 +7,44 @@ directory so a restarted `aerplane up --resume` finds its streams and coefficien
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 from aerplane.common.process import ManagedProcess, free_port
 
 MIN_VERSION = (6, 2)
+PASSWORD_ENV = "AERPLANE_REDIS_PASSWORD"
+PASSWORD_FILE_ENV = "AERPLANE_REDIS_PASSWORD_FILE"
+
+
+def redis_password() -> str | None:
+    """The Redis password from the environment, for URLs that carry none: the file named by
+    `AERPLANE_REDIS_PASSWORD_FILE` (a mounted secret; one trailing newline is dropped), else
+    `AERPLANE_REDIS_PASSWORD`. Never logged."""
+    path = os.environ.get(PASSWORD_FILE_ENV)
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise RuntimeError(f"{PASSWORD_FILE_ENV}={path}: cannot read the Redis password ({exc.strerror})") from None
+        return text[:-1] if text.endswith("\n") else text
+    return os.environ.get(PASSWORD_ENV) or None
+
+
+def connect(url: str, **kwargs: Any) -> Any:
+    """`redis.Redis.from_url(url, **kwargs)`, with the password from `redis_password()` when the URL has none."""
+    import redis
+
+    if "password" not in kwargs and not urlparse(url).password:
+        password = redis_password()
+        if password is not None:
+            kwargs["password"] = password
+    return redis.Redis.from_url(url, **kwargs)
 
 
 class RedisNotFound(RuntimeError):
@@ -37,10 +68,19 @@ def redis_server_binary() -> str:
 class LocalRedis:
     """`redis-server` as a child process on 127.0.0.1:<free port>."""
 
-    def __init__(self, port: int | None = None, data_dir: Path | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        log_path: Path | None = None,
+        password: str | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.data_dir = data_dir
+        self.password = password
         argv = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if password:
+            argv += ["--requirepass", password]
         if data_dir is not None:
             data_dir.mkdir(parents=True, exist_ok=True)
             argv += ["--dir", str(data_dir), "--appendonly", "yes"]
@@ -56,7 +96,7 @@ class LocalRedis:
         import redis
 
         self.process.start()
-        client = redis.Redis.from_url(self.url)
+        client = redis.Redis.from_url(self.url, password=self.password)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -76,7 +116,7 @@ class LocalRedis:
         """Whether the server answers PING now."""
         import redis
 
-        client = redis.Redis.from_url(self.url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        client = redis.Redis.from_url(self.url, password=self.password, socket_timeout=1.0, socket_connect_timeout=1.0)
         try:
             return bool(client.ping())
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):

@@ -58,6 +58,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from aerplane.common.messages import DEAD_LETTER, MessageError, decode, stream_key
+from aerplane.common.redis_server import connect
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ class StreamClient:
         self.reconnect_timeout = reconnect_timeout
         self.reconnects = 0  # connection errors retried, for metrics
         # redis-py's own retries are off: `_call` owns the policy, so a restart of any length is handled one way.
-        self.redis = redis.Redis.from_url(
+        self.redis = connect(
             redis_url,
             socket_timeout=_SOCKET_TIMEOUT_S,
             socket_connect_timeout=5.0,
@@ -223,6 +224,10 @@ class StreamClient:
         while True:
             try:
                 return fn(*args, **kwargs)
+            except redis.AuthenticationError as exc:  # a wrong or missing password: waiting will not fix it
+                raise redis.AuthenticationError(
+                    f"{exc} (the password comes from the URL, AERPLANE_REDIS_PASSWORD_FILE or AERPLANE_REDIS_PASSWORD)"
+                ) from None
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self.reconnects += 1
                 remaining = deadline - time.monotonic()
