@@ -20,8 +20,8 @@ multi-term 2–3 digit expressions with all four operators and GSM-style word pr
 | medium | 35% | basic_arithmetic: 2–3 terms, 1–2 digits, + − ×, no parentheses; chain_sum: 3 terms, 2 digits |
 | hard   | 25% | basic_arithmetic: 3–5 terms, 2–3 digits, + − × ÷, parentheses; gsm_symbolic |
 
-`easy` keeps the easy and medium sources only, 65% easy and 35% medium, for short CPU runs that need a reward in
-most groups from the first step.
+`easy` keeps the easy and medium sources only, 65% easy and 35% medium, and `easy-tier` the easy source alone, for
+short CPU runs that need a reward in most groups from the first step.
 
 reasoning-gym derives item i of a dataset with seed s from `Random(s + i)`. Tier t of a mixture uses dataset seed
 `seed + t · 10^7`; training seeds are below 10^8 and the held-out split's start at `EVAL_SEED_BASE` (10^9), so no
@@ -109,7 +109,8 @@ EASY: tuple[_Source, ...] = (
     _Source(MIXED[1].dataset, "medium", 0.20, MIXED[1].config),
     _Source(MIXED[2].dataset, "medium", 0.15, MIXED[2].config),
 )
-MIXTURES: dict[str, tuple[_Source, ...]] = {"mixed": MIXED, "easy": EASY}
+EASY_TIER: tuple[_Source, ...] = (_Source(MIXED[0].dataset, "easy", 1.0, MIXED[0].config),)
+MIXTURES: dict[str, tuple[_Source, ...]] = {"mixed": MIXED, "easy": EASY, "easy-tier": EASY_TIER}
 EVAL_SETS = ("rg-heldout", "champ")
 
 
