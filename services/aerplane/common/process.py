@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -47,10 +47,8 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def live_group_members(pgid: int) -> list[int]:
-    """PIDs of the processes in group `pgid` that are still running (zombies, which only wait to be reaped by
-    init, are not counted). Linux only: reads /proc."""
-    members = []
+def _live_processes() -> Iterator[tuple[int, int, int]]:
+    """(pid, ppid, pgrp) of every process that is not a zombie (zombies only wait to be reaped). Linux: /proc."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -61,25 +59,20 @@ def live_group_members(pgid: int) -> list[int]:
             continue
         # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses, so split after the last ')'.
         fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
+        if len(fields) >= 3 and fields[0] != "Z":
+            yield int(entry.name), int(fields[1]), int(fields[2])
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """PIDs of the processes in group `pgid` that are still running."""
+    return [pid for pid, _, group in _live_processes() if group == pgid]
 
 
 def descendants(pid: int) -> list[int]:
-    """Every live process under `pid`, from /proc's parent links (children before grandchildren). Linux only."""
+    """Every live process under `pid`, from /proc's parent links (children before grandchildren)."""
     children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read().decode("ascii", "replace")
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) >= 2 and fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    for child, parent, _ in _live_processes():
+        children.setdefault(parent, []).append(child)
     out, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(0), []):
