@@ -139,9 +139,7 @@ class CoefficientServicer(pb_grpc.CoefficientServiceServicer):
         return self.auth.authorize(authorization, permission)
 
     @_rpc(Permission.LEARN)
-    def StartRun(  # noqa: N802
-        self, request: pb.StartRunRequest, context: grpc.ServicerContext, actor: str
-    ) -> pb.RunState:
+    def StartRun(self, request: pb.StartRunRequest, context: grpc.ServicerContext, actor: str) -> pb.RunState:
         run, created = self.store.start_run(
             request.run_id,
             request.strategy,
@@ -161,7 +159,7 @@ class CoefficientServicer(pb_grpc.CoefficientServiceServicer):
         return run_state_message(run.view())
 
     @_rpc(Permission.LEARN)
-    def GetCoefficients(  # noqa: N802
+    def GetCoefficients(
         self, request: pb.GetCoefficientsRequest, context: grpc.ServicerContext, actor: str
     ) -> pb.Coefficients:
         accuracies = prompt_accuracies(request)
@@ -178,30 +176,22 @@ class CoefficientServicer(pb_grpc.CoefficientServiceServicer):
         )
 
     @_rpc(Permission.LEARN)
-    def ReportEntropy(  # noqa: N802
-        self, request: pb.ReportEntropyRequest, context: grpc.ServicerContext, actor: str
-    ) -> pb.RunState:
+    def ReportEntropy(self, request: pb.ReportEntropyRequest, context: grpc.ServicerContext, actor: str) -> pb.RunState:
         run, applied = self.store.report_entropy(request.run_id, request.step, request.mean_entropy, request.num_tokens)
         if not applied:
             log.info("run %s: step %d was applied before; state unchanged", run.run_id, request.step)
         return run_state_message(run.view())
 
     @_rpc(Permission.READ)
-    def GetState(  # noqa: N802
-        self, request: pb.GetStateRequest, context: grpc.ServicerContext, actor: str
-    ) -> pb.RunState:
+    def GetState(self, request: pb.GetStateRequest, context: grpc.ServicerContext, actor: str) -> pb.RunState:
         return run_state_message(self.store.get_run(request.run_id).view())
 
     @_rpc(Permission.READ)
-    def ListRuns(  # noqa: N802
-        self, request: pb.ListRunsRequest, context: grpc.ServicerContext, actor: str
-    ) -> pb.ListRunsResponse:
+    def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext, actor: str) -> pb.ListRunsResponse:
         return pb.ListRunsResponse(runs=[run_state_message(r.view()) for r in self.store.list_runs()])
 
     @_rpc(Permission.OPERATE)
-    def Override(  # noqa: N802
-        self, request: pb.OverrideRequest, context: grpc.ServicerContext, actor: str
-    ) -> pb.RunState:
+    def Override(self, request: pb.OverrideRequest, context: grpc.ServicerContext, actor: str) -> pb.RunState:
         change = Override(
             alpha=request.alpha if request.HasField("alpha") else None,
             target_entropy=request.target_entropy if request.HasField("target_entropy") else None,
@@ -217,7 +207,7 @@ class CoefficientServicer(pb_grpc.CoefficientServiceServicer):
         log.info("run %s: override by %s: %s", run.run_id, actor, sorted(entry.get("changes", {})))
         return run_state_message(run.view())
 
-    def WatchState(self, request: pb.GetStateRequest, context: grpc.ServicerContext) -> Iterator[pb.RunState]:  # noqa: N802
+    def WatchState(self, request: pb.GetStateRequest, context: grpc.ServicerContext) -> Iterator[pb.RunState]:
         try:
             self.authorize(context, Permission.READ)
         except (Unauthenticated, PermissionDenied) as exc:

@@ -63,7 +63,7 @@ class OpsServer:
         ops = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:  # http.server's name
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
                     self._send(200, "application/json", b'{"status": "ok"}')
@@ -83,7 +83,7 @@ class OpsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+            def log_message(self, format: str, *args: Any) -> None:  # http.server's signature
                 return
 
         self._server = ThreadingHTTPServer((host, port), Handler)

@@ -139,14 +139,6 @@ class StrategyState:
         return cls(**values)
 
 
-def state_to_dict(state: StrategyState) -> dict[str, Any]:
-    return state.to_dict()
-
-
-def state_from_dict(data: Mapping[str, Any]) -> StrategyState:
-    return StrategyState.from_dict(data)
-
-
 def _finite(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name}: must be a number, got {value!r}")

@@ -141,13 +141,6 @@ def load_eval_tasks(name: str = "rg-heldout", size: int | None = None, seed: int
     raise DataError(f"unknown evaluation set {name!r}: use one of {', '.join(EVAL_SETS)}")
 
 
-def training_task_names() -> list[str]:
-    """Names `load_training_tasks` accepts: the mixtures, then every reasoning-gym dataset."""
-    import reasoning_gym
-
-    return [*MIXTURES, *sorted(reasoning_gym.factory.DATASETS)]
-
-
 def _check_size_seed(size: int, seed: int) -> None:
     if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_SIZE:
         raise DataError(f"size: must be an integer in [1, {MAX_SIZE}], got {size!r}")

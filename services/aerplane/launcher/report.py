@@ -76,7 +76,7 @@ def last_value(records: list[dict[str, Any]], key: str) -> float | None:
     return None
 
 
-def step_figure(title: str, ylabel: str, size: tuple[float, float] = (6.4, 3.6)):  # noqa: ANN201 - (Figure, Axes)
+def step_figure(title: str, ylabel: str, size: tuple[float, float] = (6.4, 3.6)):  # -> (Figure, Axes)
     """A figure with one per-step axis: integer steps on x, a light grid (the plots of run and comparison reports)."""
     import matplotlib
 
@@ -93,7 +93,7 @@ def step_figure(title: str, ylabel: str, size: tuple[float, float] = (6.4, 3.6))
     return fig, ax
 
 
-def save_figure(fig, ax, path: Path, legend_size: int = 8) -> Path:  # noqa: ANN001 - matplotlib objects
+def save_figure(fig, ax, path: Path, legend_size: int = 8) -> Path:  # matplotlib objects
     """Legend (when anything is labelled), tight layout, PNG to `path`, and the figure closed."""
     import matplotlib.pyplot as plt
 
@@ -109,10 +109,10 @@ def write_plots(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
 
-    def figure(name: str, title: str, ylabel: str):  # noqa: ANN202 - local helper
+    def figure(name: str, title: str, ylabel: str):
         return (*step_figure(title, ylabel), out_dir / f"{name}.png")
 
-    def save(fig, ax, path: Path) -> None:  # noqa: ANN001
+    def save(fig, ax, path: Path) -> None:
         paths.append(save_figure(fig, ax, path))
 
     fig, ax, path = figure("entropy", "Policy entropy vs target", "mean token entropy (nats)")

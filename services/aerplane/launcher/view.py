@@ -109,7 +109,7 @@ class LiveView:
             self.state = state
         self.live.update(self._render())
 
-    def _render(self):  # noqa: ANN202 - rich renderable
+    def _render(self):  # a rich renderable
         from rich.console import Group
         from rich.panel import Panel
         from rich.table import Table
@@ -146,7 +146,7 @@ class LiveView:
         self.live.stop()
 
 
-def make_view(live: bool | None, total_steps: int, urls: dict[str, str], curl: str, title: str):  # noqa: ANN201
+def make_view(live: bool | None, total_steps: int, urls: dict[str, str], curl: str, title: str):
     if live is None:
         live = sys.stdout.isatty()
     if live:

@@ -70,7 +70,7 @@ class ConsumedLedger:
         self.last_prompt_ids = last_prompt_ids  # the groups of step next_step − 1 (to check the data on resume)
         self._digest = hashlib.sha256(kept)
         self._offset = len(kept)
-        self._file = open(path, "ab")  # noqa: SIM115 - closed in close()
+        self._file = open(path, "ab")  # closed in close()
 
     @classmethod
     def open(cls, run_dir: Path, mark: Mapping[str, Any] | None, *, start_step: int) -> ConsumedLedger:

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-PHASES = ("wait_rollouts", "coefficients", "forward_backward", "optimizer", "report", "checkpoint", "publish_weights")
+PHASES = ("wait_rollouts", "coefficients", "forward_backward", "report", "checkpoint", "publish_weights")
 
 # metrics.jsonl field -> gauge name (aerplane_learner_<name>) and help.
 GAUGES: dict[str, tuple[str, str]] = {

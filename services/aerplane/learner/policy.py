@@ -86,16 +86,3 @@ def token_stats(
     logits = module(mb.input_ids, mb.attention_mask, mb.mask)
     targets = mb.targets[mb.mask]
     return entropy_and_logprobs(logits, targets, chunk_size=chunk_size, temperature=temperature)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The Hugging Face model inside DDP / ResponseLogits wrappers (FSDP2 shards modules in place)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    while True:
-        if isinstance(module, DistributedDataParallel):
-            module = module.module
-        elif isinstance(module, ResponseLogits):
-            module = module.lm
-        else:
-            return module

@@ -295,10 +295,6 @@ class LearnerSettings(ServiceSettings):
     def weights_dir(self) -> Path:
         return self.weights.dir if self.weights.dir is not None else self.run_dir / "weights"
 
-    @property
-    def samples_per_step(self) -> int:
-        return self.batch.prompts_per_step * self.batch.samples_per_prompt
-
     def check_runtime(self) -> None:
         """Checks that need the training libraries (torch): the policy-loss parameters."""
         from aerplane.core.losses import validate_policy_loss

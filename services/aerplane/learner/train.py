@@ -463,7 +463,7 @@ class Driver:
             phases["coefficients"] = time.perf_counter() - t
         except RolloutTimeout as exc:
             return StepPlan(error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - every rank must hear about it, not hang in the broadcast
+        except Exception as exc:  # every rank must hear about it, not hang in the broadcast
             log.exception("step %d: planning failed", step)
             return StepPlan(error=f"{type(exc).__name__}: {exc}")
 
@@ -575,7 +575,7 @@ class Driver:
 
         try:
             self.streams.publish(EVENTS, Event(run_id=self.settings.run.run_id, kind=kind, step=step, detail=detail))
-        except Exception as exc:  # noqa: BLE001 - an event is informational; never fail the run over one
+        except Exception as exc:  # an event is informational; never fail the run over one
             log.warning("could not publish event %s: %s", kind, exc)
 
     def close(self, *, finished: bool) -> None:
