@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"generation service died:\n{service.log_tail()}")
                 time.sleep(0.005)
             seconds = time.perf_counter() - t0
-            rows_ = client.redis.xrange(client.key(ROLLOUT_GENERATED), count=want + 10)[before:]
-            tokens = sum(len(decode(f[b"d"], expect=GeneratedSample).response_token_ids) for _, f in rows_)
+            rows_ = client.entries(ROLLOUT_GENERATED, count=want + 10)[before:]
+            tokens = sum(len(decode(payload, expect=GeneratedSample).response_token_ids) for _, payload in rows_)
             return seconds, tokens
 
         direct(99)  # warm-up: first requests pay one-off costs in both paths

@@ -6,16 +6,16 @@ import threading
 
 import pytest
 
-from aerplane.common.messages import ROLLOUT_REQUESTS, ROLLOUT_SCORED, RolloutRequest, ScoredSample
-from aerplane.common.streams import StreamClient
-from aerplane.learner.rollouts import (
-    LEARNER_GROUP,
+from aerplane.common.messages import (
+    ROLLOUT_REQUESTS,
+    ROLLOUT_SCORED,
     PromptSlot,
-    RolloutCollector,
-    RolloutTimeout,
+    RolloutRequest,
+    ScoredSample,
     build_requests,
-    publish_requests,
 )
+from aerplane.common.streams import StreamClient
+from aerplane.learner.rollouts import LEARNER_GROUP, RolloutCollector, RolloutTimeout, publish_requests
 
 G = 2
 

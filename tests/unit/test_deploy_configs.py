@@ -184,7 +184,9 @@ def test_compose_redis_needs_a_password_from_a_secret_and_nothing_private_is_pub
         assert all(p.get("host_ip") == "127.0.0.1" for p in svc.get("ports", [])), name
     # The learner's gRPC calls are checked: the service knows the token the learner sends.
     learner = services["learner" if profile == "gpu" else "learner-cpu"]["environment"]
-    assert services["coefficient"]["environment"]["AERPLANE_COEFFICIENT__TOKEN"] == learner["AERPLANE_COEFFICIENT__TOKEN"]
+    assert (
+        services["coefficient"]["environment"]["AERPLANE_COEFFICIENT__TOKEN"] == learner["AERPLANE_COEFFICIENT__TOKEN"]
+    )
 
 
 def test_compose_gpu_services_reserve_gpus_and_cpu_services_do_not(

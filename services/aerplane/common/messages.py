@@ -15,6 +15,7 @@ import array
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -183,6 +184,53 @@ class RolloutRequest(_Record):
             raise MessageError(f"max_tokens: must be in [1, {MAX_TOKENS}], got {self.max_tokens}")
         if not 0 < self.top_p <= 1:
             raise MessageError(f"top_p: must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class PromptSlot:
+    """One prompt of one step: what to request, and the item it came from."""
+
+    step: int
+    slot: int
+    prompt_id: str
+    prompt: str
+    ground_truth: str
+    task: str
+    difficulty: str
+
+
+def build_requests(
+    run_id: str,
+    step: int,
+    slots: Sequence[PromptSlot],
+    *,
+    num_samples: int,
+    policy_version: int,
+    temperature: float,
+    top_p: float,
+    max_tokens: int,
+    seed: int,
+) -> list[RolloutRequest]:
+    """The rollout requests of one step's prompts: G samples each, with a sampling seed derived from `seed`, the
+    step and the slot, so a re-published request samples the same responses."""
+    return [
+        RolloutRequest(
+            run_id=run_id,
+            step=step,
+            prompt_id=s.prompt_id,
+            prompt=s.prompt,
+            ground_truth=s.ground_truth,
+            task=s.task,
+            difficulty=s.difficulty,
+            num_samples=num_samples,
+            policy_version=policy_version,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=(seed * 1_000_003 + step * 10_007 + s.slot) % (2**31 - 1),
+        )
+        for s in slots
+    ]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -398,6 +398,16 @@ class StreamClient:
         """Entries delivered to `group` and not acked yet."""
         return self.group_info(stream, group).pending
 
+    def entries(self, stream: str, *, count: int, newest: bool = False) -> list[tuple[str, bytes]]:
+        """Up to `count` (entry id, payload) pairs of `stream` — the oldest first, or with `newest` the newest first —
+        outside any consumer group (nothing is delivered or acked). Decode payloads with `messages.decode`."""
+        key = self.key(stream)
+        if newest:
+            rows = self._call(self.redis.xrevrange, key, count=count)
+        else:
+            rows = self._call(self.redis.xrange, key, count=count)
+        return [(_s(entry_id), fields.get(PAYLOAD_FIELD, b"")) for entry_id, fields in rows]
+
     def dead_letters(self, count: int = 100) -> list[dict[str, Any]]:
         """The oldest `count` dead letters of this run, decoded to plain dicts (`d` stays bytes)."""
         rows = self._call(self.redis.xrange, self.key(DEAD_LETTER), count=count)

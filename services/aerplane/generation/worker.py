@@ -234,15 +234,14 @@ class GenerationWorker:
 
     def latest_announcement(self) -> tuple[str, WeightsAnnouncement] | None:
         """The newest entry on the weights stream, or None (malformed ones are logged and skipped once)."""
-        rows = self.client._call(self.client.redis.xrevrange, self.client.key(WEIGHTS), count=1)
+        rows = self.client.entries(WEIGHTS, count=1, newest=True)
         if not rows:
             return None
-        raw_id, fields = rows[0]
-        entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        entry_id, payload = rows[0]
         if entry_id in self._skipped_weights:
             return None
         try:
-            ann = decode(fields.get(b"d", b""), expect=WeightsAnnouncement)
+            ann = decode(payload, expect=WeightsAnnouncement)
         except MessageError as exc:
             log.error("ignoring malformed weights announcement %s: %s", entry_id, exc)
             self._skipped_weights.add(entry_id)

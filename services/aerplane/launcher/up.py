@@ -474,10 +474,9 @@ def evaluate(stack: Stack, *, step: int, policy_version: int, timeout: float = 1
     """
     from transformers import AutoTokenizer
 
-    from aerplane.common.messages import ROLLOUT_REQUESTS, ROLLOUT_SCORED, ScoredSample
+    from aerplane.common.messages import ROLLOUT_REQUESTS, ROLLOUT_SCORED, PromptSlot, ScoredSample, build_requests
     from aerplane.common.streams import StreamClient
     from aerplane.data.tasks import chat_prompt, load_eval_tasks
-    from aerplane.learner.rollouts import PromptSlot, build_requests
 
     cfg = stack.cfg
     items = load_eval_tasks(cfg.eval_split, size=cfg.eval_size, seed=cfg.eval_seed)

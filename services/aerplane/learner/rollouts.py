@@ -34,19 +34,6 @@ class RolloutTimeout(TimeoutError):
     """A step's rollouts did not all arrive in time."""
 
 
-@dataclass(frozen=True)
-class PromptSlot:
-    """One prompt of one step: what to request, and the item it came from."""
-
-    step: int
-    slot: int
-    prompt_id: str
-    prompt: str
-    ground_truth: str
-    task: str
-    difficulty: str
-
-
 class PromptSchedule:
     """Deterministic prompts per step over an endless, per-epoch reshuffled item list."""
 
@@ -89,38 +76,6 @@ def unique_prompt_ids(ids: Sequence[str]) -> list[str]:
         seen[pid] = n + 1
         out.append(pid if n == 0 else f"{pid}#{n}")
     return out
-
-
-def build_requests(
-    run_id: str,
-    step: int,
-    slots: Sequence[PromptSlot],
-    *,
-    num_samples: int,
-    policy_version: int,
-    temperature: float,
-    top_p: float,
-    max_tokens: int,
-    seed: int,
-) -> list[RolloutRequest]:
-    return [
-        RolloutRequest(
-            run_id=run_id,
-            step=step,
-            prompt_id=s.prompt_id,
-            prompt=s.prompt,
-            ground_truth=s.ground_truth,
-            task=s.task,
-            difficulty=s.difficulty,
-            num_samples=num_samples,
-            policy_version=policy_version,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=max_tokens,
-            seed=(seed * 1_000_003 + step * 10_007 + s.slot) % (2**31 - 1),
-        )
-        for s in slots
-    ]
 
 
 @dataclass

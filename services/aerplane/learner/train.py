@@ -382,8 +382,8 @@ class Driver:
         self._event("learner_started", start_step, {"resume": resume, "world_size": self.ctx.world_size})
 
     def _load_items(self) -> list[Any]:
+        from aerplane.common.messages import PromptSlot
         from aerplane.data.tasks import chat_prompt, load_data_file, load_training_tasks
-        from aerplane.learner.rollouts import PromptSlot
 
         s = self.settings
         items = load_data_file(s.data.file) if s.data.file else load_training_tasks(s.data.task, size=s.data.size,
@@ -420,7 +420,8 @@ class Driver:
 
     def request_ahead(self, step: int) -> None:
         """Publish the requests of every step up to `step + staleness` not published yet."""
-        from aerplane.learner.rollouts import build_requests, publish_requests
+        from aerplane.common.messages import build_requests
+        from aerplane.learner.rollouts import publish_requests
 
         s = self.settings
         for future in range(max(step, self.published_through + 1), min(step + s.run.staleness, s.run.steps - 1) + 1):
