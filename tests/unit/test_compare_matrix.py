@@ -168,7 +168,7 @@ def test_tracking_error_counts_from_the_first_positive_alpha() -> None:
         {"step": 3, "alpha": 0.002, "mean_entropy": 1.3, "target_entropy": 1.0},
     ]
     t = tracking(recs)
-    assert t["first_positive_alpha_step"] == 2 and t["steps"] == 2
+    assert t["first_positive_alpha_step"] == 2 and t["tracked_steps"] == 2
     assert t["tracking_error"] == pytest.approx((0.1 + 0.3) / 2)
     assert t["within_band"] == pytest.approx(0.5)
     assert tracking(recs[:2])["tracking_error"] is None
@@ -211,6 +211,8 @@ def test_compare_report_aggregates_seeds(tmp_path: Path) -> None:
     assert aer["eval"]["8"]["avg"]["std"] is None  # one seed: no spread
     assert "| `none` | 2 | 0.250 ± 0.354 |" in report
     assert "within the seed spread" in report
+    # The runs table counts each run's steps (3), whatever the tracking counted after α moved (2 steps for aer).
+    assert "| `aer` | 0 | [aer-s0](runs/aer-s0/report.md) | 3 |" in report
     assert (out / "plots" / "entropy.png").stat().st_size > 1000
 
 

@@ -45,7 +45,7 @@ def tracking(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Tracking of H* after α first becomes positive: mean |H − H*|/H*, share within ±20 %, steps counted."""
     start = next((i for i, r in enumerate(records) if _finite(r.get("alpha")) and r["alpha"] > 0), None)
     if start is None:
-        return {"first_positive_alpha_step": None, "tracking_error": None, "within_band": None, "steps": 0}
+        return {"first_positive_alpha_step": None, "tracking_error": None, "within_band": None, "tracked_steps": 0}
     errors = [
         abs(r["mean_entropy"] - r["target_entropy"]) / r["target_entropy"]
         for r in records[start:]
@@ -53,12 +53,12 @@ def tracking(records: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     if not errors:
         return {"first_positive_alpha_step": records[start]["step"], "tracking_error": None, "within_band": None,
-                "steps": 0}  # fmt: skip
+                "tracked_steps": 0}  # fmt: skip
     return {
         "first_positive_alpha_step": records[start]["step"],
         "tracking_error": sum(errors) / len(errors),
         "within_band": sum(1 for e in errors if e <= TRACK_BAND) / len(errors),
-        "steps": len(errors),
+        "tracked_steps": len(errors),
     }
 
 
