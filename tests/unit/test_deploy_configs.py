@@ -173,7 +173,8 @@ def test_compose_redis_needs_a_password_from_a_secret_and_nothing_private_is_pub
     assert command[command.index("--requirepass") + 1].lstrip("$") == "(cat /run/secrets/redis_password)"
     assert [s["source"] for s in redis["secrets"]] == ["redis_password"] and redis["user"] == "999:999"
     # Mounted readable by every user: Redis runs as 999, the aerplane images as 10001.
-    assert all(int(str(s["mode"]), 8) == 0o444 for svc in services.values() for s in svc.get("secrets", [])), "file mode"
+    modes = [int(str(s["mode"]), 8) for svc in services.values() for s in svc.get("secrets", [])]
+    assert modes and all(mode == 0o444 for mode in modes), modes
     assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])
     for name, svc in services.items():
         env = svc.get("environment") or {}
