@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -30,10 +29,10 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import aerplane
-from aerplane.coefficient.auth import Authenticator, PermissionDenied, Unauthenticated
+from aerplane.coefficient.auth import Authenticator
+from aerplane.coefficient.errors import ERRORS, status_of
 from aerplane.coefficient.metrics import CoefficientMetrics, RunCollector
 from aerplane.coefficient.routes import RequirePermission, router
-from aerplane.coefficient.runs import InvalidValue, OverrideConflict, RunExists, RunNotFound, StaleStep
 from aerplane.coefficient.settings import CoefficientSettings
 from aerplane.coefficient.store import RunStore
 from aerplane.common.ops import add_ops_routes, new_registry
@@ -147,38 +146,21 @@ def _add_error_handlers(app: FastAPI, metrics: CoefficientMetrics) -> None:
             return JSONResponse({"detail": f"invalid request body: {exc.detail}"}, status_code=422)
         return await http_exception_handler(request, exc)
 
-    @app.exception_handler(InvalidValue)
-    async def invalid_value(request: Request, exc: InvalidValue) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    async def table_error(request: Request, exc: Exception) -> JSONResponse:
+        known = status_of(exc)
+        assert known is not None  # registered for the table's rows only
+        row, message = known
+        headers = None
+        if row.http_status in (401, 403):
+            metrics.auth_failures.labels("rest").inc()
+            headers = {"WWW-Authenticate": "Bearer"} if row.http_status == 401 else None
+        if not row.public:
+            log.warning("%s", message)
+            message = "run store unavailable"
+        return JSONResponse({"detail": message}, status_code=row.http_status, headers=headers)
 
-    @app.exception_handler(RunNotFound)
-    async def not_found(request: Request, exc: RunNotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(RunExists)
-    async def exists(request: Request, exc: RunExists) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
-    @app.exception_handler(StaleStep)
-    @app.exception_handler(OverrideConflict)
-    async def conflict(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
-    @app.exception_handler(Unauthenticated)
-    async def unauthenticated(request: Request, exc: Unauthenticated) -> JSONResponse:
-        metrics.auth_failures.labels("rest").inc()
-        return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-
-    @app.exception_handler(PermissionDenied)
-    async def forbidden(request: Request, exc: PermissionDenied) -> JSONResponse:
-        metrics.auth_failures.labels("rest").inc()
-        return JSONResponse({"detail": str(exc)}, status_code=403)
-
-    @app.exception_handler(redis.ConnectionError)
-    @app.exception_handler(redis.TimeoutError)
-    async def store_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("run store unavailable: %s", type(exc).__name__)
-        return JSONResponse({"detail": "run store unavailable"}, status_code=503)
+    for row in ERRORS:  # the statuses of `errors.ERRORS`, shared with the gRPC servicer
+        app.add_exception_handler(row.error, table_error)
 
 
 class _BodyLimit:

@@ -20,13 +20,13 @@ from concurrent import futures
 from typing import Any
 
 import grpc
-import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from aerplane.coefficient.auth import ANONYMOUS, Authenticator, Permission, PermissionDenied, Unauthenticated
+from aerplane.coefficient.errors import status_of
 from aerplane.coefficient.metrics import CoefficientMetrics
-from aerplane.coefficient.runs import InvalidValue, Override, Run, RunExists, RunNotFound, StaleStep
+from aerplane.coefficient.runs import InvalidValue, Override, Run
 from aerplane.coefficient.store import RunStore
 from aerplane.rpc.v1 import coefficient_pb2 as pb
 from aerplane.rpc.v1 import coefficient_pb2_grpc as pb_grpc
@@ -34,18 +34,6 @@ from aerplane.rpc.v1 import coefficient_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CoefficientService"].full_name
-
-_ERROR_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
-    (RunNotFound, grpc.StatusCode.NOT_FOUND),
-    (InvalidValue, grpc.StatusCode.INVALID_ARGUMENT),
-    (StaleStep, grpc.StatusCode.FAILED_PRECONDITION),
-    (RunExists, grpc.StatusCode.ALREADY_EXISTS),
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (redis.ConnectionError, grpc.StatusCode.UNAVAILABLE),
-    (redis.TimeoutError, grpc.StatusCode.UNAVAILABLE),
-]
-
 
 def run_state_message(view: dict[str, Any]) -> pb.RunState:
     """A `Run.view()` dict as a RunState message (None → unset optional field)."""
@@ -101,12 +89,11 @@ _AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIE
 
 
 def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    for cls, code in _ERROR_CODES:
-        if isinstance(exc, cls):
-            if code == grpc.StatusCode.UNAVAILABLE:
-                return code, f"run store unavailable: {type(exc).__name__}"
-            return code, str(exc)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+    known = status_of(exc)
+    if known is None:
+        return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+    row, message = known
+    return row.grpc_code, message
 
 
 class CoefficientServicer(pb_grpc.CoefficientServiceServicer):
