@@ -30,7 +30,8 @@ def _add_up(subparsers: argparse._SubParsersAction) -> None:
     r = p.add_argument_group("run")
     r.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
     r.add_argument("--model", default="smollm2-135m", help="smollm2-135m | tiny | a model folder")
-    r.add_argument("--task", default="mixed", help="training task set (default mixed reasoning-gym arithmetic)")
+    r.add_argument("--task", default="mixed", help="training tasks: mixed (default), easy, easy-tier (reasoning-gym "
+                   "arithmetic at three, two or one difficulty tier), or a reasoning-gym dataset name")  # fmt: skip
     r.add_argument("--data", default=None, help="verl-style jsonl/parquet of prompts and answers, instead of --task")
     r.add_argument("--backend", default="auto", help="vllm | transformers | auto (vllm when installed)")
     r.add_argument("--run-dir", default=None, help="run directory (default runs/<run-id>)")
