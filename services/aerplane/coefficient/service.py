@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CoefficientService"].full_name
 
+
 def run_state_message(view: dict[str, Any]) -> pb.RunState:
     """A `Run.view()` dict as a RunState message (None → unset optional field)."""
     return pb.RunState(**{k: v for k, v in view.items() if v is not None})
