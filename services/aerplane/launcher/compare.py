@@ -455,12 +455,16 @@ def _run_one(
     numeric, options = spec.numeric_and_options()
     run_dir = state.out / entry.run_dir
     resume = _has_checkpoint(run_dir)
-    if not resume and run_dir.exists():
-        # Interrupted before its first checkpoint (or its checkpoints did not travel, e.g. a fresh clone of a
-        # committed comparison): nothing to continue from, so the run starts over in a clean directory.
-        import shutil
+    if not resume:
+        # A first attempt, or one interrupted before its first checkpoint (or whose checkpoints did not travel, e.g.
+        # a fresh clone of a committed comparison): nothing to continue from, so the run starts over — in a clean
+        # directory, and without what an earlier attempt left in the shared Redis (its streams, and the
+        # coefficient service's record of the run, which would refuse a new start).
+        if run_dir.exists():
+            import shutil
 
-        shutil.rmtree(run_dir)
+            shutil.rmtree(run_dir)
+        clear_run_state(shared.redis_url, entry.run_id)
     ports = Ports.free()
     ports.coefficient_grpc, ports.coefficient_http = shared_ports.coefficient_grpc, shared_ports.coefficient_http
     cfg = UpConfig(
@@ -484,6 +488,19 @@ def _run_one(
             print(f"[compare] {entry.key}: removed checkpoints and old weights ({freed / 2**30:.1f} GiB); "
                   "the final weights stay", flush=True)  # fmt: skip
     return code
+
+
+def clear_run_state(redis_url: str, run_id: str) -> int:
+    """Delete every Redis key of run `run_id` (`aerplane:{run_id}:*`: its streams and its coefficient record);
+    returns how many went. Other runs' keys are untouched."""
+    from aerplane.common.redis_server import connect
+
+    client = connect(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"aerplane:{run_id}:*", count=1000))
+        return int(client.delete(*keys)) if keys else 0
+    finally:
+        client.close()
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
