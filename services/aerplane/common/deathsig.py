@@ -31,8 +31,7 @@ def main(argv: list[str]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    set_parent_death_signal(signal.SIGTERM)
-    if os.getppid() != parent:
+    if not set_parent_death_signal(signal.SIGTERM, parent):
         return 1
     child = subprocess.Popen(argv[1:])
     code = child.wait()

@@ -144,16 +144,21 @@ class _Record:
             value = getattr(self, name)
             code = _PACKED.get(kind)
             body[name] = value if code is None else array.array(code, value).tobytes()
-        data = _packb(body)
-        if len(data) > MAX_MESSAGE_BYTES:
-            raise MessageError(f"{self.KIND}: encoded size {len(data)} exceeds {MAX_MESSAGE_BYTES} bytes")
-        return data
+        return _pack(self.KIND, body)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+def _pack(kind: str, body: dict[str, Any]) -> bytes:
+    """msgpack of a record's body, refused over MAX_MESSAGE_BYTES."""
+    data = _packb(body)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageError(f"{kind}: encoded size {len(data)} exceeds {MAX_MESSAGE_BYTES} bytes")
+    return data
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -306,10 +311,7 @@ class ScoredSample(GeneratedSample):
             values = {name: getattr(self, name) for name, _, _ in GeneratedSample._plan}
             sample = GeneratedSample(**values).encode()
         body = {"k": self.KIND, "v": SCHEMA_VERSION, "sample": sample, "reward": self.reward, "reason": self.reason}
-        data = _packb(body)
-        if len(data) > MAX_MESSAGE_BYTES:
-            raise MessageError(f"{self.KIND}: encoded size {len(data)} exceeds {MAX_MESSAGE_BYTES} bytes")
-        return data
+        return _pack(self.KIND, body)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -84,14 +84,16 @@ def descendants(pid: int) -> list[int]:
 _PR_SET_PDEATHSIG = 1
 
 
-def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
-    """Have Linux send `sig` to this process when its parent dies (PR_SET_PDEATHSIG). False off Linux."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+def set_parent_death_signal(sig: int = signal.SIGKILL, parent: int | None = None) -> bool:
+    """Have Linux send `sig` to this process when its parent dies (PR_SET_PDEATHSIG; off Linux nothing happens).
+
+    Returns False when the parent — `parent`, or the parent when called — is gone already (it died before the signal
+    was armed, so no signal will come): the caller should exit."""
+    parent = os.getppid() if parent is None else parent
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    return os.getppid() == parent
 
 
 class ProcessDied(RuntimeError):

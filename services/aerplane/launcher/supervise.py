@@ -146,12 +146,11 @@ class Supervisor:
                 code = child.process.poll()
                 if code is not None:
                     if code == 0 and child.finishes:
-                        child.state = "done"
-                        self._ready(child)
+                        self._ready(child, "done")
                     else:
                         self._failed(child, code, now, "exited while starting")
                 elif child.ready():
-                    self._ready(child)
+                    self._ready(child, "running")
                 elif now > child.due:
                     self._failed(child, None, now, f"not ready after {child.ready_timeout:.0f}s")
 
@@ -163,13 +162,13 @@ class Supervisor:
         child.failures = [t for t in child.failures if now - t <= window] + [now]
         child.consecutive += 1
         self._open.setdefault(child.name, Recovery(child.name, code, time.time()))
+        n = len(child.failures)
+        why = None
         if code in child.fatal_codes:
-            self._record("gave_up", child, code=code, why=f"exit code {code} is not one a restart can fix")
-            raise GaveUp(child.name, code, child.process.log_path, child.process.log_tail(30),
-                         f"exited with code {code}, which a restart cannot fix")  # fmt: skip
-        if len(child.failures) >= self.policy.max_failures:
-            n = len(child.failures)
+            why = f"exited with code {code}, which a restart cannot fix"
+        elif n >= self.policy.max_failures:
             why = f"failed {n} time{'s' if n != 1 else ''} within {window:.0f}s"
+        if why is not None:
             self._record("gave_up", child, code=code, why=why)
             raise GaveUp(child.name, code, child.process.log_path, child.process.log_tail(30), why)
         delay = self.policy.delay(child.consecutive)
@@ -189,8 +188,8 @@ class Supervisor:
         self._record("restarted", child, pid=child.process.pid, argv_tail=child.process.argv[-3:])
         self._emit(f"{child.name} restarted (pid {child.process.pid}, restart {child.restarts})")
 
-    def _ready(self, child: Supervised) -> None:
-        child.state, child.consecutive = ("done" if child.state == "done" else "running"), 0
+    def _ready(self, child: Supervised, state: str) -> None:
+        child.state, child.consecutive = state, 0
         recovery = self._open.pop(child.name, None)
         if recovery is None:
             return

@@ -18,9 +18,7 @@ def main(argv: list[str] | None = None) -> None:
         # a torchrun that is SIGKILLed) would leave the workers training on beside the learner that replaces them.
         from aerplane.common.process import set_parent_death_signal
 
-        parent = os.getppid()
-        set_parent_death_signal()
-        if os.getppid() != parent:  # torchrun died before the call above
+        if not set_parent_death_signal():  # torchrun died already
             sys.exit(1)
     from aerplane.common.logs import setup_logging
     from aerplane.common.settings import SettingsError, load_settings
