@@ -26,7 +26,9 @@ from aerplane.common.process import ManagedProcess, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-STEPS = 4
+# Enough steps that the learner lives through several 1 s scrapes: the tiny model trains a step in ~0.2 s, so a
+# 4-step run could start and finish between two scrapes and Prometheus would never see a step past 0.
+STEPS = 40
 
 
 def prometheus_config(stack: LocalStack, prometheus_port: int) -> dict[str, Any]:
