@@ -1,7 +1,8 @@
 """The `aerplane` console script: one subcommand per service, heavy imports late.
 
-Each command lives in a light `entry` module (stdlib imports only) with `register(subparsers)`; the handler it
-sets imports torch / vLLM / FastAPI only when that command runs, so `aerplane --help` answers at once.
+Each command lives in a light `entry` module with `register(subparsers)`: its flags come from the service's settings
+class (pydantic, `aerplane.common.flags`), and the handler it sets imports torch / vLLM / FastAPI only when that
+command runs, so `aerplane --help` answers at once.
 """
 
 from __future__ import annotations

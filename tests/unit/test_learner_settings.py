@@ -85,13 +85,18 @@ def test_train_builds_the_torchrun_command_and_checks_the_world_first() -> None:
     assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in cmd
     assert cmd[cmd.index("--nproc_per_node") + 1] == "2"
     tail = cmd[cmd.index("aerplane.learner") + 1 :]
-    assert tail == ["--run-id", "r1", "--steps", "3", "--lr", "1e-05", "--strategy-param", "rho=0.5"]
+    pairs = {(tail[i], tail[i + 1]) for i in range(0, len(tail), 2)}
+    assert len(tail) == 8 and pairs == {("--run-id", "r1"), ("--steps", "3"), ("--lr", "1e-05"),
+                                        ("--strategy-param", "rho=0.5")}  # fmt: skip
     multi = _parse(["learner", "train", "--nnodes", "2", "--rdzv-endpoint", "h:29400", "--rdzv-id", "x"])
     cmd = entry.torchrun_argv(multi)
     assert "--standalone" not in cmd and cmd[cmd.index("--rdzv_endpoint") + 1] == "h:29400"
     # The worker parses exactly what the launcher forwards.
     worker = entry.parse_worker_args(tail)
     assert entry.overrides_from_args(worker) == entry.overrides_from_args(args)
+    bools = _parse(["learner", "train", "--resume", "--no-normalize-std", "--data-shuffle"])
+    assert [a for a in entry.worker_argv(bools) if a.startswith("--")] == ["--no-normalize-std", "--data-shuffle",
+                                                                           "--resume"]  # fmt: skip
 
 
 def test_cli_rejects_a_batch_the_world_cannot_split_before_launching() -> None:

@@ -29,6 +29,7 @@ class ServiceSettings(BaseSettings):
         extra="ignore",  # other services' AERPLANE_* variables share the environment
         validate_assignment=True,
         validate_default=True,
+        use_attribute_docstrings=True,  # a field's docstring is its description: `--help` shows it (common.flags)
     )
 
 

@@ -21,21 +21,10 @@ def register(subparsers: Any) -> None:
         help="consume rollout requests, publish sampled responses with logprobs, reload announced weights",
         description="Environment: AERPLANE_REDIS_URL, AERPLANE_RUN_ID, AERPLANE_GENERATION_<FIELD>; flags win.",
     )
-    serve.add_argument("--backend", choices=("vllm", "transformers"), help="generation engine (default vllm)")
-    serve.add_argument("--model", help="smollm2-135m | tiny | a Hugging Face model folder")
-    serve.add_argument("--run-id", help="run whose streams to serve")
-    serve.add_argument("--redis-url", help="Redis URL (redis://host:port/db)")
-    serve.add_argument("--host", help="ops HTTP interface (default 0.0.0.0)")
-    serve.add_argument("--http-port", type=int, help="ops HTTP port: /healthz /readyz /metrics (default 8002)")
-    serve.add_argument("--vllm-port", type=int, help="port of the vLLM server started here (default 8100)")
-    serve.add_argument("--vllm-url", help="use this running vLLM server instead of starting one")
-    serve.add_argument("--vllm-log", help="log file of the vLLM server started here")
-    serve.add_argument("--max-model-len", dest="vllm_max_model_len", type=int, help="vLLM --max-model-len")
-    serve.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="compute dtype")
-    serve.add_argument("--max-batch-prompts", type=int, help="most requests sent to the engine together")
-    serve.add_argument("--logprobs-mode", choices=("raw", "processed"), help="logprob of the raw or sampled dist.")
-    serve.add_argument("--consumer", help="consumer name in the 'generation' group (default host-pid)")
-    serve.set_defaults(func=_serve)
+    from aerplane.common.flags import add_settings_flags
+    from aerplane.generation.settings import GenerationSettings
+
+    serve.set_defaults(func=_serve, flags=add_settings_flags(serve, GenerationSettings))
 
     model = subparsers.add_parser("model", help="prepare the embedded models (prints the model folder)")
     model_sub = model.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
@@ -51,29 +40,12 @@ def register(subparsers: Any) -> None:
         p.set_defaults(func=_model)
 
 
-_SERVE_KEYS = (
-    "backend",
-    "model",
-    "run_id",
-    "redis_url",
-    "host",
-    "http_port",
-    "vllm_port",
-    "vllm_url",
-    "vllm_log",
-    "vllm_max_model_len",
-    "dtype",
-    "max_batch_prompts",
-    "logprobs_mode",
-    "consumer",
-)
-
-
 def _serve(args: argparse.Namespace) -> int:
+    from aerplane.common.flags import given_overrides
     from aerplane.common.settings import load_settings
     from aerplane.generation.settings import SECTION, GenerationSettings
 
-    settings = load_settings(GenerationSettings, {k: getattr(args, k) for k in _SERVE_KEYS}, section=SECTION)
+    settings = load_settings(GenerationSettings, given_overrides(args, args.flags), section=SECTION)
     from aerplane.generation.service import serve
 
     return serve(settings)

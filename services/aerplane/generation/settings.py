@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from aerplane.common.flags import Flag
 from aerplane.common.settings import ServiceSettings
 
 SECTION = "generation"
@@ -74,7 +75,7 @@ class GenerationSettings(ServiceSettings):
     vllm_startup_timeout_s: float = Field(900.0, gt=0)
     """How long the started vLLM server may take to answer /health (CPU start-up is about a minute)."""
 
-    vllm_max_model_len: int = Field(2048, ge=64)
+    vllm_max_model_len: Annotated[int, Flag("--max-model-len")] = Field(2048, ge=64)
     """vLLM `--max-model-len`: prompt + response tokens per sequence (the KV cache is sized for it)."""
 
     vllm_kv_cache_gib: float = Field(1.0, gt=0, le=1024)

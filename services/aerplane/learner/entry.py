@@ -30,66 +30,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-# (flag, dotted settings key, type, help). `bool` flags are --x / --no-x; `None` type = store_true.
-WORKER_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
-    ("--run-id", "run.run_id", str, "run identity (streams, coefficient state)"),
-    ("--run-dir", "run.dir", str, "run directory (default runs/<run-id>)"),
-    ("--steps", "run.steps", int, "total training steps"),
-    ("--seed", "run.seed", int, "random seed"),
-    ("--staleness", "run.staleness", int, "bounded staleness in steps (default 1)"),
-    ("--resume", "run.resume", None, "continue from the last checkpoint"),
-    ("--rollout-timeout", "run.rollout_timeout_s", float, "seconds to wait for a step's rollouts (0 = forever)"),
-    ("--model", "model.path", str, "model folder, or smollm2-135m / tiny"),
-    ("--dtype", "model.dtype", str, "float32 | bfloat16 (mixed: float32 master weights, bf16 compute)"),
-    ("--parallel", "model.parallel", str, "ddp | fsdp (shard weights, gradients and AdamW state over the ranks)"),
-    ("--gradient-checkpointing", "model.gradient_checkpointing", bool, "recompute activations in backward"),
-    ("--lr", "optim.lr", float, "peak learning rate"),
-    ("--lr-schedule", "optim.schedule", str, "constant | cosine | linear"),
-    ("--warmup-steps", "optim.warmup_steps", int, "learning-rate warm-up updates"),
-    ("--weight-decay", "optim.weight_decay", float, "AdamW weight decay"),
-    ("--grad-clip", "optim.grad_clip", float, "max global gradient norm (0 = off)"),
-    ("--prompts-per-step", "batch.prompts_per_step", int, "prompts per step (global)"),
-    ("--samples-per-prompt", "batch.samples_per_prompt", int, "G, responses per prompt"),
-    ("--micro-batch-size", "batch.micro_batch_size", int, "sequences per forward/backward on one rank"),
-    ("--mini-batches", "batch.mini_batches", int, "optimizer updates per step"),
-    ("--max-prompt-tokens", "lengths.max_prompt_tokens", int, "skip prompts longer than this"),
-    ("--max-response-tokens", "lengths.max_response_tokens", int, "max tokens generated per response"),
-    ("--eps-low", "loss.eps_low", float, "lower clip ε"),
-    ("--eps-high", "loss.eps_high", float, "upper clip ε (clip-higher)"),
-    ("--kl-coef", "loss.kl_coef", float, "k3 KL weight to the initial policy"),
-    ("--policy-loss", "loss.policy_loss", str, "vanilla | clip_cov | kl_cov"),
-    ("--normalize-std", "loss.normalize_std", bool, "divide advantages by the group std"),
-    ("--old-logprobs", "loss.old_logprobs", str, "recompute | sampler"),
-    ("--strategy", "strategy.name", str, "none | fixed | skywork | aer"),
-    ("--temperature", "sampling.temperature", float, "sampling temperature"),
-    ("--top-p", "sampling.top_p", float, "nucleus sampling top-p"),
-    ("--task", "data.task", str, "training task set"),
-    ("--data", "data.file", str, "jsonl/parquet data file instead of --task"),
-    ("--data-size", "data.size", int, "items drawn from the task generator"),
-    ("--checkpoint-dir", "checkpoint.dir", str, "checkpoint folder (default <run-dir>/checkpoints)"),
-    ("--checkpoint-interval", "checkpoint.interval", int, "checkpoint every N steps (0 = only at the end)"),
-    ("--checkpoint-keep", "checkpoint.keep", int, "checkpoints kept"),
-    ("--weights-dir", "weights.dir", str, "published weights folder (default <run-dir>/weights)"),
-    ("--weights-keep", "weights.keep", int, "weight versions kept"),
-    ("--coefficient-target", "coefficient.target", str, "coefficient service gRPC host:port, or `local`"),
-    ("--redis-url", "redis_url", str, "Redis URL of the run's streams"),
-    ("--host", "host", str, "ops server interface"),
-    ("--http-port", "http_port", int, "ops server port on rank 0 (default 8003)"),
-    ("--device", "device", str, "auto | cpu | cuda"),
-)
 STRATEGY_PARAM_FLAG = "--strategy-param"
 
 
-def add_worker_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags shared by `aerplane learner train` and `python -m aerplane.learner`."""
-    for flag, key, kind, help_ in WORKER_FLAGS:
-        dest = _dest(flag)
-        if kind is None:
-            parser.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=help_)
-        elif kind is bool:
-            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        else:
-            parser.add_argument(flag, dest=dest, type=kind, default=None, help=f"{help_} [{key}]")
+def add_worker_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The flags shared by `aerplane learner train` and `python -m aerplane.learner`: one per `LearnerSettings`
+    option (common.flags), plus `--strategy-param` for the strategy's parameter map."""
+    from aerplane.common.flags import add_settings_flags
+    from aerplane.learner.settings import LearnerSettings
+
+    parser.set_defaults(worker_flags=add_settings_flags(parser, LearnerSettings))
     parser.add_argument(
         STRATEGY_PARAM_FLAG,
         dest="strategy_param",
@@ -102,11 +52,9 @@ def add_worker_flags(parser: argparse.ArgumentParser) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The flags the user gave, as a nested dict for `load_settings` (flags not given are left out)."""
-    out: dict[str, Any] = {}
-    for flag, key, _, _ in WORKER_FLAGS:
-        value = getattr(args, _dest(flag), None)
-        if value is not None:
-            _set(out, key, value)
+    from aerplane.common.flags import given_overrides, set_dotted
+
+    out = given_overrides(args, args.worker_flags)
     for item in getattr(args, "strategy_param", None) or []:
         name, sep, raw = item.partition("=")
         if not sep or not name.strip():
@@ -114,25 +62,17 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
             raise SettingsError(f"learner.strategy: {STRATEGY_PARAM_FLAG} expects NAME=VALUE, got {item!r}")
         try:
-            _set(out, f"strategy.params.{name.strip()}", float(raw))
+            set_dotted(out, f"strategy.params.{name.strip()}", float(raw))
         except ValueError:
-            _set(out, f"strategy.options.{name.strip()}", raw.strip())
+            set_dotted(out, f"strategy.options.{name.strip()}", raw.strip())
     return out
 
 
 def worker_argv(args: argparse.Namespace) -> list[str]:
     """Re-emit the worker flags the user gave, for the torchrun command line."""
-    argv: list[str] = []
-    for flag, _, kind, _ in WORKER_FLAGS:
-        value = getattr(args, _dest(flag), None)
-        if value is None:
-            continue
-        if kind is None:
-            argv.append(flag)
-        elif kind is bool:
-            argv.append(flag if value else "--no-" + flag[2:])
-        else:
-            argv += [flag, str(value)]
+    from aerplane.common.flags import given_argv
+
+    argv = given_argv(args, args.worker_flags)
     for item in getattr(args, "strategy_param", None) or []:
         argv += [STRATEGY_PARAM_FLAG, item]
     return argv
@@ -191,17 +131,6 @@ def _train(args: argparse.Namespace) -> int:
     if os.name == "posix":
         os.execv(cmd[0], cmd)
     return subprocess.call(cmd)  # pragma: no cover - non-POSIX
-
-
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
-
-
-def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        tree = tree.setdefault(p, {})
-    tree[leaf] = value
 
 
 def main_worker_parser() -> argparse.ArgumentParser:

@@ -21,47 +21,48 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from aerplane.common.flags import Flag
 from aerplane.common.settings import ServiceSettings, SettingsError
 
 SECTION = "learner"
 
 
 class _Group(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class ModelSettings(_Group):
-    path: str = "tiny"
+    path: Annotated[str, Flag("--model")] = "tiny"
     """The policy to train: a Hugging Face model folder, or `smollm2-135m` / `tiny` (the embedded models)."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Annotated[Literal["float32", "bfloat16", "float16"], Flag("--dtype")] = "float32"
     """Compute dtype. `bfloat16` is mixed precision: float32 master weights, gradients and AdamW state, bf16 forward
     and backward (autocast under DDP, FSDP2's MixedPrecisionPolicy under FSDP), entropy and log-probs in float32,
     weights published in bf16. `float32` computes in float32 throughout. float16 is refused (it needs loss
     scaling)."""
-    parallel: Literal["ddp", "fsdp"] = "ddp"
+    parallel: Annotated[Literal["ddp", "fsdp"], Flag("--parallel")] = "ddp"
     """How the ranks share the model: `ddp` replicates it (every rank holds all weights, gradients and AdamW state:
     16 B/parameter), `fsdp` shards all three over the ranks (FSDP2 `fully_shard` per decoder block) for policies
     that do not fit one device. FSDP checkpoints are sharded; a run resumes only under the mode that wrote it."""
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: Annotated[bool, Flag("--gradient-checkpointing")] = False
     """Recompute activations in the backward pass (less memory, ~30% more compute); works under ddp and fsdp."""
 
 
 class OptimSettings(_Group):
-    lr: float = Field(1e-6, gt=0, le=1.0)
+    lr: Annotated[float, Flag("--lr")] = Field(1e-6, gt=0, le=1.0)
     """AdamW peak learning rate."""
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    schedule: Annotated[Literal["constant", "cosine", "linear"], Flag("--lr-schedule")] = "constant"
     """Learning-rate shape after the warm-up: constant, cosine decay or linear decay to `min_lr_ratio · lr`."""
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: Annotated[int, Flag("--warmup-steps")] = Field(0, ge=0)
     """Linear warm-up from 0 over this many optimizer updates."""
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     """Floor of the cosine / linear decay, as a fraction of `lr`."""
-    weight_decay: float = Field(0.0, ge=0, le=1)
+    weight_decay: Annotated[float, Flag("--weight-decay")] = Field(0.0, ge=0, le=1)
     """AdamW decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     eps: float = Field(1e-8, gt=0)
     """AdamW epsilon."""
-    grad_clip: float = Field(1.0, ge=0)
+    grad_clip: Annotated[float, Flag("--grad-clip")] = Field(1.0, ge=0)
     """Clip the global gradient norm to this value (0 = no clipping; the norm is still reported)."""
 
     @field_validator("betas")
@@ -73,39 +74,39 @@ class OptimSettings(_Group):
 
 
 class BatchSettings(_Group):
-    prompts_per_step: int = Field(8, ge=1, le=100_000)
+    prompts_per_step: Annotated[int, Flag("--prompts-per-step")] = Field(8, ge=1, le=100_000)
     """Prompts per training step (global, over all ranks); each rank trains on an equal share of whole groups."""
-    samples_per_prompt: int = Field(8, ge=1, le=1024)
+    samples_per_prompt: Annotated[int, Flag("--samples-per-prompt")] = Field(8, ge=1, le=1024)
     """G: responses sampled per prompt; advantages are normalised within each group of G."""
-    micro_batch_size: int = Field(4, ge=1)
+    micro_batch_size: Annotated[int, Flag("--micro-batch-size")] = Field(4, ge=1)
     """Sequences per forward/backward pass on one rank; gradients accumulate over the micro-batches."""
-    mini_batches: int = Field(1, ge=1)
+    mini_batches: Annotated[int, Flag("--mini-batches")] = Field(1, ge=1)
     """Optimizer updates per step: the step's batch is split into this many mini-batches (PPO-style)."""
 
 
 class LengthSettings(_Group):
-    max_prompt_tokens: int = Field(512, ge=1)
+    max_prompt_tokens: Annotated[int, Flag("--max-prompt-tokens")] = Field(512, ge=1)
     """Prompts longer than this (after the chat template) are skipped when the task list is loaded."""
-    max_response_tokens: int = Field(256, ge=1)
+    max_response_tokens: Annotated[int, Flag("--max-response-tokens")] = Field(256, ge=1)
     """`max_tokens` asked of generation; longer responses that arrive anyway are truncated."""
 
 
 class LossSettings(_Group):
-    eps_low: float = Field(0.2, ge=0, le=1)
+    eps_low: Annotated[float, Flag("--eps-low")] = Field(0.2, ge=0, le=1)
     """Lower clip range of the ratio (1 − ε_low)."""
-    eps_high: float = Field(0.28, ge=0, le=10)
+    eps_high: Annotated[float, Flag("--eps-high")] = Field(0.28, ge=0, le=10)
     """Upper clip range of the ratio (1 + ε_high; "clip-higher")."""
     aggregation: Literal["token-mean"] = "token-mean"
     """How per-token losses are reduced: a token mean over the whole global batch (all ranks, all micro-batches)."""
-    kl_coef: float = Field(0.0, ge=0)
+    kl_coef: Annotated[float, Flag("--kl-coef")] = Field(0.0, ge=0)
     """Weight of the k3 KL penalty to the initial (reference) policy; > 0 keeps a frozen copy of the model."""
-    policy_loss: Literal["vanilla", "clip_cov", "kl_cov"] = "vanilla"
+    policy_loss: Annotated[Literal["vanilla", "clip_cov", "kl_cov"], Flag("--policy-loss")] = "vanilla"
     """Policy-loss mode: the clipped surrogate, or Clip-Cov / KL-Cov from "The Entropy Mechanism of RL"."""
     policy_loss_params: dict[str, float] = Field(default_factory=dict)
     """Extra numeric parameters of the Clip-Cov / KL-Cov modes, by the names `aerplane.core.losses` uses."""
-    normalize_std: bool = True
+    normalize_std: Annotated[bool, Flag("--normalize-std")] = True
     """Divide group advantages by the group's std (GRPO); false gives Dr. GRPO's mean-centred advantages."""
-    old_logprobs: Literal["recompute", "sampler"] = "recompute"
+    old_logprobs: Annotated[Literal["recompute", "sampler"], Flag("--old-logprobs")] = "recompute"
     """Behaviour log-probs of the ratio: `recompute` with the learner's current model (a no-grad pass, skipped when
     there is one update per step because it equals the detached forward), or `sampler`, the generation engine's
     own log-probs (importance-corrects the bounded staleness)."""
@@ -114,7 +115,7 @@ class LossSettings(_Group):
 
 
 class StrategySettings(_Group):
-    name: Literal["none", "fixed", "skywork", "aer"] = "aer"
+    name: Annotated[Literal["none", "fixed", "skywork", "aer"], Flag("--strategy")] = "aer"
     """Entropy-control strategy (DESIGN §1)."""
     params: dict[str, float] = Field(default_factory=dict)
     """Numeric strategy parameters by their `build_strategy` names, e.g. {"rho": 0.5, "eta": 0.001}."""
@@ -131,16 +132,16 @@ class StrategySettings(_Group):
 
 
 class SamplingSettings(_Group):
-    temperature: float = Field(1.0, gt=0, le=10)
+    temperature: Annotated[float, Flag("--temperature")] = Field(1.0, gt=0, le=10)
     """Sampling temperature asked of generation; the learner divides its logits by it too."""
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: Annotated[float, Flag("--top-p")] = Field(1.0, gt=0, le=1)
     """Nucleus sampling threshold asked of generation."""
 
 
 class DataSettings(_Group):
-    task: str = "mixed"
+    task: Annotated[str, Flag("--task")] = "mixed"
     """Training task set from `aerplane.data.tasks.load_training_tasks` (ignored when `file` is set)."""
-    file: Path | None = None
+    file: Annotated[Path | None, Flag("--data")] = None
     """A verl-style jsonl/parquet file of prompts and ground truths, instead of `task`."""
     size: int = Field(2000, ge=1)
     """How many items to draw from the task generator."""
@@ -149,20 +150,22 @@ class DataSettings(_Group):
 
 
 class RunSettings(_Group):
-    run_id: str = Field("default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    run_id: Annotated[str, Flag("--run-id")] = Field(
+        "default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+    )
     """Run identity: namespaces the Redis streams and the coefficient state."""
     dir: Path | None = None
     """Run directory (metrics.jsonl, checkpoints/, weights/); default `runs/<run_id>`."""
-    steps: int = Field(10, ge=1)
+    steps: Annotated[int, Flag("--steps")] = Field(10, ge=1)
     """Training steps to run (the total, counting steps before a resume)."""
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: Annotated[int, Flag("--seed")] = Field(0, ge=0, le=2**31 - 1)
     """Seeds model-side randomness, the data order and the generation seeds of the requests."""
-    staleness: int = Field(1, ge=0, le=64)
+    staleness: Annotated[int, Flag("--staleness")] = Field(1, ge=0, le=64)
     """Bounded staleness: prompts are requested this many steps ahead, and samples whose policy version is older
     than (current version − staleness) are dropped and requested again."""
-    resume: bool = False
+    resume: Annotated[bool, Flag("--resume")] = False
     """Continue from the last checkpoint in the checkpoint folder (and resume the coefficient run)."""
-    rollout_timeout_s: float = Field(0.0, ge=0)
+    rollout_timeout_s: Annotated[float, Flag("--rollout-timeout")] = Field(0.0, ge=0)
     """Give up when a step's rollouts have not all arrived after this many seconds (0 = wait forever)."""
 
     @property

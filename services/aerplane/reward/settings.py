@@ -28,6 +28,7 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from aerplane.common.flags import Flag
 from aerplane.common.settings import ServiceSettings
 from aerplane.reward.scorers import DEFAULT_EXTRACTION, EXTRACTION_MODES
 
@@ -61,7 +62,7 @@ class RewardSettings(ServiceSettings):
     workers: int = Field(2, ge=1, le=256)
     """Verification worker processes (items scored at once)."""
 
-    timeout_s: float = Field(5.0, gt=0, le=600)
+    timeout_s: Annotated[float, Flag("--timeout")] = Field(5.0, gt=0, le=600)
     """Hard per-item time limit: a worker still busy after it (plus 0.5 s grace) is killed and replaced."""
 
     max_response_bytes: int = Field(64 * 1024, ge=64, le=64 * 1024 * 1024)
@@ -127,6 +128,8 @@ class RewardSettings(ServiceSettings):
         if isinstance(value, str):
             text = value.strip()
             return json.loads(text) if text.startswith("[") else [t.strip() for t in text.split(",") if t.strip()]
+        if isinstance(value, list):  # repeated flags, each may be a comma list: --math-tasks gsm8k,dapo
+            return [t.strip() for item in value for t in str(item).split(",") if t.strip()]
         return value
 
     @model_validator(mode="after")

@@ -1,0 +1,221 @@
+"""Command-line flags generated from a settings class, so each option is declared once: name, type, default, doc.
+
+Every scalar field of a settings class (and of its nested groups) becomes a flag; its help is the field's
+docstring with the default and, for top-level fields, the environment variable:
+
+    class RewardSettings(ServiceSettings):
+        timeout_s: Annotated[float, Flag("--timeout")] = Field(5.0, gt=0)
+        \"\"\"Hard per-item time limit.\"\"\"
+
+    specs = add_settings_flags(parser, RewardSettings)     # --timeout, --workers, --consume/--no-consume, ...
+    settings = load_settings(RewardSettings, given_overrides(args, specs))
+
+A field's flag is `--<name>` with `-` for `_` (`--<group>-<name>` inside a nested group) unless `Flag` names one.
+`Flag(hidden=True)` keeps a field off the command line (secrets: a command line is visible to every local user in
+`ps`). Flags default to None, so only what the user gave overrides the environment; `given_argv` renders those
+back into flags (a launcher passing them on, e.g. to torchrun's workers).
+
+Types: `bool` is `--x` / `--no-x`; `Literal[...]` gives choices; `int`, `float`, `str` and `Path` (or any of them
+`| None`) one value; `list[str]` a repeatable flag. Fields of other types (maps, tuples) have no flag: they are set
+through the environment or a dedicated flag of the entrypoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+from pydantic_settings import BaseSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """`Annotated` metadata of a settings field: its flag name (default `--<field-name>`), or `hidden`."""
+
+    name: str | None = None
+    hidden: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FlagSpec:
+    """One generated flag: `key` is the dotted settings key it sets, `dest` its argparse attribute."""
+
+    flag: str
+    key: str
+    dest: str
+    kind: str  # "value" | "bool" | "list"
+
+
+def _flag_meta(info: FieldInfo) -> Flag:
+    return next((m for m in info.metadata if isinstance(m, Flag)), Flag())
+
+
+def _scalar(annotation: Any) -> tuple[str, Any, tuple[Any, ...] | None] | None:
+    """(kind, argparse type, choices) of a field's annotation, or None when it has no flag form."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _scalar(args[0]) if len(args) == 1 else None
+    if origin is typing.Annotated:
+        return _scalar(typing.get_args(annotation)[0])
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        return "value", type(choices[0]), choices
+    if origin is list and typing.get_args(annotation) == (str,):
+        return "list", str, None
+    if annotation is bool:
+        return "bool", None, None
+    if annotation in (int, float, str):
+        return "value", annotation, None
+    if annotation is Path:
+        return "value", str, None
+    return None
+
+
+def _doc(info: FieldInfo) -> str:
+    return re.sub(r"\s+", " ", info.description or "").strip()
+
+
+def _default_text(info: FieldInfo) -> str:
+    if info.default_factory is not None:
+        value = info.default_factory()  # type: ignore[call-arg]
+        return "" if value in ([], {}) or isinstance(value, BaseModel) else f"default: computed, e.g. {value}"
+    if info.default is PydanticUndefined:
+        return "required"
+    if info.default is None:
+        return "default: unset"
+    if isinstance(info.default, bool):
+        return f"default: {'on' if info.default else 'off'}"
+    return f"default: {info.default}"
+
+
+def env_name(cls: type[BaseModel], name: str, info: FieldInfo) -> str | None:
+    """The environment variable a top-level field of a settings class reads first (its alias or prefix + name)."""
+    alias = info.validation_alias
+    choices = getattr(alias, "choices", None)
+    if isinstance(alias, str):
+        return alias
+    if choices:
+        first = next((c for c in choices if isinstance(c, str) and c.isupper()), None)
+        if first:
+            return first
+    prefix = cls.model_config.get("env_prefix", "")
+    return f"{prefix}{name}".upper() if prefix else None
+
+
+def settings_flags(cls: type[BaseModel]) -> list[tuple[FlagSpec, dict[str, Any]]]:
+    """Every flag of `cls` with its argparse keyword arguments (nested groups become `--<group>-<field>`)."""
+    out: list[tuple[FlagSpec, dict[str, Any]]] = []
+    for name, info in cls.model_fields.items():
+        meta = _flag_meta(info)
+        if meta.hidden or info.exclude:
+            continue
+        annotation = info.annotation
+        group = _model_type(annotation)
+        if group is not None:
+            prefix = cls.model_config.get("env_prefix", "") if issubclass(cls, BaseSettings) else ""
+            out += _group_flags(group, name, f"{prefix}{name}__".upper() if prefix else None)
+            continue
+        env = env_name(cls, name, info) if issubclass(cls, BaseSettings) else None
+        built = _build(name, name, info, meta, env)
+        if built is not None:
+            out.append(built)
+    return out
+
+
+def _group_flags(group: type[BaseModel], prefix: str, env_prefix: str | None) -> list[tuple[FlagSpec, dict[str, Any]]]:
+    out = []
+    for name, info in group.model_fields.items():
+        meta = _flag_meta(info)
+        if meta.hidden:
+            continue
+        env = f"{env_prefix}{name.upper()}" if env_prefix else None
+        built = _build(f"{prefix}.{name}", f"{prefix}_{name}", info, meta, env)
+        if built is not None:
+            out.append(built)
+    return out
+
+
+def _model_type(annotation: Any) -> type[BaseModel] | None:
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _build(key: str, stem: str, info: FieldInfo, meta: Flag, env: str | None) -> tuple[FlagSpec, dict] | None:
+    if info.annotation is SecretStr or _scalar(info.annotation) is None:
+        return None
+    kind, type_, choices = _scalar(info.annotation)  # type: ignore[misc]
+    flag = meta.name or "--" + stem.replace("_", "-")
+    dest = "setting__" + key.replace(".", "__")
+    notes = [t for t in (_default_text(info), f"env {env}" if env else "") if t]
+    help_ = _doc(info) + (f" ({'; '.join(notes)})" if notes else "")
+    kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": help_.replace("%", "%%")}
+    if kind == "bool":
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif kind == "list":
+        kwargs.update(action="append", metavar="VALUE")
+    else:
+        kwargs["type"] = type_
+        if choices is not None:
+            kwargs["choices"] = choices
+        else:
+            kwargs["metavar"] = key.rsplit(".", 1)[-1].upper()
+    return FlagSpec(flag=flag, key=key, dest=dest, kind=kind), kwargs
+
+
+def add_settings_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type[BaseModel], *, skip: Sequence[str] = ()
+) -> list[FlagSpec]:
+    """Add a flag for every option of `cls` (except the dotted keys in `skip`); returns their specs."""
+    specs = []
+    for spec, kwargs in settings_flags(cls):
+        if spec.key in skip:
+            continue
+        parser.add_argument(spec.flag, **kwargs)
+        specs.append(spec)
+    return specs
+
+
+def given_overrides(args: argparse.Namespace, specs: Sequence[FlagSpec]) -> dict[str, Any]:
+    """The flags the user gave, as a nested dict of settings keys for `load_settings` (flags not given left out)."""
+    out: dict[str, Any] = {}
+    for spec in specs:
+        value = getattr(args, spec.dest, None)
+        if value is not None:
+            set_dotted(out, spec.key, value)
+    return out
+
+
+def given_argv(args: argparse.Namespace, specs: Sequence[FlagSpec]) -> list[str]:
+    """The flags the user gave, rendered back as command-line arguments."""
+    argv: list[str] = []
+    for spec in specs:
+        value = getattr(args, spec.dest, None)
+        if value is None:
+            continue
+        if spec.kind == "bool":
+            argv.append(spec.flag if value else "--no-" + spec.flag[2:])
+        elif spec.kind == "list":
+            for item in value:
+                argv += [spec.flag, str(item)]
+        else:
+            argv += [spec.flag, str(value)]
+    return argv
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """`tree["a"]["b"] = value` for `dotted` = "a.b", creating the parents."""
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
