@@ -263,69 +263,61 @@ def exported_names(text: str) -> set[str]:
 
 @dataclass
 class LocalStack:
-    """The four services as processes on free loopback ports, with the commands and settings of the deployment."""
+    """The four services as processes on free loopback ports, started by the launcher's own code (`up.Stack`, the
+    same commands and settings rendering `aerplane up` uses) with the tiny model on the transformers backend."""
 
     redis_url: str
     run_id: str
     run_dir: Path
-    logs: Path
-    http: dict[str, int] = field(default_factory=dict)
-    grpc: int = 0
+    ports: Any = None  # aerplane.launcher.settings.Ports
     procs: dict[str, Any] = field(default_factory=dict)
+    launcher: Any = None  # the aerplane.launcher.up.Stack that started them
+
+    @property
+    def http(self) -> dict[str, int]:
+        p = self.ports
+        return {"coefficient": p.coefficient_http, "reward": p.reward_http, "generation": p.generation_http,
+                "learner": p.learner_http}  # fmt: skip
+
+    @property
+    def grpc(self) -> int:
+        return self.ports.coefficient_grpc
 
     def url(self, component: str, path: str) -> str:
         return f"http://127.0.0.1:{self.http[component]}{path}"
 
     def stop(self) -> None:
-        for name in reversed(list(self.procs)):
-            self.procs[name].stop()
+        if self.launcher is not None:
+            self.launcher.stop()
 
 
 def plan_stack(redis_url: str, tmp: Path, *, run_id: str) -> LocalStack:
     """Pick the ports of a local stack (so that a Prometheus can be configured before the services start)."""
-    from aerplane.common.process import free_port
+    from aerplane.launcher.settings import Ports
 
-    stack = LocalStack(redis_url=redis_url, run_id=run_id, run_dir=tmp / "run", logs=tmp / "logs")
-    stack.http = {c: free_port() for c in ("coefficient", "reward", "generation", "learner")}
-    stack.grpc = free_port()
-    return stack
+    return LocalStack(redis_url=redis_url, run_id=run_id, run_dir=tmp / "run", ports=Ports.free())
 
 
 def launch_stack(stack: LocalStack, *, learner_steps: int) -> LocalStack:
-    """Start coefficient, reward, generation (transformers backend, tiny model) and the learner (tiny model, a few
-    small steps), each via its real `aerplane` subcommand, and wait for them: /readyz, except the learner's /healthz
-    (it turns ready once it has joined its run). The caller stops them (`stack.stop()`)."""
-    from aerplane.common.process import ManagedProcess
+    """Start coefficient, reward, generation and the learner (tiny model, a few small steps) the way `aerplane up`
+    does — `up.validate` then `up.Stack` against the given Redis — and wait until each is ready. The caller stops
+    them (`stack.stop()`)."""
+    from aerplane.launcher.settings import UpSettings
+    from aerplane.launcher.up import Stack, validate
 
-    redis_url, run_id = stack.redis_url, stack.run_id
-    aerplane = [sys.executable, "-m", "aerplane.cli"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AERPLANE_")}
-    env.update(AERPLANE_LOG_LEVEL="WARNING", VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
-    argv = {
-        "coefficient": [*aerplane, "coefficient", "serve", "--host", "127.0.0.1", "--redis-url", redis_url,
-                        "--grpc-port", str(stack.grpc), "--http-port", str(stack.http["coefficient"])],
-        "reward": [*aerplane, "reward", "serve", "--host", "127.0.0.1", "--redis-url", redis_url, "--run-id", run_id,
-                   "--http-port", str(stack.http["reward"]), "--workers", "1"],
-        "generation": [*aerplane, "generation", "serve", "--backend", "transformers", "--model", "tiny",
-                       "--host", "127.0.0.1", "--redis-url", redis_url, "--run-id", run_id,
-                       "--http-port", str(stack.http["generation"])],
-        "learner": [*aerplane, "learner", "train", "--nproc-per-node", "1", "--device", "cpu", "--model", "tiny",
-                    "--run-id", run_id, "--run-dir", str(stack.run_dir), "--steps", str(learner_steps),
-                    "--prompts-per-step", "2", "--samples-per-prompt", "2", "--max-response-tokens", "8",
-                    "--data-size", "16", "--redis-url", redis_url, "--coefficient-target", f"127.0.0.1:{stack.grpc}",
-                    "--host", "127.0.0.1", "--http-port", str(stack.http["learner"])],
-    }  # fmt: skip
+    cfg = UpSettings(steps=learner_steps, model="tiny", backend="transformers", prompts_per_step=2,
+                     samples_per_prompt=2, max_tokens=8, ports=stack.ports, redis_url=stack.redis_url)  # fmt: skip
+    env = {"AERPLANE_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
+    launcher = Stack(cfg, stack.run_dir, stack.run_id, validate(cfg), env=env)
+    stack.launcher = launcher
     try:
-        for name, cmd in argv.items():
-            path = "/healthz" if name == "learner" else "/readyz"
-            proc = ManagedProcess(name, cmd, env=env, log_path=stack.logs / f"{name}.log",
-                                  ready_url=stack.url(name, path))  # fmt: skip
-            stack.procs[name] = proc.start()
-        for proc in stack.procs.values():
-            proc.wait_ready(timeout=300)
+        launcher.start_shared(lambda text: None)
+        launcher.start_all(lambda text: None)
+        launcher.start_learner()
     except BaseException:
-        stack.stop()
+        launcher.stop()
         raise
+    stack.procs = {svc.name: svc.process for svc in launcher.services}
     return stack
 
 

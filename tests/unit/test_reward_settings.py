@@ -62,7 +62,7 @@ def test_cli_reports_bad_configuration_without_a_traceback() -> None:
         text=True,
     )
     assert out.returncode == 2
-    assert "invalid configuration: reward.workers" in out.stderr and "Traceback" not in out.stderr
+    assert "invalid configuration: --workers (reward.workers): " in out.stderr and "Traceback" not in out.stderr
 
 
 def test_reward_command_registration_is_light() -> None:

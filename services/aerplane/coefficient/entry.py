@@ -22,11 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from aerplane.coefficient.settings import CoefficientSettings
-    from aerplane.common.flags import given_overrides
+    from aerplane.common.flags import settings_from_args
     from aerplane.common.logs import setup_logging
-    from aerplane.common.settings import load_settings
 
-    settings = load_settings(CoefficientSettings, given_overrides(args, args.flags), section="coefficient")
+    settings = settings_from_args(CoefficientSettings, args, args.flags, section="coefficient")
     setup_logging("coefficient")
     from aerplane.coefficient.server import serve
 

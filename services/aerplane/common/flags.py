@@ -26,15 +26,19 @@ import argparse
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
+
+from aerplane.common.settings import load_settings
+
+S = TypeVar("S", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,7 @@ class Flag:
 
     name: str | None = None
     hidden: bool = False
+    aliases: tuple[str, ...] = ()  # more spellings, e.g. ("-G",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,7 @@ class FlagSpec:
     key: str
     dest: str
     kind: str  # "value" | "bool" | "list"
+    aliases: tuple[str, ...] = ()
 
 
 def _flag_meta(info: FieldInfo) -> Flag:
@@ -170,18 +176,21 @@ def _build(key: str, stem: str, info: FieldInfo, meta: Flag, env: str | None) ->
             kwargs["choices"] = choices
         else:
             kwargs["metavar"] = key.rsplit(".", 1)[-1].upper()
-    return FlagSpec(flag=flag, key=key, dest=dest, kind=kind), kwargs
+    return FlagSpec(flag=flag, key=key, dest=dest, kind=kind, aliases=meta.aliases), kwargs
 
 
 def add_settings_flags(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type[BaseModel], *, skip: Sequence[str] = ()
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type[BaseModel],
+    *,
+    only: Collection[str] | None = None,
 ) -> list[FlagSpec]:
-    """Add a flag for every option of `cls` (except the dotted keys in `skip`); returns their specs."""
+    """Add a flag for every option of `cls` (or for the top-level fields named in `only`); returns their specs."""
     specs = []
     for spec, kwargs in settings_flags(cls):
-        if spec.key in skip:
+        if only is not None and spec.key.split(".", 1)[0] not in only:
             continue
-        parser.add_argument(spec.flag, **kwargs)
+        parser.add_argument(spec.flag, *spec.aliases, **kwargs)
         specs.append(spec)
     return specs
 
@@ -196,21 +205,69 @@ def given_overrides(args: argparse.Namespace, specs: Sequence[FlagSpec]) -> dict
     return out
 
 
+def settings_from_args(
+    cls: type[S],
+    args: argparse.Namespace,
+    specs: Sequence[FlagSpec],
+    *,
+    section: str,
+    extra: Mapping[str, Any] | None = None,
+) -> S:
+    """`cls` from the environment with `extra` (settings keys the entrypoint computed) and then the flags the user
+    gave on top; an invalid value raises SettingsError naming the flag and the key, e.g.
+    ``--steps (up.steps): Input should be greater than or equal to 1``."""
+    overrides = dict(extra or {})
+    for key, value in given_overrides(args, specs).items():
+        base = overrides.get(key)
+        overrides[key] = {**base, **value} if isinstance(base, Mapping) and isinstance(value, Mapping) else value
+    return load_settings(cls, overrides, section=section, labels=flag_labels(specs))
+
+
+def flag_labels(specs: Sequence[FlagSpec]) -> dict[str, str]:
+    """Settings key -> its flag, for errors that name what the user typed (`load_settings(labels=...)`)."""
+    return {spec.key: spec.flag for spec in specs}
+
+
 def given_argv(args: argparse.Namespace, specs: Sequence[FlagSpec]) -> list[str]:
     """The flags the user gave, rendered back as command-line arguments."""
     argv: list[str] = []
     for spec in specs:
         value = getattr(args, spec.dest, None)
-        if value is None:
-            continue
-        if spec.kind == "bool":
-            argv.append(spec.flag if value else "--no-" + spec.flag[2:])
-        elif spec.kind == "list":
-            for item in value:
-                argv += [spec.flag, str(item)]
-        else:
-            argv += [spec.flag, str(value)]
+        if value is not None:
+            argv += _render(spec, value)
     return argv
+
+
+def render_argv(cls: type[BaseModel], values: Mapping[str, Any]) -> list[str]:
+    """The flags of `cls` that set `values` (settings keys; a nested dict per group), in `values`' order: how a
+    launcher passes settings to a child process. A key that has no flag raises KeyError naming it."""
+    specs = {spec.key: spec for spec, _ in settings_flags(cls)}
+    argv: list[str] = []
+    for key, value in _flatten(values):
+        spec = specs.get(key)
+        if spec is None:
+            raise KeyError(f"{cls.__name__}: {key!r} has no command-line flag")
+        if value is not None:
+            argv += _render(spec, value)
+    return argv
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for name, value in values.items():
+        if isinstance(value, Mapping):
+            out += _flatten(value, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", value))
+    return out
+
+
+def _render(spec: FlagSpec, value: Any) -> list[str]:
+    if spec.kind == "bool":
+        return [spec.flag if value else "--no-" + spec.flag[2:]]
+    if spec.kind == "list":
+        return [part for item in value for part in (spec.flag, str(item))]
+    return [spec.flag, repr(value) if isinstance(value, float) else str(value)]
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -36,23 +36,33 @@ class ServiceSettings(BaseSettings):
 S = TypeVar("S", bound=BaseSettings)
 
 
-def format_validation_error(exc: ValidationError, section: str = "") -> str:
-    """One line per problem, each naming the full dotted key."""
+def format_validation_error(exc: ValidationError, section: str = "", labels: Mapping[str, str] | None = None) -> str:
+    """One line per problem, each naming the full dotted key (and its flag, from `labels`: key -> flag)."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+        flag = (labels or {}).get(key)
         if section:
             key = f"{section}.{key}" if key else section
+        if flag:
+            key = f"{flag} ({key})"
         msg = err.get("msg", "invalid value")
         msg = msg.removeprefix("Value error, ")
         lines.append(f"{key or section or 'settings'}: {msg}")
     return "; ".join(lines)
 
 
-def load_settings(cls: type[S], overrides: Mapping[str, Any] | None = None, *, section: str = "") -> S:
-    """Build `cls` from the environment with `overrides` (e.g. parsed CLI flags; None values are dropped) on top."""
+def load_settings(
+    cls: type[S],
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    section: str = "",
+    labels: Mapping[str, str] | None = None,
+) -> S:
+    """Build `cls` from the environment with `overrides` (e.g. parsed CLI flags; None values are dropped) on top.
+    `labels` (settings key -> flag) lets an error name the flag the user typed."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     try:
         return cls(**given)
     except ValidationError as exc:
-        raise SettingsError(format_validation_error(exc, section)) from None
+        raise SettingsError(format_validation_error(exc, section, labels)) from None

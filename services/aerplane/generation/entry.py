@@ -41,11 +41,10 @@ def register(subparsers: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aerplane.common.flags import given_overrides
-    from aerplane.common.settings import load_settings
+    from aerplane.common.flags import settings_from_args
     from aerplane.generation.settings import SECTION, GenerationSettings
 
-    settings = load_settings(GenerationSettings, given_overrides(args, args.flags), section=SECTION)
+    settings = settings_from_args(GenerationSettings, args, args.flags, section=SECTION)
     from aerplane.generation.service import serve
 
     return serve(settings)

@@ -34,20 +34,15 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aerplane.launcher.up import Interrupted, Ports, Stack, UpConfig, UpError, execute, raise_interrupted, validate
+from aerplane.common.settings import SettingsError, load_settings
+from aerplane.launcher.settings import SECTION, SETUP_FIELDS, Ports, UpSettings
+from aerplane.launcher.up import Interrupted, Stack, UpError, execute, raise_interrupted, validate
 
 STATE_FILE = "compare.json"
-# UpConfig fields that are the shared setup of a comparison (everything but what varies per run, and plumbing).
-SETUP_FIELDS = tuple(
-    f.name
-    for f in fields(UpConfig)
-    if f.name
-    not in ("strategy", "params", "options", "seed", "run_dir", "run_id", "resume", "ports", "live", "redis_url")
-)
 
 
 class CompareError(RuntimeError):
@@ -68,7 +63,7 @@ class ConfigSpec:
         return re.sub(r"[^A-Za-z0-9.]+", "-", self.label).strip("-").lower() or "config"
 
     def numeric_and_options(self) -> tuple[dict[str, float], dict[str, str]]:
-        """Parameters split as UpConfig wants them (numbers; string options such as aer's `weighting`)."""
+        """Parameters split as UpSettings wants them (numbers; string options such as aer's `weighting`)."""
         from aerplane.core.strategies import build_strategy
 
         try:
@@ -182,8 +177,8 @@ def _seed_list(value: Any, where: str) -> tuple[int, ...]:
 
 
 def build_setup(overrides: dict[str, Any]) -> dict[str, Any]:
-    """The shared setup: UpConfig's defaults with `overrides` (from the matrix file, then the flags) on top."""
-    base = asdict(UpConfig())
+    """The shared setup: UpSettings' defaults with `overrides` (from the matrix file, then the flags) on top."""
+    base = UpSettings().model_dump()
     unknown = set(overrides) - set(SETUP_FIELDS)
     if unknown:
         raise CompareError(
@@ -379,10 +374,9 @@ def run_compare(
         out.mkdir(parents=True, exist_ok=True)
         state = plan(out, setup, configs, command)
         state.keep_checkpoints = keep_checkpoints
-        base = UpConfig(**state.setup)
-        facts = validate(base, shared_ports=("coefficient_grpc", "coefficient_http", "reward_http",
-                                             "generation_http", "vllm", "learner_http"))  # fmt: skip
-    except (CompareError, UpError) as exc:
+        base = load_settings(UpSettings, state.setup, section=f"{SECTION} setup")
+        facts = validate(base, shared_ports=tuple(Ports.model_fields))
+    except (CompareError, UpError, SettingsError) as exc:
         print(f"aerplane compare: {exc}", file=sys.stderr)
         return 2
     state.save()
@@ -400,8 +394,7 @@ def run_compare(
     shared_ports = Ports.free()
     if coefficient_http:
         shared_ports.coefficient_http = coefficient_http
-    redis_url = os.environ.get("AERPLANE_REDIS_URL") or None
-    shared = Stack(UpConfig(**state.setup, ports=shared_ports, redis_url=redis_url), out, "compare", facts)
+    shared = Stack(base.model_copy(update={"ports": shared_ports}), out, "compare", facts)  # redis_url: the env's
     progress = _Progress(state)
     code = 0
     previous = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -467,7 +460,7 @@ def _run_one(
         clear_run_state(shared.redis_url, entry.run_id)
     ports = Ports.free()
     ports.coefficient_grpc, ports.coefficient_http = shared_ports.coefficient_grpc, shared_ports.coefficient_http
-    cfg = UpConfig(
+    cfg = UpSettings(
         **state.setup, strategy=spec.strategy, params=numeric, options=options, seed=entry.seed,
         run_dir=str(run_dir), run_id=entry.run_id, resume=resume, ports=ports, live=live,
         redis_url=shared.redis_url,
@@ -530,6 +523,8 @@ def prune_finished_run(run_dir: Path) -> int:
 
 def main_from_args(args: Any) -> int:
     """`aerplane compare` with parsed arguments (see `launcher.entry`)."""
+    from aerplane.common.flags import given_overrides
+
     try:
         file_setup: dict[str, Any] = {}
         configs: list[ConfigSpec] = []
@@ -543,7 +538,7 @@ def main_from_args(args: Any) -> int:
         if args.strategies:
             specs = [parse_spec(s) for s in _split_strategies(args.strategies)]
             configs += [ConfigSpec(s.label, s.strategy, s.params, seeds or (0,)) for s in specs]
-        flags = {name: getattr(args, name) for name in SETUP_FIELDS if getattr(args, name, None) is not None}
+        flags = given_overrides(args, args.setup_flags)
         setup = build_setup({**file_setup, **flags}) if (configs or flags) else None
         labels = [c.label for c in configs]
         if len(set(labels)) != len(labels):

@@ -24,81 +24,20 @@ def _add_up(subparsers: argparse._SubParsersAction) -> None:
         "collapses within the run and AER engages; with --strategy aer, η = 0.01 and α_max = 0.03 unless given "
         "(the services' own defaults are DESIGN's 1e-3 and 1e-2, placed for GPU-scale learning rates).",
     )
-    from aerplane.launcher.up import UpConfig
+    from aerplane.common.flags import add_settings_flags
+    from aerplane.launcher.settings import UpSettings
 
-    d = UpConfig()
-    r = p.add_argument_group("run")
-    r.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
-    r.add_argument("--model", default="smollm2-135m", help="smollm2-135m | tiny | a model folder")
-    r.add_argument("--task", default="mixed", help="training tasks: mixed (default), easy, easy-tier (reasoning-gym "
-                   "arithmetic at three, two or one difficulty tier), or a reasoning-gym dataset name")  # fmt: skip
-    r.add_argument("--data", default=None, help="verl-style jsonl/parquet of prompts and answers, instead of --task")
-    r.add_argument("--backend", default="auto", help="vllm | transformers | auto (vllm when installed)")
-    r.add_argument("--run-dir", default=None, help="run directory (default runs/<run-id>)")
-    r.add_argument("--run-id", default=None, help="run id (default aer-<date>-<time>-<random>)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
-    r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    b = p.add_argument_group("batch and sampling")
-    b.add_argument(
-        "--prompts-per-step",
-        type=int,
-        default=d.prompts_per_step,
-        help=f"prompts per step (default {d.prompts_per_step})",
-    )
-    b.add_argument(
-        "--samples-per-prompt",
-        "-G",
-        type=int,
-        default=d.samples_per_prompt,
-        help=f"G, responses per prompt (default {d.samples_per_prompt})",
-    )
-    b.add_argument("--max-tokens", type=int, default=d.max_tokens, help=f"max response tokens (default {d.max_tokens})")
-    b.add_argument(
-        "--temperature", type=float, default=d.temperature, help=f"sampling temperature (default {d.temperature})"
-    )
-    b.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
-    b.add_argument("--dtype", default="auto", help="learner compute: float32 | bfloat16 (mixed precision, float32 "
-                   "master weights) | auto (bfloat16 on a CUDA GPU, float32 on CPU; default)")  # fmt: skip
-    b.add_argument("--nproc", type=int, default=1, help="learner processes (DDP ranks; default 1)")
-    b.add_argument("--checkpoint-interval", type=int, default=5, help="checkpoint every N steps and at the end (5)")
-    e = p.add_argument_group("evaluation")
-    e.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default 0: at the end only)")
-    e.add_argument("--eval-split", default="rg-heldout", help="rg-heldout | champ (default rg-heldout)")
-    e.add_argument("--eval-size", type=int, default=d.eval_size, help=f"held-out problems (default {d.eval_size})")
-    e.add_argument(
-        "--eval-k",
-        type=int,
-        default=d.eval_k,
-        help=f"samples per problem for avg@k / pass@k, k = 1, 4, 8 up to it (default {d.eval_k})",
-    )
-    e.add_argument("--eval-seed", type=int, default=0,
-                   help="held-out problems and their sampling seeds, independent of --seed (default 0)")  # fmt: skip
-    s = p.add_argument_group("services")
-    s.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults below")
-    for flag, default in _PORT_FLAGS.items():
-        s.add_argument(f"--{flag.replace('_', '-')}-port", dest=f"port_{flag}", type=int, default=None,
-                       help=f"default {default}")  # fmt: skip
-    s.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
-                   help="live terminal view (default: when stdout is a terminal)")  # fmt: skip
-    s.add_argument("--max-failures", type=int, default=d.max_failures,
-                   help="a service that dies is restarted (the learner with --resume); this many failures of one "
-                   f"service within --failure-window seconds stop the run (default {d.max_failures})")  # fmt: skip
-    s.add_argument("--failure-window", type=float, default=d.failure_window,
-                   help=f"seconds (default {d.failure_window:g})")  # fmt: skip
+    flags = add_settings_flags(p, UpSettings)
+    p.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults")
     _add_strategy_flags(p)
-    p.set_defaults(func=_up)
-
-
-_PORT_FLAGS = {  # UpConfig.Ports field -> default, as in DESIGN §2
-    "coefficient_grpc": 50051, "coefficient_http": 8000, "reward_http": 8001, "generation_http": 8002,
-    "vllm": 8100, "learner_http": 8003,
-}  # fmt: skip
+    p.set_defaults(func=_up, flags=flags)
 
 
 def _up(args: argparse.Namespace) -> int:
-    import os
     import sys
 
+    from aerplane.common.flags import settings_from_args
+    from aerplane.launcher.settings import SECTION, Ports, UpSettings
     from aerplane.launcher.simulate import SimulateError, strategy_from_args
     from aerplane.launcher.up import UP_AER_PARAMS
 
@@ -112,25 +51,15 @@ def _up(args: argparse.Namespace) -> int:
         print(f"aerplane up: invalid strategy parameters: {exc}", file=sys.stderr)
         return 2
 
-    from aerplane.launcher.up import Ports, UpConfig, run_up
+    from aerplane.launcher.up import run_up
 
-    params = {k: float(v) for k, v in strategy.numeric_params.items()}
-    ports = Ports.free() if args.free_ports else Ports()
-    for name in _PORT_FLAGS:
-        if getattr(args, f"port_{name}") is not None:
-            setattr(ports, name, getattr(args, f"port_{name}"))
-    cfg = UpConfig(
-        steps=args.steps, model=args.model, task=args.task, data=args.data, strategy=args.strategy,
-        params=params, options=dict(strategy.options), backend=args.backend, run_dir=args.run_dir,
-        run_id=args.run_id, resume=args.resume, eval_every=args.eval_every, eval_split=args.eval_split,
-        eval_size=args.eval_size, eval_k=args.eval_k, eval_seed=args.eval_seed,
-        prompts_per_step=args.prompts_per_step, samples_per_prompt=args.samples_per_prompt,
-        max_tokens=args.max_tokens, temperature=args.temperature, lr=args.lr, dtype=args.dtype, seed=args.seed,
-        nproc=args.nproc, checkpoint_interval=args.checkpoint_interval, ports=ports,
-        live=args.live, redis_url=os.environ.get("AERPLANE_REDIS_URL") or None,
-        max_failures=args.max_failures, failure_window=args.failure_window,
-    )  # fmt: skip
-    return run_up(cfg)
+    extra = {
+        "strategy": args.strategy,
+        "params": {k: float(v) for k, v in strategy.numeric_params.items()},
+        "options": dict(strategy.options),
+        "ports": Ports.free().model_dump() if args.free_ports else {},
+    }
+    return run_up(settings_from_args(UpSettings, args, args.flags, section=SECTION, extra=extra))
 
 
 def _add_compare(subparsers: argparse._SubParsersAction) -> None:
@@ -149,25 +78,11 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--seeds", help="comma-separated seeds for every configuration (default 0)")
     m.add_argument("--matrix", metavar="FILE", help="TOML or YAML file with setup, seeds and [[config]] tables")
     m.add_argument("--out", help="comparison folder (default runs/compare-<date>-<time>); reuse it to continue")
-    s = p.add_argument_group("shared setup (default: the `aerplane up` defaults, or the matrix file's setup)")
-    s.add_argument("--steps", type=int)
-    s.add_argument("--model")
-    s.add_argument("--task")
-    s.add_argument("--data")
-    s.add_argument("--backend")
-    s.add_argument("--prompts-per-step", type=int)
-    s.add_argument("--samples-per-prompt", "-G", type=int)
-    s.add_argument("--max-tokens", type=int)
-    s.add_argument("--temperature", type=float)
-    s.add_argument("--lr", type=float)
-    s.add_argument("--dtype")
-    s.add_argument("--nproc", type=int)
-    s.add_argument("--checkpoint-interval", type=int)
-    s.add_argument("--eval-every", type=int)
-    s.add_argument("--eval-split")
-    s.add_argument("--eval-size", type=int)
-    s.add_argument("--eval-k", type=int)
-    s.add_argument("--eval-seed", type=int)
+    from aerplane.common.flags import add_settings_flags
+    from aerplane.launcher.settings import SETUP_FIELDS, UpSettings
+
+    s = p.add_argument_group("shared setup (default: the matrix file's setup, else the `aerplane up` defaults)")
+    p.set_defaults(setup_flags=add_settings_flags(s, UpSettings, only=SETUP_FIELDS))
     o = p.add_argument_group("services and view")
     o.add_argument("--coefficient-http-port", type=int, default=None,
                    help="REST port of the shared coefficient service (default: a free port)")  # fmt: skip

@@ -27,11 +27,13 @@ import statistics
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aerplane.common.process import ManagedProcess, ProcessDied, free_port, http_ok, port_in_use
+from aerplane.common.process import ManagedProcess, ProcessDied, http_ok, port_in_use
+from aerplane.launcher.settings import UpSettings
 from aerplane.launcher.supervise import GaveUp, RestartPolicy, Supervised, Supervisor, with_flag
 
 
@@ -45,56 +47,6 @@ class ServiceCrashed(RuntimeError):
         self.name, self.code, self.tail = name, code, tail
 
 
-@dataclass
-class Ports:
-    coefficient_grpc: int = 50051
-    coefficient_http: int = 8000
-    reward_http: int = 8001
-    generation_http: int = 8002
-    vllm: int = 8100
-    learner_http: int = 8003
-
-    @classmethod
-    def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(6)))
-
-
-@dataclass
-class UpConfig:
-    # The CPU demo regime (docs/results/README.md): on a 2-core CPU with SmolLM2-135M, entropy under `none` falls
-    # below H* = 0.5·H_0 around step 8 at lr 2e-4, so AER's controller engages within the run; ≈ 15 minutes.
-    steps: int = 20
-    model: str = "smollm2-135m"
-    task: str = "mixed"
-    data: str | None = None
-    strategy: str = "aer"
-    params: dict[str, float] = field(default_factory=dict)
-    options: dict[str, str] = field(default_factory=dict)
-    backend: str = "auto"
-    run_dir: str | None = None
-    run_id: str | None = None
-    resume: bool = False
-    eval_every: int = 0
-    eval_split: str = "rg-heldout"
-    eval_size: int = 32
-    eval_k: int = 8
-    eval_seed: int = 0  # the held-out problems and their sampling seeds: the same for every run, whatever its seed
-    prompts_per_step: int = 8
-    samples_per_prompt: int = 4
-    max_tokens: int = 64
-    temperature: float = 1.0
-    lr: float = 2e-4
-    dtype: str = "auto"
-    seed: int = 0
-    nproc: int = 1
-    checkpoint_interval: int = 5
-    ports: Ports = field(default_factory=Ports)
-    live: bool | None = None
-    redis_url: str | None = None
-    max_failures: int = 5  # failures of one service within failure_window seconds that end the run
-    failure_window: float = 600.0
-
-
 # AER's step size and ceiling for the CPU demo regime (lr 2e-4): DESIGN §1's η = 1e-3 and α_max = 1e-2 suit GPU-scale
 # learning rates, but here α ≈ 0.02 is what holds entropy and 1e-3 per step would take the whole run to get there
 # (docs/results/README.md). `aerplane up` uses these unless the user sets them; the services keep DESIGN's defaults.
@@ -106,24 +58,49 @@ def python_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "aerplane.cli", *args]
 
 
+# The `aerplane` subcommand of each service and the settings class its flags come from (module:class).
+SERVICES = {
+    "coefficient": (("coefficient", "serve"), "aerplane.coefficient.settings:CoefficientSettings"),
+    "reward": (("reward", "serve"), "aerplane.reward.settings:RewardSettings"),
+    "generation": (("generation", "serve"), "aerplane.generation.settings:GenerationSettings"),
+    "learner": (("learner", "train"), "aerplane.learner.settings:LearnerSettings"),
+}
+
+
+def service_args(name: str, values: dict[str, Any], *, launcher: Sequence[str] = ()) -> list[str]:
+    """The `aerplane` arguments that start service `name` with `values` (its settings keys, a nested dict per
+    group). The service's own settings class checks them here first — a bad value stops the run before anything
+    starts, naming the key — and one function renders them to its flags (`common.flags.render_argv`). The
+    learner's strategy parameters (a map) travel as `--strategy-param KEY=VALUE`; `launcher` goes before the
+    settings flags (torchrun's own, e.g. `--nproc-per-node`)."""
+    from aerplane.common.flags import render_argv
+    from aerplane.common.settings import load_settings
+
+    command, where = SERVICES[name]
+    module, cls_name = where.split(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    flags = dict(values)
+    extra: list[str] = []
+    if name == "learner" and "strategy" in flags:
+        strategy = dict(flags["strategy"])
+        for key, value in {**strategy.pop("params", {}), **strategy.pop("options", {})}.items():
+            extra += ["--strategy-param", f"{key}={value}"]
+        flags["strategy"] = strategy
+    argv = render_argv(cls, flags)  # a key without a flag: KeyError, before anything else
+    load_settings(cls, values, section=name)
+    return [*command, *launcher, *argv, *extra]
+
+
 # --- validation: everything before anything starts ----------------------------------------------------------------
 
 
-def validate(cfg: UpConfig, *, shared_ports: tuple[str, ...] = ()) -> dict[str, Any]:
+def validate(cfg: UpSettings, *, shared_ports: tuple[str, ...] = ()) -> dict[str, Any]:
     """Check the configuration and resolve the model; raise UpError with one clear line. Returns resolved facts.
 
     `shared_ports` names ports of services another stack already runs for this one (not checked as free).
     """
     from aerplane.core.strategies import build_strategy
 
-    if cfg.steps < 1:
-        raise UpError(f"--steps must be at least 1, got {cfg.steps}")
-    if cfg.eval_every < 0:
-        raise UpError(f"--eval-every must be 0 (end only) or positive, got {cfg.eval_every}")
-    if cfg.backend not in ("auto", "vllm", "transformers"):
-        raise UpError(f"--backend must be vllm, transformers or auto, got {cfg.backend!r}")
-    if cfg.dtype not in ("auto", "float32", "bfloat16"):
-        raise UpError(f"--dtype must be auto, float32 or bfloat16, got {cfg.dtype!r}")
     try:
         build_strategy(cfg.strategy, **cfg.params, **cfg.options)
     except ValueError as exc:
@@ -153,19 +130,12 @@ def validate(cfg: UpConfig, *, shared_ports: tuple[str, ...] = ()) -> dict[str, 
         if len(items) < cfg.prompts_per_step:
             raise UpError(f"--data {cfg.data}: {len(items)} prompts, fewer than one step's {cfg.prompts_per_step}")
 
-    if cfg.max_failures < 1 or cfg.failure_window <= 0:
-        raise UpError(f"--max-failures must be at least 1 and --failure-window positive, got {cfg.max_failures} and "
-                      f"{cfg.failure_window:g}")  # fmt: skip
-    if cfg.eval_size < 1 or cfg.eval_k < 1:
-        raise UpError(f"--eval-size and --eval-k must be at least 1, got {cfg.eval_size} and {cfg.eval_k}")
-    ports = asdict(cfg.ports)
+    ports = cfg.ports.model_dump()
     if backend != "vllm":
         ports.pop("vllm")
     for name in shared_ports:
         ports.pop(name, None)
     for name, port in ports.items():
-        if not 1 <= port <= 65535:
-            raise UpError(f"port for {name} must be in 1..65535, got {port}")
         if port_in_use(port):
             raise UpError(f"port {port} ({name.replace('_', ' ')}) is already in use; free it or pass --free-ports")
     return {"backend": backend, "model_path": str(model_path), "dtype": resolve_dtype(cfg.dtype)}
@@ -205,14 +175,16 @@ class Stack:
 
     def __init__(
         self,
-        cfg: UpConfig,
+        cfg: UpSettings,
         run_dir: Path,
         run_id: str,
         facts: dict[str, Any],
         shared: Stack | None = None,
         on_event: Any = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.cfg, self.run_dir, self.run_id, self.facts = cfg, run_dir, run_id, facts
+        self.extra_env = dict(env or {})  # on top of this process's environment, for every child
         self.shared = shared
         self.logs = run_dir / "logs"
         self.redis: Any = None
@@ -229,7 +201,7 @@ class Stack:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("AERPLANE_REDIS_URL", "AERPLANE_RUN_ID")}
         env["PYTHONUNBUFFERED"] = "1"
-        return env
+        return {**env, **self.extra_env}
 
     def _service(self, name: str, args: list[str], port: int, ready_timeout: float) -> Service:
         base = f"http://127.0.0.1:{port}"
@@ -275,52 +247,42 @@ class Stack:
         status("starting redis")
         self.start_redis()
         status("starting the coefficient service")
-        coefficient = self._service(
-            "coefficient",
-            ["coefficient", "serve", "--grpc-port", str(p.coefficient_grpc), "--http-port", str(p.coefficient_http),
-             "--redis-url", self.redis_url, "--host", "127.0.0.1"],
-            p.coefficient_http, 60,
-        )  # fmt: skip
-        self.start_service(coefficient)
+        values = {"grpc_port": p.coefficient_grpc, "http_port": p.coefficient_http, "redis_url": self.redis_url,
+                  "host": "127.0.0.1"}  # fmt: skip
+        self.start_service(self._service("coefficient", service_args("coefficient", values), p.coefficient_http, 60))
 
     def start_all(self, status: Any) -> None:
         p, cfg = self.cfg.ports, self.cfg
         if self.shared is None:
             self.start_shared(status)
-        common = ["--redis-url", self.redis_url, "--host", "127.0.0.1"]
+        common = {"run_id": self.run_id, "redis_url": self.redis_url, "host": "127.0.0.1"}
         status("starting the reward service")
-        reward = self._service(
-            "reward",
-            ["reward", "serve", "--run-id", self.run_id, "--http-port", str(p.reward_http), "--consumer", "reward-0",
-             *common],
-            p.reward_http, 120,
-        )  # fmt: skip
-        self.start_service(reward)
+        values = {**common, "http_port": p.reward_http, "consumer": "reward-0"}
+        self.start_service(self._service("reward", service_args("reward", values), p.reward_http, 120))
         status(f"starting the generation service ({self.facts['backend']}; the first start can take minutes)")
-        gen_args = ["generation", "serve", "--backend", self.facts["backend"], "--model", self.facts["model_path"],
-                    "--run-id", self.run_id, "--http-port", str(p.generation_http), "--consumer", "generation-0",
-                    *common]  # fmt: skip
+        values = {**common, "backend": self.facts["backend"], "model": self.facts["model_path"],
+                  "http_port": p.generation_http, "consumer": "generation-0"}  # fmt: skip
         if self.facts["backend"] == "vllm":
-            gen_args += ["--vllm-port", str(p.vllm), "--max-model-len", str(cfg.max_tokens + 512)]
-        self.start_service(self._service("generation", gen_args, p.generation_http, 900))
+            values.update(vllm_port=p.vllm, vllm_max_model_len=cfg.max_tokens + 512)
+        self.start_service(self._service("generation", service_args("generation", values), p.generation_http, 900))
 
     def start_learner(self) -> Service:
         p, cfg = self.cfg.ports, self.cfg
-        args = [
-            "learner", "train", "--nproc-per-node", str(cfg.nproc),
-            "--run-id", self.run_id, "--run-dir", str(self.run_dir), "--steps", str(cfg.steps), "--seed", str(cfg.seed),
-            "--model", self.facts["model_path"], "--lr", repr(cfg.lr), "--dtype", self.facts["dtype"],
-            "--prompts-per-step", str(cfg.prompts_per_step), "--samples-per-prompt", str(cfg.samples_per_prompt),
-            "--max-response-tokens", str(cfg.max_tokens), "--temperature", repr(cfg.temperature),
-            "--strategy", cfg.strategy, "--coefficient-target", f"127.0.0.1:{p.coefficient_grpc}",
-            "--redis-url", self.redis_url, "--host", "127.0.0.1", "--http-port", str(p.learner_http),
-        ]  # fmt: skip
-        for key, value in {**cfg.params, **cfg.options}.items():
-            args += ["--strategy-param", f"{key}={value}"]
-        args += ["--data", cfg.data] if cfg.data else ["--task", cfg.task]
-        args += ["--checkpoint-interval", str(cfg.checkpoint_interval)]
-        if cfg.resume:
-            args.append("--resume")
+        values = {
+            "run": {"run_id": self.run_id, "dir": str(self.run_dir), "steps": cfg.steps, "seed": cfg.seed,
+                    **({"resume": True} if cfg.resume else {})},
+            "model": {"path": self.facts["model_path"], "dtype": self.facts["dtype"]},
+            "optim": {"lr": cfg.lr},
+            "batch": {"prompts_per_step": cfg.prompts_per_step, "samples_per_prompt": cfg.samples_per_prompt},
+            "lengths": {"max_response_tokens": cfg.max_tokens},
+            "sampling": {"temperature": cfg.temperature},
+            "strategy": {"name": cfg.strategy, "params": cfg.params, "options": cfg.options},
+            "data": {"file": cfg.data} if cfg.data else {"task": cfg.task},
+            "checkpoint": {"interval": cfg.checkpoint_interval},
+            "coefficient": {"target": f"127.0.0.1:{p.coefficient_grpc}"},
+            "redis_url": self.redis_url, "host": "127.0.0.1", "http_port": p.learner_http,
+        }  # fmt: skip
+        args = service_args("learner", values, launcher=["--nproc-per-node", str(cfg.nproc)])
         self.learner = self._service("learner", args, p.learner_http, 600)
         # A learner that dies continues from its last checkpoint; exit 0 is the run's end, exit 2 a configuration
         # error that a restart would only repeat.
@@ -584,7 +546,7 @@ def raise_interrupted(signum: int, _frame: Any) -> None:
     raise Interrupted(signum)
 
 
-def resolve_run(cfg: UpConfig) -> tuple[Path, str]:
+def resolve_run(cfg: UpSettings) -> tuple[Path, str]:
     """The run directory and run id (read back from run.json on --resume)."""
     if cfg.resume:
         if not cfg.run_dir:
@@ -604,7 +566,7 @@ def resolve_run(cfg: UpConfig) -> tuple[Path, str]:
     return run_dir, run_id
 
 
-def run_up(cfg: UpConfig) -> int:
+def run_up(cfg: UpSettings) -> int:
     """Run the whole job; returns the process exit code."""
     try:
         run_dir, run_id = resolve_run(cfg)
@@ -616,7 +578,7 @@ def run_up(cfg: UpConfig) -> int:
 
 
 def execute(
-    cfg: UpConfig,
+    cfg: UpSettings,
     run_dir: Path,
     run_id: str,
     facts: dict[str, Any],
@@ -632,7 +594,7 @@ def execute(
     from aerplane.launcher.view import make_view
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_info = {**asdict(cfg), **facts, "run_id": run_id, "run_dir": str(run_dir), "started": time.time()}
+    run_info = {**cfg.model_dump(), **facts, "run_id": run_id, "run_dir": str(run_dir), "started": time.time()}
     _write_json(run_dir / "run.json", run_info)
 
     p = cfg.ports

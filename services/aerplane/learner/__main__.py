@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
 
         if not set_parent_death_signal():  # torchrun died already
             sys.exit(1)
+    from aerplane.common.flags import flag_labels
     from aerplane.common.logs import setup_logging
     from aerplane.common.settings import SettingsError, load_settings
     from aerplane.learner.entry import overrides_from_args, parse_worker_args
@@ -28,7 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_worker_args(argv)
     log = setup_logging("learner")
     try:
-        settings = load_settings(LearnerSettings, overrides_from_args(args), section=SECTION)
+        settings = load_settings(
+            LearnerSettings, overrides_from_args(args), section=SECTION, labels=flag_labels(args.worker_flags)
+        )
     except SettingsError as exc:
         print(f"aerplane learner: invalid configuration: {exc}", file=sys.stderr)
         sys.exit(2)

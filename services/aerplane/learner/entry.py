@@ -111,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     import subprocess
 
+    from aerplane.common.flags import flag_labels
     from aerplane.common.settings import load_settings
     from aerplane.learner.settings import SECTION, LearnerSettings
 
@@ -118,7 +119,9 @@ def _train(args: argparse.Namespace) -> int:
         from aerplane.common.settings import SettingsError
 
         raise SettingsError("learner: --nproc-per-node and --nnodes must be at least 1")
-    settings = load_settings(LearnerSettings, overrides_from_args(args), section=SECTION)
+    settings = load_settings(
+        LearnerSettings, overrides_from_args(args), section=SECTION, labels=flag_labels(args.worker_flags)
+    )
     settings.check_world(args.nproc_per_node * args.nnodes)
     settings.check_runtime()
     cmd = torchrun_argv(args)

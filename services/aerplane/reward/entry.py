@@ -26,12 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aerplane.common.flags import given_overrides
+    from aerplane.common.flags import settings_from_args
     from aerplane.common.logs import setup_logging
-    from aerplane.common.settings import load_settings
     from aerplane.reward.settings import RewardSettings
 
-    settings = load_settings(RewardSettings, given_overrides(args, args.flags), section="reward")
+    settings = settings_from_args(RewardSettings, args, args.flags, section="reward")
     setup_logging("reward")
 
     import uvicorn
