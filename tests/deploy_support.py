@@ -41,10 +41,9 @@ SETTINGS_CLASSES = {
     "learner": "aerplane.learner.settings:LearnerSettings",
 }
 # Process-wide variables that are not fields of a settings class (read directly by shared code); the tests check
-# that the code still reads each of them.
+# that the code still reads each of them. (AERPLANE_LOG_LEVEL, _LOG_STREAM and _CACHE_DIR are fields of every
+# service's settings: common.settings.ServiceSettings.)
 PROCESS_VARIABLES = {
-    "AERPLANE_CACHE_DIR": "aerplane/data/models.py",
-    "AERPLANE_LOG_LEVEL": "aerplane/common/logs.py",
     "AERPLANE_REDIS_PASSWORD": "aerplane/common/redis_server.py",
     "AERPLANE_REDIS_PASSWORD_FILE": "aerplane/common/redis_server.py",
 }

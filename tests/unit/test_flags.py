@@ -107,3 +107,42 @@ def test_a_bad_value_is_refused_by_argparse_with_the_flag_named(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["learner", "train", "--strategy", "bogus"])
     assert "--strategy: invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+def test_shared_options_read_one_variable_in_every_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aerplane.launcher.settings import UpSettings
+
+    monkeypatch.setenv("AERPLANE_REDIS_URL", "redis://shared:7/1")
+    monkeypatch.setenv("AERPLANE_LOG_LEVEL", "warning")
+    monkeypatch.setenv("AERPLANE_CACHE_DIR", "/tmp/models")
+    monkeypatch.setenv("REDIS_URL", "redis://not-ours:1/0")  # a bare name is someone else's variable
+    monkeypatch.setenv("RUN_ID", "not-ours")
+    monkeypatch.setenv("AERPLANE_RUN_ID", "shared-run")
+    for cls in (*SERVICES.values(), UpSettings):
+        s = load_settings(cls)
+        assert s.redis_url == "redis://shared:7/1", cls.__name__
+        assert s.log_level == "WARNING" and str(s.cache_dir) == "/tmp/models", cls.__name__
+        flags = {spec.flag for spec, _ in settings_flags(cls)}
+        assert {"--redis-url", "--log-level", "--cache-dir"} <= flags, cls.__name__
+    assert load_settings(RewardSettings).run_id == "shared-run"
+    assert load_settings(GenerationSettings).run_id == "shared-run"
+    assert load_settings(LearnerSettings).run.run_id == "shared-run"
+
+
+@pytest.mark.parametrize("cls", [RewardSettings, GenerationSettings, CoefficientSettings, LearnerSettings])
+def test_a_redis_url_that_is_not_one_is_refused_the_same_way_everywhere(cls) -> None:
+    from aerplane.common.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="redis_url: must start with redis://"):
+        load_settings(cls, {"redis_url": "http://127.0.0.1:6379"})
+
+
+def test_a_run_id_is_the_same_thing_everywhere() -> None:
+    from aerplane.common.settings import SettingsError
+    from aerplane.launcher.settings import UpSettings
+
+    cases = [(RewardSettings, {"run_id": "bad id"}), (GenerationSettings, {"run_id": "bad id"}),
+             (LearnerSettings, {"run": {"run_id": "bad id"}}), (UpSettings, {"run_id": "bad id"})]  # fmt: skip
+    for cls, override in cases:
+        with pytest.raises(SettingsError, match="run_id"):
+            load_settings(cls, override)

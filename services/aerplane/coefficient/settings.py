@@ -28,7 +28,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from aerplane.coefficient.auth import ANONYMOUS, Authenticator, Credential, Role
-from aerplane.common.settings import ServiceSettings
+from aerplane.common.settings import HttpSettings, RedisSettings, ServiceSettings
 
 ACTOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 SINGLE_TOKEN_ACTOR = "operator"
@@ -36,24 +36,18 @@ READ_TOKEN_ACTOR = "reader"
 LEARNER_ACTOR = "learner"
 
 
-class CoefficientSettings(ServiceSettings):
+class CoefficientSettings(ServiceSettings, RedisSettings, HttpSettings):
     """Settings of the coefficient service (gRPC for the learner, REST for people, state in Redis)."""
 
-    # The shared variables are aliases (no prefix); validate_by_name keeps `redis_url=...` working for CLI overrides.
-    # (A by-name alias choice would also read a bare REDIS_URL / API_TOKEN from the environment.)
+    # The shared variables are aliases (no prefix); validate_by_name (ServiceSettings) keeps `redis_url=...` working.
+    # (A by-name alias choice would also read a bare API_TOKEN from the environment.)
     model_config = SettingsConfigDict(env_prefix="AERPLANE_COEFFICIENT_", validate_by_name=True)
-
-    host: str = Field("0.0.0.0", min_length=1)
-    """Interface both servers bind to (`127.0.0.1` to stay local)."""
 
     grpc_port: int = Field(50051, ge=0, le=65535)
     """gRPC port of aerplane.v1.CoefficientService, the health service and reflection (0: any free port)."""
 
     http_port: int = Field(8000, ge=0, le=65535)
     """REST API, /docs, /healthz, /readyz and /metrics (0: any free port)."""
-
-    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="AERPLANE_REDIS_URL", min_length=1)
-    """Where every run's state, history and audit live (Redis ≥ 6.2)."""
 
     api_token: SecretStr | None = Field(None, validation_alias="AERPLANE_API_TOKEN")
     """The operator token: mutations (REST PATCH/DELETE, gRPC Override) need it or one of `api_tokens`; it may also

@@ -23,6 +23,8 @@ through the environment or a dedicated flag of the entrypoint.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import re
 import types
 import typing
@@ -193,6 +195,38 @@ def add_settings_flags(
         parser.add_argument(spec.flag, *spec.aliases, **kwargs)
         specs.append(spec)
     return specs
+
+
+def add_service_command(
+    subparsers: argparse._SubParsersAction,
+    service: str,
+    settings: type[BaseModel],
+    *,
+    help: str,
+    command: str,
+    command_help: str,
+    description: str,
+    serve: str,
+) -> argparse.ArgumentParser:
+    """`aerplane <service> <command>` with one flag per option of `settings`. It builds the settings (environment,
+    then the flags given), sets up logging and calls `serve` ("module:function", imported only then, so that
+    `--help` stays light) with them. Returns the command's parser."""
+    parser = subparsers.add_parser(service, help=help)
+    sub = parser.add_subparsers(dest=f"{service}_command", metavar="COMMAND", required=True)
+    text = f"{description} Every option is also an environment variable (shown with it); a flag given wins."
+    cmd = sub.add_parser(command, help=command_help, description=text)
+    run = functools.partial(_run_service, settings_cls=settings, service=service, serve=serve)
+    cmd.set_defaults(func=run, flags=add_settings_flags(cmd, settings))
+    return cmd
+
+
+def _run_service(args: argparse.Namespace, *, settings_cls: type[BaseModel], service: str, serve: str) -> int:
+    from aerplane.common.logs import setup_logging
+
+    settings = settings_from_args(settings_cls, args, args.flags, section=service)
+    setup_logging(service, settings)
+    module, name = serve.split(":")
+    return int(getattr(importlib.import_module(module), name)(settings) or 0)
 
 
 def given_overrides(args: argparse.Namespace, specs: Sequence[FlagSpec]) -> dict[str, Any]:

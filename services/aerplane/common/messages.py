@@ -162,20 +162,26 @@ def _pack(kind: str, body: dict[str, Any]) -> bytes:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RolloutRequest(_Record):
-    """One prompt to sample `num_samples` (G) responses for, published by the learner."""
-
-    KIND: ClassVar[str] = "rollout_request"
+class _PromptRecord(_Record):
+    """The fields of a record about one prompt of one step, declared once for the request and its samples."""
 
     run_id: str
     step: int
     prompt_id: str
-    prompt: str  # chat-formatted prompt text, ready for the tokenizer (no further templating)
-    ground_truth: str
     task: str
     difficulty: str
-    num_samples: int
-    policy_version: int  # the policy version the learner expects these samples from (at least)
+    ground_truth: str
+    num_samples: int  # G, the samples of this prompt
+    policy_version: int  # request: the version the learner expects (at least); sample: the one that produced it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutRequest(_PromptRecord):
+    """One prompt to sample `num_samples` (G) responses for, published by the learner."""
+
+    KIND: ClassVar[str] = "rollout_request"
+
+    prompt: str  # chat-formatted prompt text, ready for the tokenizer (no further templating)
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 256
@@ -239,20 +245,12 @@ def build_requests(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GeneratedSample(_Record):
+class GeneratedSample(_PromptRecord):
     """One sampled response with its per-token logprobs, published by generation."""
 
     KIND: ClassVar[str] = "generated_sample"
 
-    run_id: str
-    step: int
-    prompt_id: str
     sample_index: int
-    num_samples: int
-    policy_version: int  # the version of the weights that produced this sample
-    task: str
-    difficulty: str
-    ground_truth: str
     prompt_token_ids: list[int]
     response_token_ids: list[int]
     logprobs: list[float]  # sampling logprob of each response token under `policy_version`

@@ -166,6 +166,11 @@ class GroupInfo:
         return self.lag + self.pending
 
 
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -184,12 +189,9 @@ class StreamClient:
         maxlen: int = 100_000,
         reconnect_timeout: float = 60.0,
     ) -> None:
-        if not run_id:
-            raise ValueError("run_id: must not be empty")
-        if maxlen < 1:
-            raise ValueError(f"maxlen: must be positive, got {maxlen}")
-        if reconnect_timeout < 0:
-            raise ValueError(f"reconnect_timeout: must be >= 0, got {reconnect_timeout}")
+        _require(bool(run_id), "run_id: must not be empty")
+        _require(maxlen >= 1, f"maxlen: must be positive, got {maxlen}")
+        _require(reconnect_timeout >= 0, f"reconnect_timeout: must be >= 0, got {reconnect_timeout}")
         self.run_id = run_id
         self.maxlen = maxlen
         self.reconnect_timeout = reconnect_timeout
@@ -338,6 +340,12 @@ class StreamClient:
             trim_every_s=trim_every_s,
         )
 
+    def consumer_for(self, stream: str, record_type: type, settings: Any) -> Consumer:
+        """`consumer` with a service's consumer settings: its `group`, `consumer` name, `claim_idle_ms` and
+        `max_deliveries` (the fields reward and generation share)."""
+        return self.consumer(stream, settings.group, settings.consumer, record_type,
+                             claim_idle_ms=settings.claim_idle_ms, max_deliveries=settings.max_deliveries)  # fmt: skip
+
     def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:
         """Create `group` on `stream` if it does not exist yet, reading from `start`: id 0 (the beginning, the
         default) or `$` (only entries added from now on)."""
@@ -436,12 +444,9 @@ class Consumer:
         max_deliveries: int,
         trim_every_s: float = 5.0,
     ) -> None:
-        if not group or not name:
-            raise ValueError("consumer group and consumer name must not be empty")
-        if claim_idle_ms < 1:
-            raise ValueError(f"claim_idle_ms: must be positive, got {claim_idle_ms}")
-        if max_deliveries < 1:
-            raise ValueError(f"max_deliveries: must be at least 1, got {max_deliveries}")
+        _require(bool(group and name), "consumer group and consumer name must not be empty")
+        _require(claim_idle_ms >= 1, f"claim_idle_ms: must be positive, got {claim_idle_ms}")
+        _require(max_deliveries >= 1, f"max_deliveries: must be at least 1, got {max_deliveries}")
         self.client = client
         self.stream = stream
         self.key = client.key(stream)

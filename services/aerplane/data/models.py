@@ -74,11 +74,12 @@ class ModelUnavailable(RuntimeError):
 
 
 def cache_dir(override: Path | str | None = None) -> Path:
-    """`override`, else `AERPLANE_CACHE_DIR`, else `~/.cache/aerplane`."""
-    if override is not None:
-        return Path(override).expanduser()
-    env = os.environ.get("AERPLANE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "aerplane"
+    """`override`, else the shared `cache_dir` setting (`AERPLANE_CACHE_DIR`), else `~/.cache/aerplane`."""
+    if override is None:
+        from aerplane.common.settings import ServiceSettings, load_settings
+
+        override = load_settings(ServiceSettings).cache_dir
+    return Path(override).expanduser() if override is not None else Path.home() / ".cache" / "aerplane"
 
 
 def smollm2_gguf_path() -> Path:

@@ -14,7 +14,6 @@ import signal
 import threading
 from typing import Any
 
-from aerplane.common.logs import setup_logging
 from aerplane.common.ops import OpsServer, new_registry
 from aerplane.generation.metrics import GenerationMetrics, VLLMMetricsProxy
 from aerplane.generation.settings import GenerationSettings
@@ -27,7 +26,6 @@ class _Terminated(Exception):
 
 
 def serve(settings: GenerationSettings) -> int:
-    setup_logging("generation")
     registry = new_registry()
     metrics = GenerationMetrics(registry)
     state: dict[str, Any] = {"backend": None, "client": None, "worker": None}
@@ -79,7 +77,7 @@ def _run(settings: GenerationSettings, metrics: GenerationMetrics, state: dict[s
     from aerplane.generation.worker import EngineDied, GenerationWorker
 
     try:
-        model_path = resolve_model(settings.model)
+        model_path = resolve_model(settings.model, settings.cache_dir)
     except (ValueError, ModelUnavailable) as exc:
         log.error("generation.model: %s", exc)
         return 2

@@ -22,7 +22,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from aerplane.common.flags import Flag
-from aerplane.common.settings import ServiceSettings
+from aerplane.common.settings import HttpSettings, RedisSettings, RunId, ServiceSettings
 
 SECTION = "generation"
 
@@ -31,24 +31,13 @@ def _default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class GenerationSettings(ServiceSettings):
+class GenerationSettings(ServiceSettings, RedisSettings, HttpSettings):
     """Settings of the generation service (rollout requests in, sampled responses with logprobs out)."""
 
     model_config = SettingsConfigDict(env_prefix="AERPLANE_GENERATION_", validate_by_name=True)
 
-    run_id: str = Field(
-        "default",
-        min_length=1,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        validation_alias=AliasChoices("AERPLANE_RUN_ID", "AERPLANE_GENERATION_RUN_ID", "run_id"),
-    )
+    run_id: RunId = Field("default", validation_alias=AliasChoices("AERPLANE_RUN_ID", "AERPLANE_GENERATION_RUN_ID"))
     """The run whose streams this instance serves (`aerplane:{run_id}:rollout:requests`, ...)."""
-
-    redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("AERPLANE_REDIS_URL", "redis_url"), min_length=1
-    )
-    """Redis ≥ 6.2 carrying the run's streams."""
 
     backend: Literal["vllm", "transformers"] = "vllm"
     """`vllm` (a vLLM OpenAI-compatible server, started here or given by `vllm_url`) or `transformers` (in-process)."""
@@ -58,9 +47,6 @@ class GenerationSettings(ServiceSettings):
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute dtype; `auto` is float32 on CPU and bfloat16 on a GPU."""
-
-    host: str = Field("0.0.0.0", min_length=1)
-    """Interface of the ops HTTP server (/healthz, /readyz, /metrics)."""
 
     http_port: int = Field(8002, ge=0, le=65535)
     """Ops HTTP port (0: any free port)."""
@@ -129,13 +115,6 @@ class GenerationSettings(ServiceSettings):
 
     seed: int = Field(0, ge=0)
     """Base sampling seed for requests that carry none (vLLM gets seed + sample offset per request)."""
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, v: str) -> str:
-        if v.split("://", 1)[0] not in ("redis", "rediss", "unix"):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return v
 
     @field_validator("vllm_url")
     @classmethod

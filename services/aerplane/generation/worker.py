@@ -64,14 +64,7 @@ class GenerationWorker:
         self.tokenizer = tokenizer
         self.client = client
         self.metrics = metrics
-        self.consumer = client.consumer(
-            ROLLOUT_REQUESTS,
-            settings.group,
-            settings.consumer,
-            RolloutRequest,
-            claim_idle_ms=settings.claim_idle_ms,
-            max_deliveries=settings.max_deliveries,
-        )
+        self.consumer = client.consumer_for(ROLLOUT_REQUESTS, RolloutRequest, settings)
         self.version = 0
         self._skipped_weights: set[str] = set()  # announcement ids that failed to decode or load
         self._stop = threading.Event()

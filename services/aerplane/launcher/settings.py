@@ -17,7 +17,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
 from aerplane.common.flags import Flag
-from aerplane.common.settings import ServiceSettings
+from aerplane.common.settings import RunId, ServiceSettings
 
 SECTION = "up"
 _PORT = {"ge": 1, "le": 65535}
@@ -73,7 +73,7 @@ class UpSettings(ServiceSettings):
     """Generation engine; `auto` is vLLM when it is installed."""
     run_dir: str | None = None
     """Run directory; default `runs/<run-id>`."""
-    run_id: str | None = None
+    run_id: RunId | None = None
     """Run id; default `aer-<date>-<time>-<random>`."""
     resume: bool = False
     """Continue the run in `run_dir` from its last checkpoint."""

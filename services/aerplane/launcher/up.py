@@ -116,7 +116,7 @@ def validate(cfg: UpSettings, *, shared_ports: tuple[str, ...] = ()) -> dict[str
     from aerplane.data.models import resolve_model
 
     try:
-        model_path = resolve_model(cfg.model)
+        model_path = resolve_model(cfg.model, cfg.cache_dir)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise UpError(f"--model {cfg.model}: {exc}") from None
 

@@ -27,7 +27,6 @@ def main(argv: list[str] | None = None) -> None:
     from aerplane.learner.settings import SECTION, LearnerSettings
 
     args = parse_worker_args(argv)
-    log = setup_logging("learner")
     try:
         settings = load_settings(
             LearnerSettings, overrides_from_args(args), section=SECTION, labels=flag_labels(args.worker_flags)
@@ -35,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"aerplane learner: invalid configuration: {exc}", file=sys.stderr)
         sys.exit(2)
+    log = setup_logging("learner", settings)
 
     import transformers
 

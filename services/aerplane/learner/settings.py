@@ -22,7 +22,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, fiel
 from pydantic_settings import NoDecode
 
 from aerplane.common.flags import Flag
-from aerplane.common.settings import ServiceSettings, SettingsError
+from aerplane.common.settings import HttpSettings, RedisSettings, RunId, ServiceSettings, SettingsError
 
 SECTION = "learner"
 
@@ -150,9 +150,7 @@ class DataSettings(_Group):
 
 
 class RunSettings(_Group):
-    run_id: Annotated[str, Flag("--run-id")] = Field(
-        "default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-    )
+    run_id: Annotated[RunId, Flag("--run-id")] = "default"
     """Run identity: namespaces the Redis streams and the coefficient state."""
     dir: Path | None = None
     """Run directory (metrics.jsonl, checkpoints/, weights/); default `runs/<run_id>`."""
@@ -214,7 +212,7 @@ def strategy_kwargs(params: dict[str, float], options: dict[str, str]) -> dict[s
     return out
 
 
-class LearnerSettings(ServiceSettings):
+class LearnerSettings(ServiceSettings, RedisSettings, HttpSettings):
     """Everything the learner reads. Groups map to `AERPLANE_<GROUP>__<FIELD>` variables."""
 
     model: Annotated[ModelSettings, NoDecode] = Field(default_factory=ModelSettings)
@@ -229,10 +227,6 @@ class LearnerSettings(ServiceSettings):
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     weights: WeightsSettings = Field(default_factory=WeightsSettings)
     coefficient: CoefficientSettings = Field(default_factory=CoefficientSettings)
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis holding the run's streams."""
-    host: str = "0.0.0.0"
-    """Interface of rank 0's /healthz, /readyz and /metrics server."""
     http_port: int = Field(8003, ge=0, le=65535)
     """Port of rank 0's ops server (0 = pick a free one)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -261,8 +255,6 @@ class LearnerSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _cross_field(self) -> LearnerSettings:
-        if self.redis_url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
-            raise ValueError("redis_url: must start with redis://, rediss:// or unix://")
         if self.batch.prompts_per_step % self.batch.mini_batches:
             raise ValueError(
                 f"batch.prompts_per_step: must be divisible by batch.mini_batches {self.batch.mini_batches} "

@@ -84,7 +84,7 @@ def train(settings: LearnerSettings) -> int:
     from aerplane.learner.parallel import MASTER_DTYPE, wrap_policy
     from aerplane.learner.policy import load_policy
 
-    model_path = resolve_model(settings.model.path) if ctx.is_main else None
+    model_path = resolve_model(settings.model.path, settings.cache_dir) if ctx.is_main else None
     model_path = distributed.broadcast(str(model_path) if model_path else None, ctx)
     m = settings.model
     lm = load_policy(model_path, MASTER_DTYPE, ctx.device, gradient_checkpointing=m.gradient_checkpointing)

@@ -165,3 +165,18 @@ def build_app(settings: RewardSettings) -> FastAPI:
     app.include_router(build_router(pool))
     add_ops_routes(app, registry, ready)
     return app
+
+
+def serve(settings: RewardSettings) -> int:
+    """Run the service until SIGTERM/SIGINT: the HTTP API, the worker pool and the stream consumer (`build_app`)."""
+    import uvicorn
+
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+    )
+    return 0

@@ -90,14 +90,7 @@ class StreamScorer:
         while not self._stop.is_set():
             try:
                 if self._consumer is None:
-                    self._consumer = self.client.consumer(
-                        ROLLOUT_GENERATED,
-                        s.group,
-                        s.consumer,
-                        GeneratedSample,
-                        claim_idle_ms=s.claim_idle_ms,
-                        max_deliveries=s.max_deliveries,
-                    )
+                    self._consumer = self.client.consumer_for(ROLLOUT_GENERATED, GeneratedSample, s)
                 self._refresh_gauges()
                 if self._downstream_full():
                     self._stop.wait(0.2)

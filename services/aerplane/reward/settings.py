@@ -25,11 +25,11 @@ import os
 import socket
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from aerplane.common.flags import Flag
-from aerplane.common.settings import ServiceSettings
+from aerplane.common.settings import HttpSettings, RedisSettings, RunId, ServiceSettings
 from aerplane.reward.scorers import DEFAULT_EXTRACTION, EXTRACTION_MODES
 
 
@@ -37,24 +37,16 @@ def _default_consumer() -> str:
     return f"reward-{socket.gethostname()}-{os.getpid()}"
 
 
-class RewardSettings(ServiceSettings):
+class RewardSettings(ServiceSettings, RedisSettings, HttpSettings):
     """Settings of the reward verification service (stream consumer + POST /v1/verify)."""
 
     model_config = SettingsConfigDict(env_prefix="AERPLANE_REWARD_", validate_by_name=True)
 
-    run_id: str | None = Field(None, validation_alias=AliasChoices("AERPLANE_RUN_ID", "run_id"), min_length=1)
+    run_id: RunId | None = Field(None, validation_alias="AERPLANE_RUN_ID")
     """The run whose `rollout:generated` stream this service scores (keys `aerplane:{run_id}:...`)."""
-
-    redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("AERPLANE_REDIS_URL", "redis_url"), min_length=1
-    )
-    """Redis ≥ 6.2 holding the run's streams."""
 
     consume: bool = True
     """Consume the generated-rollouts stream; false serves only POST /v1/verify (no run or Redis needed)."""
-
-    host: str = Field("0.0.0.0", min_length=1)
-    """Interface the HTTP server binds to."""
 
     http_port: int = Field(8001, ge=0, le=65535)
     """POST /v1/verify, /healthz, /readyz, /metrics (0: any free port)."""
