@@ -25,82 +25,102 @@ class _Terminated(Exception):
     """SIGTERM while the engine was still starting."""
 
 
-def serve(settings: GenerationSettings) -> int:
-    registry = new_registry()
-    metrics = GenerationMetrics(registry)
-    state: dict[str, Any] = {"backend": None, "client": None, "worker": None}
-    stopping = threading.Event()
+class GenerationService:
+    """One generation service: settings → model → engine → worker loop, with the ops server alongside. It owns what
+    it starts (ops server, engine, Redis client) and releases it on exit::
 
-    def ready() -> tuple[bool, dict[str, Any]]:
-        backend, client, worker = state["backend"], state["client"], state["worker"]
-        if backend is None or client is None or worker is None:
-            return False, {"engine": "loading", "backend": settings.backend}
-        engine_ok, details = backend.ready()
-        redis_ok = client.ping()
-        metrics.engine_ready.set(1 if engine_ok else 0)
-        return engine_ok and redis_ok and not stopping.is_set(), {
-            "backend": settings.backend,
-            "policy_version": worker.version,
+        with GenerationService(settings) as service:
+            return service.run()
+    """
+
+    def __init__(self, settings: GenerationSettings) -> None:
+        self.settings = settings
+        self.metrics = GenerationMetrics(new_registry())
+        self.backend: Any = None
+        self.client: Any = None
+        self.worker: Any = None
+        self.stopping = threading.Event()
+        self.ops: OpsServer | None = None
+
+    def __enter__(self) -> GenerationService:
+        s = self.settings
+        self.ops = OpsServer(s.host, s.http_port, self.metrics.registry, self.ready).start()
+        log.info("ops server on %s:%d; backend %s, model %s", s.host, self.ops.port, s.backend, s.model)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for resource in (self.backend, self.client):
+            if resource is not None:
+                resource.close()
+        if self.ops is not None:
+            self.ops.stop()
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """/readyz: the engine loaded and answering, Redis reachable, not stopping."""
+        if self.backend is None or self.client is None or self.worker is None:
+            return False, {"engine": "loading", "backend": self.settings.backend}
+        engine_ok, details = self.backend.ready()
+        redis_ok = self.client.ping()
+        self.metrics.engine_ready.set(1 if engine_ok else 0)
+        return engine_ok and redis_ok and not self.stopping.is_set(), {
+            "backend": self.settings.backend,
+            "policy_version": self.worker.version,
             "redis": "ok" if redis_ok else "unreachable",
             **details,
         }
 
-    def on_signal(signum: int, _frame: Any) -> None:
+    def on_signal(self, signum: int, _frame: Any) -> None:
+        """SIGTERM/SIGINT: the worker finishes its batch and returns; during start-up, stop at once."""
         log.info("signal %d: finishing the current batch, then exiting", signum)
-        stopping.set()
-        worker = state["worker"]
-        if worker is not None:
-            worker.stop()
-        else:
+        self.stopping.set()
+        if self.worker is None:
             raise _Terminated()
+        self.worker.stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    ops = OpsServer(settings.host, settings.http_port, registry, ready).start()
-    log.info("ops server on %s:%d; backend %s, model %s", settings.host, ops.port, settings.backend, settings.model)
-    try:
-        return _run(settings, metrics, state)
-    except _Terminated:
-        log.info("terminated during start-up")
+    def run(self) -> int:
+        """Load the model and the engine, then serve until stopped; the exit code (2: bad model, 1: engine)."""
+        from aerplane.common.streams import StreamClient
+        from aerplane.data.models import ModelUnavailable, resolve_model
+        from aerplane.generation.backends import BackendError, build_backend
+        from aerplane.generation.worker import EngineDied, GenerationWorker
+
+        s = self.settings
+        try:
+            model_path = resolve_model(s.model, s.cache_dir)
+        except (ValueError, ModelUnavailable) as exc:
+            log.error("generation.model: %s", exc)
+            return 2
+        try:
+            self.backend = build_backend(s, model_path)
+        except BackendError as exc:
+            log.error("engine failed to start: %s", exc)
+            return 1
+        vllm_url = getattr(self.backend, "base_url", None)
+        if vllm_url:  # vLLM's own vllm:* series, served on this service's /metrics
+            self.metrics.registry.register(VLLMMetricsProxy(f"{vllm_url}/metrics"))
+        tokenizer = getattr(self.backend, "tokenizer", None)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.client = StreamClient(s.redis_url, s.run_id)
+        self.worker = GenerationWorker(s, self.backend, tokenizer, self.client, self.metrics)
+        self.metrics.engine_ready.set(1)
+        try:
+            self.worker.run()
+        except EngineDied as exc:
+            log.error("%s", exc)
+            return 1
         return 0
-    finally:
-        for key in ("backend", "client"):
-            if state[key] is not None:
-                state[key].close()
-        ops.stop()
 
 
-def _run(settings: GenerationSettings, metrics: GenerationMetrics, state: dict[str, Any]) -> int:
-    from aerplane.common.streams import StreamClient
-    from aerplane.data.models import ModelUnavailable, resolve_model
-    from aerplane.generation.backends import BackendError, build_backend
-    from aerplane.generation.worker import EngineDied, GenerationWorker
-
-    try:
-        model_path = resolve_model(settings.model, settings.cache_dir)
-    except (ValueError, ModelUnavailable) as exc:
-        log.error("generation.model: %s", exc)
-        return 2
-    try:
-        state["backend"] = backend = build_backend(settings, model_path)
-    except BackendError as exc:
-        log.error("engine failed to start: %s", exc)
-        return 1
-    vllm_url = getattr(backend, "base_url", None)
-    if vllm_url:  # vLLM's own vllm:* series, served on this service's /metrics
-        metrics.registry.register(VLLMMetricsProxy(f"{vllm_url}/metrics"))
-    tokenizer = getattr(backend, "tokenizer", None)
-    if tokenizer is None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    state["client"] = client = StreamClient(settings.redis_url, settings.run_id)
-    worker = GenerationWorker(settings, backend, tokenizer, client, metrics)
-    state["worker"] = worker
-    metrics.engine_ready.set(1)
-    try:
-        worker.run()
-    except EngineDied as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+def serve(settings: GenerationSettings) -> int:
+    """`aerplane generation serve`: run one `GenerationService` until SIGTERM/SIGINT."""
+    with GenerationService(settings) as service:
+        signal.signal(signal.SIGTERM, service.on_signal)
+        signal.signal(signal.SIGINT, service.on_signal)
+        try:
+            return service.run()
+        except _Terminated:
+            log.info("terminated during start-up")
+            return 0

@@ -131,7 +131,46 @@ class GenerationWorker:
     # --- generation -------------------------------------------------------------------------------------------------
 
     def _process(self, batch: Sequence[Delivery]) -> int:
+        """Sample one batch of requests and publish each request's samples as its result arrives; returns how many
+        requests were done. A rejected request is dead-lettered; one the engine failed stays pending (reclaimed and
+        retried later) unless the engine itself is down (EngineDied)."""
         version = self.version
+        live, requests = self._engine_requests(batch)
+        if not requests:
+            return 0
+        self.metrics.batch_prompts.set(len(requests))
+        started = time.monotonic()
+        response_tokens = done = 0
+        engine_error: BackendError | None = None
+        for index, result in self.backend.generate_iter(requests):
+            delivery, prompt_ids = live[index]
+            if isinstance(result, RequestRejected):
+                self._dead_letter(delivery, str(result))
+            elif isinstance(result, BaseException):
+                self.metrics.errors.labels(kind="engine").inc()
+                log.error("request %s (prompt %s) failed: %s", delivery.id, delivery.record.prompt_id, result)  # type: ignore[attr-defined]
+                engine_error = result
+            else:
+                response_tokens += self._publish(delivery, prompt_ids, result, version)
+                done += 1
+        seconds = time.monotonic() - started
+        self.metrics.batch_seconds.observe(seconds)
+        if seconds > 0 and response_tokens:
+            self.metrics.tokens_per_second.set(response_tokens / seconds)
+        rate = response_tokens / seconds if seconds > 0 else 0.0
+        log.info("batch: %d/%d prompts, %d tokens in %.2fs (%.0f tok/s), policy v%d",
+                 done, len(requests), response_tokens, seconds, rate, version)  # fmt: skip
+        if engine_error is not None:
+            ok, details = self.backend.ready()
+            if not ok:
+                raise EngineDied(f"generation engine is down: {details}") from engine_error
+        return done
+
+    def _engine_requests(
+        self, batch: Sequence[Delivery]
+    ) -> tuple[list[tuple[Delivery, list[int]]], list[GenerationRequest]]:
+        """The engine request of each delivery, with its prompt's token ids; a prompt that leaves no room for a
+        response is dead-lettered here."""
         live: list[tuple[Delivery, list[int]]] = []
         requests: list[GenerationRequest] = []
         for d in batch:
@@ -144,76 +183,33 @@ class GenerationWorker:
                 )
                 continue
             params = SamplingParams(
-                n=r.num_samples,
-                temperature=r.temperature,
-                top_p=r.top_p,
-                max_tokens=min(r.max_tokens, room),
+                n=r.num_samples, temperature=r.temperature, top_p=r.top_p, max_tokens=min(r.max_tokens, room),
                 seed=r.seed,
-            )
+            )  # fmt: skip
             live.append((d, prompt_ids))
             requests.append(GenerationRequest(prompt_ids, params))
-        if not requests:
-            return 0
-        self.metrics.batch_prompts.set(len(requests))
-        started = time.monotonic()
-        response_tokens = done = 0
-        engine_error: BackendError | None = None
-        for index, result in self.backend.generate_iter(requests):
-            delivery, prompt_ids = live[index]
-            request: RolloutRequest = delivery.record  # type: ignore[assignment]
-            if isinstance(result, RequestRejected):
-                self._dead_letter(delivery, str(result))
-                continue
-            if isinstance(result, BaseException):
-                self.metrics.errors.labels(kind="engine").inc()
-                log.error("request %s (prompt %s) failed: %s", delivery.id, request.prompt_id, result)
-                engine_error = result
-                continue  # left pending: reclaimed and retried later
-            records = [
-                GeneratedSample(
-                    run_id=request.run_id,
-                    step=request.step,
-                    prompt_id=request.prompt_id,
-                    sample_index=k,
-                    num_samples=request.num_samples,
-                    policy_version=version,
-                    task=request.task,
-                    difficulty=request.difficulty,
-                    ground_truth=request.ground_truth,
-                    prompt_token_ids=prompt_ids,
-                    response_token_ids=s.token_ids,
-                    logprobs=s.logprobs,
-                    response_text=s.text,
-                    finish_reason=s.finish_reason,
-                )
-                for k, s in enumerate(result)
-            ]
-            self.consumer.publish_and_ack(ROLLOUT_GENERATED, records, [delivery.id])
-            n_tokens = sum(len(s.token_ids) for s in result)
-            response_tokens += n_tokens
-            done += 1
-            self.metrics.requests.inc()
-            self.metrics.samples.inc(len(records))
-            self.metrics.response_tokens.inc(n_tokens)
-            self.metrics.prompt_tokens.inc(len(prompt_ids) * len(records))
-        seconds = time.monotonic() - started
-        self.metrics.batch_seconds.observe(seconds)
-        if seconds > 0 and response_tokens:
-            self.metrics.tokens_per_second.set(response_tokens / seconds)
-        log.info(
-            "batch: %d/%d prompts, %d tokens in %.2fs (%.0f tok/s), policy v%d",
-            done,
-            len(requests),
-            response_tokens,
-            seconds,
-            response_tokens / seconds if seconds > 0 else 0.0,
-            version,
-        )
-        if engine_error is not None:
-            ok, details = self.backend.ready()
-            if not ok:
-                raise EngineDied(f"generation engine is down: {details}") from engine_error
-        return done
+        return live, requests
+
+    def _publish(self, delivery: Delivery, prompt_ids: list[int], samples: Sequence[Any], version: int) -> int:
+        """Publish a request's samples and ack it in one step; returns the response tokens."""
+        request: RolloutRequest = delivery.record  # type: ignore[assignment]
+        records = [
+            GeneratedSample(
+                run_id=request.run_id, step=request.step, prompt_id=request.prompt_id, sample_index=k,
+                num_samples=request.num_samples, policy_version=version, task=request.task,
+                difficulty=request.difficulty, ground_truth=request.ground_truth, prompt_token_ids=prompt_ids,
+                response_token_ids=s.token_ids, logprobs=s.logprobs, response_text=s.text,
+                finish_reason=s.finish_reason,
+            )
+            for k, s in enumerate(samples)
+        ]  # fmt: skip
+        self.consumer.publish_and_ack(ROLLOUT_GENERATED, records, [delivery.id])
+        n_tokens = sum(len(s.token_ids) for s in samples)
+        self.metrics.requests.inc()
+        self.metrics.samples.inc(len(records))
+        self.metrics.response_tokens.inc(n_tokens)
+        self.metrics.prompt_tokens.inc(len(prompt_ids) * len(records))
+        return n_tokens
 
     def tokenize(self, prompt: str) -> list[int]:
         """Token ids of an already chat-formatted prompt (no special tokens added: the template has them)."""

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from aerplane.common.process import ManagedProcess, ProcessDied, http_ok, port_in_use
-from aerplane.launcher.settings import UpSettings
+from aerplane.launcher.settings import Ports, UpSettings
 from aerplane.launcher.supervise import GaveUp, RestartPolicy, Supervised, Supervisor, with_flag
 
 
@@ -577,6 +577,46 @@ def run_up(cfg: UpSettings) -> int:
     return execute(cfg, run_dir, run_id, facts)
 
 
+def service_urls(ports: Ports, run_id: str) -> dict[str, str]:
+    """The run's REST, docs and /metrics addresses, as the view shows them."""
+    base = "http://127.0.0.1"
+    return {
+        "rest": f"{base}:{ports.coefficient_http}/v1/runs/{run_id}",
+        "docs": f"{base}:{ports.coefficient_http}/docs",
+        "metrics:coefficient": f"{base}:{ports.coefficient_http}/metrics",
+        "metrics:reward": f"{base}:{ports.reward_http}/metrics",
+        "metrics:generation": f"{base}:{ports.generation_http}/metrics",
+        "metrics:learner": f"{base}:{ports.learner_http}/metrics",
+    }
+
+
+def _train_and_evaluate(stack: Stack, view: Any, evaluations: list[dict[str, Any]]) -> None:
+    """Supervise the services and refresh the view until the learner is done, evaluating every `eval_every` steps
+    (training goes on meanwhile) and the final policy; each evaluation is appended to `evaluations` and eval.json."""
+    cfg, run_dir, run_id = stack.cfg, stack.run_dir, stack.run_id
+    port = cfg.ports.coefficient_http
+    view.status(f"training; logs in {run_dir / 'logs'}")
+    evaluated: set[int] = set()
+    while not stack.learner_done:
+        stack.supervise()
+        stack.scrape_metrics()
+        rec = last_metrics(run_dir)
+        view.update(rec, coefficient_state(port, run_id))
+        version = (rec or {}).get("step", -1) + 1
+        if cfg.eval_every and version and version % cfg.eval_every == 0 and version not in evaluated:
+            evaluated.add(version)
+            view.status(f"evaluating policy v{version} on {cfg.eval_split} (training continues after)")
+            evaluations.append(evaluate(stack, step=version, policy_version=version))
+            _write_json(run_dir / "eval.json", {"splits": evaluations[-1:], "history": evaluations})
+            view.status(f"training; logs in {run_dir / 'logs'}")
+        time.sleep(0.5)
+    view.update(last_metrics(run_dir), coefficient_state(port, run_id))
+    if cfg.steps not in evaluated:
+        view.status(f"evaluating the final policy on {cfg.eval_split} ({cfg.eval_size} problems × {cfg.eval_k})")
+        evaluations.append(evaluate(stack, step=cfg.steps, policy_version=cfg.steps))
+    _write_json(run_dir / "eval.json", {"splits": evaluations[-1:], "history": evaluations})
+
+
 def execute(
     cfg: UpSettings,
     run_dir: Path,
@@ -598,14 +638,7 @@ def execute(
     _write_json(run_dir / "run.json", run_info)
 
     p = cfg.ports
-    urls = {
-        "rest": f"http://127.0.0.1:{p.coefficient_http}/v1/runs/{run_id}",
-        "docs": f"http://127.0.0.1:{p.coefficient_http}/docs",
-        "metrics:coefficient": f"http://127.0.0.1:{p.coefficient_http}/metrics",
-        "metrics:reward": f"http://127.0.0.1:{p.reward_http}/metrics",
-        "metrics:generation": f"http://127.0.0.1:{p.generation_http}/metrics",
-        "metrics:learner": f"http://127.0.0.1:{p.learner_http}/metrics",
-    }
+    urls = service_urls(p, run_id)
     model_name = Path(facts["model_path"]).name
     title = f"{title_prefix}aerplane · run {run_id} · {cfg.strategy} · {model_name} · {facts['backend']}"
     view = make_view(cfg.live, cfg.steps, urls, override_curl(p.coefficient_http, run_id), title)
@@ -617,26 +650,7 @@ def execute(
         stack.start_all(view.status)
         view.status("starting the learner")
         stack.start_learner()
-        view.status(f"training; logs in {run_dir / 'logs'}")
-        evaluated: set[int] = set()
-        while not stack.learner_done:
-            stack.supervise()
-            stack.scrape_metrics()
-            rec = last_metrics(run_dir)
-            view.update(rec, coefficient_state(p.coefficient_http, run_id))
-            version = (rec or {}).get("step", -1) + 1
-            if cfg.eval_every and version and version % cfg.eval_every == 0 and version not in evaluated:
-                evaluated.add(version)
-                view.status(f"evaluating policy v{version} on {cfg.eval_split} (training continues after)")
-                evaluations.append(evaluate(stack, step=version, policy_version=version))
-                _write_json(run_dir / "eval.json", {"splits": evaluations[-1:], "history": evaluations})
-                view.status(f"training; logs in {run_dir / 'logs'}")
-            time.sleep(0.5)
-        view.update(last_metrics(run_dir), coefficient_state(p.coefficient_http, run_id))
-        if cfg.steps not in evaluated:
-            view.status(f"evaluating the final policy on {cfg.eval_split} ({cfg.eval_size} problems × {cfg.eval_k})")
-            evaluations.append(evaluate(stack, step=cfg.steps, policy_version=cfg.steps))
-        _write_json(run_dir / "eval.json", {"splits": evaluations[-1:], "history": evaluations})
+        _train_and_evaluate(stack, view, evaluations)
         view.status("writing the report")
         report = write_report(run_dir)
         _write_json(run_dir / "run.json", {**run_info, "finished": time.time(), "recoveries": stack.recoveries()})

@@ -127,20 +127,9 @@ def train_step(
     parts = rank_mini_batches(samples, num_prompts, ctx.rank, ctx.world_size, mini_batches)
     denominators = global_token_counts(samples, num_prompts, mini_batches)
     buckets = sorted({s.difficulty for s in samples})
-    collated = [[collate(c, pad_id, ctx.device) for c in micro_batches(part, micro_batch_size)] for part in parts]
-    real = [len(mbs) for mbs in collated]  # passes past these are padding (FSDP only)
-    if is_sharded(model):
-        for m, passes in enumerate(max_passes(samples, num_prompts, ctx.world_size, mini_batches, micro_batch_size)):
-            collated[m] += [collated[m][-1]] * (passes - real[m])
+    collated, real = _collate(model, parts, samples, num_prompts, ctx, mini_batches, micro_batch_size, pad_id)
 
-    recomputed: dict[tuple[int, int], torch.Tensor] = {}
-    if update and cfg.old_logprobs == "recompute" and mini_batches > 1:
-        with torch.no_grad():
-            for m, mbs in enumerate(collated):
-                for i, mb in enumerate(mbs):
-                    recomputed[m, i] = token_stats(model, mb, temperature=cfg.temperature,
-                                                   chunk_size=cfg.chunk_size)[1]  # fmt: skip
-
+    recomputed = _old_logprobs(model, collated, cfg) if update and mini_batches > 1 else {}
     totals = dict.fromkeys(_SUMS, 0.0)
     by_bucket = {b: [0.0, 0.0] for b in buckets}  # entropy sum, tokens
     grad_norms: list[float] = []
@@ -175,21 +164,9 @@ def train_step(
                 by_bucket[sample.difficulty][0] += float(ent[sel].sum())
                 by_bucket[sample.difficulty][1] += float(sel.sum())
         if update and optimizer is not None:
-            params = [p for p in model.parameters() if p.requires_grad]
-            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
-            grad_norms.append(local_float(norm))
-            lr_used = float(optimizer.param_groups[0]["lr"])
-            if grad_norms[-1] > 0.0:
-                optimizer.step()
-            else:
-                # No learning signal anywhere in the (global) mini-batch: every group's rewards were equal and no
-                # entropy term applied, so the gradient is exactly zero. AdamW would still move every weight by its
-                # momentum — an lr-sized step in a stale direction — so the update is skipped (the schedule and the
-                # policy version still advance).
-                skipped += 1
-            if scheduler is not None:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            norm, lr_used, applied = _optimizer_step(model, optimizer, scheduler, grad_clip)
+            grad_norms.append(norm)
+            skipped += 0 if applied else 1
 
     # --- all ranks' statistics -------------------------------------------------------------------------------------
     local = [totals[k] for k in _SUMS] + [x for b in buckets for x in by_bucket[b]]
@@ -200,20 +177,65 @@ def train_step(
     bucket_vals = summed[len(_SUMS) : len(_SUMS) + 2 * len(buckets)]
     entropy_by = {b: bucket_vals[2 * j] / max(bucket_vals[2 * j + 1], 1.0) for j, b in enumerate(buckets)}
     return StepResult(
-        mean_entropy=g["entropy"] / tokens,
-        num_tokens=int(g["tokens"]),
-        entropy_by_difficulty=entropy_by,
-        pg_loss=g["pg"] / tokens,
-        entropy_loss=alpha * g["weighted_entropy"] / tokens,
-        kl=g["kl"] / tokens,
-        sampler_kl=g["sampler_kl"] / tokens,
-        clip_fraction=g["clipped"] / tokens,
-        grad_norm=max(grad_norms) if grad_norms else None,
-        lr=lr_used,
-        updates=len(grad_norms),
-        skipped_updates=skipped,
-        tokens_total=int(summed[-1]),
-    )
+        mean_entropy=g["entropy"] / tokens, num_tokens=int(g["tokens"]), entropy_by_difficulty=entropy_by,
+        pg_loss=g["pg"] / tokens, entropy_loss=alpha * g["weighted_entropy"] / tokens, kl=g["kl"] / tokens,
+        sampler_kl=g["sampler_kl"] / tokens, clip_fraction=g["clipped"] / tokens,
+        grad_norm=max(grad_norms) if grad_norms else None, lr=lr_used, updates=len(grad_norms),
+        skipped_updates=skipped, tokens_total=int(summed[-1]),
+    )  # fmt: skip
+
+
+def _collate(
+    model: torch.nn.Module,
+    parts: list[list[TrainSample]],
+    samples: list[TrainSample],
+    num_prompts: int,
+    ctx: Dist,
+    mini_batches: int,
+    micro_batch_size: int,
+    pad_id: int,
+) -> tuple[list[list[Any]], list[int]]:
+    """This rank's micro-batches per mini-batch, and how many of each are real: under FSDP every rank makes the same
+    number of passes (collectives must match), so a rank with fewer repeats its last micro-batch as padding."""
+    collated = [[collate(c, pad_id, ctx.device) for c in micro_batches(part, micro_batch_size)] for part in parts]
+    real = [len(mbs) for mbs in collated]
+    if is_sharded(model):
+        for m, passes in enumerate(max_passes(samples, num_prompts, ctx.world_size, mini_batches, micro_batch_size)):
+            collated[m] += [collated[m][-1]] * (passes - real[m])
+    return collated, real
+
+
+def _old_logprobs(model: torch.nn.Module, collated: list[list[Any]], cfg: LossConfig) -> dict[tuple[int, int], Any]:
+    """Behaviour log-probs of every micro-batch under the model before this step's updates (`recompute` with more
+    than one mini-batch; with one, the detached forward of the update itself is the same)."""
+    if cfg.old_logprobs != "recompute":
+        return {}
+    out: dict[tuple[int, int], torch.Tensor] = {}
+    with torch.no_grad():
+        for m, mbs in enumerate(collated):
+            for i, mb in enumerate(mbs):
+                out[m, i] = token_stats(model, mb, temperature=cfg.temperature, chunk_size=cfg.chunk_size)[1]
+    return out
+
+
+def _optimizer_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, grad_clip: float
+) -> tuple[float, float, bool]:
+    """Clip, step and zero the gradients of one mini-batch; returns (global grad norm, lr used, whether applied).
+
+    With no learning signal anywhere in the (global) mini-batch — every group's rewards equal and no entropy term
+    applied — the gradient is exactly zero. AdamW would still move every weight by its momentum, an lr-sized step in
+    a stale direction, so the update is skipped (the schedule and the policy version still advance)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = local_float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf))
+    lr = float(optimizer.param_groups[0]["lr"])
+    applied = norm > 0.0
+    if applied:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm, lr, applied
 
 
 def max_passes(
