@@ -174,3 +174,44 @@ def test_container_images_log_to_stdout(name: str) -> None:
     text = (Path(__file__).resolve().parents[2] / "deploy" / "docker" / f"Dockerfile.{name}").read_text()
     runtime = text.rsplit("\nFROM ", 1)[-1]  # the last stage is what runs
     assert "AERPLANE_LOG_STREAM=stdout" in runtime
+
+
+def test_one_retry_policy_retries_what_is_retryable_until_its_timeout() -> None:
+    import logging
+
+    from aerplane.common.retry import Backoff, call_with_retry
+
+    backoff = Backoff(first_s=0.01, max_s=0.02)
+    assert [d for _, d in zip(range(4), backoff.delays(), strict=False)] == [0.01, 0.02, 0.02, 0.02]
+    log = logging.getLogger("test.retry")
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("down")
+        return "up"
+
+    seen: list[BaseException] = []
+    assert call_with_retry(flaky, retryable=lambda e: isinstance(e, ConnectionError), timeout_s=5, backoff=backoff,
+                           what="dep", log=log, on_retry=seen.append) == "up"  # fmt: skip
+    assert len(calls) == 3 and len(seen) == 2
+
+    tries: list[int] = []
+
+    def down() -> None:
+        tries.append(1)
+        raise ConnectionError("still down")
+
+    with pytest.raises(ConnectionError, match="still down"):  # an outage longer than the timeout: the last error
+        call_with_retry(down, retryable=lambda e: True, timeout_s=0.1, backoff=backoff, what="dep", log=log)
+    assert len(tries) >= 2
+
+    def refused() -> None:
+        raise PermissionError("no")
+
+    calls.clear()
+    with pytest.raises(PermissionError):
+        call_with_retry(lambda: calls.append(1) or refused(), retryable=lambda e: isinstance(e, ConnectionError),
+                        timeout_s=5, backoff=backoff, what="dep", log=log)  # fmt: skip
+    assert calls == [1]  # not retried

@@ -53,6 +53,7 @@ from aerplane.coefficient.runs import (
     strategy_for,
 )
 from aerplane.common.redis_server import connect
+from aerplane.common.retry import REDIS_BACKOFF
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class RunStore:
             socket_timeout=10,
             socket_connect_timeout=5,
             health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+            retry=Retry(ExponentialBackoff(cap=REDIS_BACKOFF.max_s, base=REDIS_BACKOFF.first_s), retries=3),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         self.conflicts = 0  # optimistic-transaction retries (a gauge reads it)

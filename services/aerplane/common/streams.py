@@ -59,14 +59,13 @@ from redis.retry import Retry
 
 from aerplane.common.messages import DEAD_LETTER, MessageError, decode, stream_key
 from aerplane.common.redis_server import connect
+from aerplane.common.retry import REDIS_BACKOFF, call_with_retry
 
 log = logging.getLogger(__name__)
 
 PAYLOAD_FIELD = b"d"
 MAX_BLOCK_MS = 20_000
 _SOCKET_TIMEOUT_S = 30.0  # above MAX_BLOCK_MS so a blocking read never times out on its own
-_BACKOFF_START_S = 0.05
-_BACKOFF_MAX_S = 2.0
 
 T = TypeVar("T")
 
@@ -166,6 +165,13 @@ class GroupInfo:
         return self.lag + self.pending
 
 
+def _redis_unavailable(exc: BaseException) -> bool:
+    """A restart or a network blip (retry), not a refusal: a wrong password is a ConnectionError subclass too."""
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError) and not isinstance(
+        exc, redis.AuthenticationError
+    )
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -220,24 +226,19 @@ class StreamClient:
         return stream if stream.startswith(prefix) else stream_key(self.run_id, stream)
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one Redis operation, retrying connection failures with exponential backoff."""
-        deadline = time.monotonic() + self.reconnect_timeout
-        delay = _BACKOFF_START_S
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except redis.AuthenticationError as exc:  # a wrong or missing password: waiting will not fix it
-                raise redis.AuthenticationError(
-                    f"{exc} (the password comes from the URL, AERPLANE_REDIS_PASSWORD_FILE or AERPLANE_REDIS_PASSWORD)"
-                ) from None
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self.reconnects += 1
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise
-                log.warning("redis unavailable (%s); retrying in %.2fs", exc, min(delay, remaining))
-                time.sleep(min(delay, remaining))
-                delay = min(delay * 2, _BACKOFF_MAX_S)
+        """Run one Redis operation, retrying connection failures (common.retry's policy) for `reconnect_timeout`."""
+        try:
+            return call_with_retry(
+                lambda: fn(*args, **kwargs), retryable=_redis_unavailable, timeout_s=self.reconnect_timeout,
+                backoff=REDIS_BACKOFF, what="redis", log=log, on_retry=self._count_reconnect,
+            )  # fmt: skip
+        except redis.AuthenticationError as exc:  # a wrong or missing password: waiting will not fix it
+            raise redis.AuthenticationError(
+                f"{exc} (the password comes from the URL, AERPLANE_REDIS_PASSWORD_FILE or AERPLANE_REDIS_PASSWORD)"
+            ) from None
+
+    def _count_reconnect(self, _exc: BaseException) -> None:
+        self.reconnects += 1
 
     def ping(self) -> bool:
         """One quick round trip, no retries (for /readyz)."""

@@ -10,7 +10,6 @@ so the learner's loop does not know which one it has.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -101,19 +100,14 @@ class RemoteCoefficients:
         import grpc
 
         from aerplane.coefficient.client import CoefficientError
+        from aerplane.common.retry import SERVICE_BACKOFF, call_with_retry
 
-        deadline, delay = time.monotonic() + self.outage_s, 0.5
-        while True:
-            try:
-                return call()
-            except CoefficientError as exc:
-                if exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("coefficient service unreachable (%s); retrying in %.1fs", exc.code.name, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        def unreachable(exc: BaseException) -> bool:
+            return isinstance(exc, CoefficientError) and exc.code in (
+                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # fmt: skip
+
+        return call_with_retry(call, retryable=unreachable, timeout_s=self.outage_s, backoff=SERVICE_BACKOFF,
+                               what="coefficient service", log=log)  # fmt: skip
 
     def start(self, resume: bool) -> dict[str, Any]:
         return dict(self._retrying(
