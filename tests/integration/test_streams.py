@@ -379,3 +379,38 @@ def test_a_password_protected_redis_is_reached_with_the_password_from_a_secret_f
         monkeypatch.setenv("AERPLANE_REDIS_PASSWORD_FILE", str(tmp_path / "missing"))
         with pytest.raises(RuntimeError, match="AERPLANE_REDIS_PASSWORD_FILE=.*cannot read the Redis password"):
             StreamClient(server.url, RUN)
+
+
+def test_the_stream_metrics_collector_reads_lag_pending_and_counters_at_scrape_time(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from aerplane.common.stream_metrics import StreamMetrics
+
+    with LocalRedis(data_dir=tmp_path / "redis") as server:
+        client = StreamClient(server.url, RUN, reconnect_timeout=0.5)
+        consumer = client.consumer(m.ROLLOUT_GENERATED, "reward", "reward-0", m.GeneratedSample)
+        registry = CollectorRegistry()
+        StreamMetrics("aerplane_test", client, lambda: consumer, [(m.ROLLOUT_GENERATED, "reward")]).register(registry)
+        client.publish_many(m.ROLLOUT_GENERATED, [sample(i) for i in range(3)])
+        redis.Redis.from_url(server.url).xadd(client.key(m.ROLLOUT_GENERATED), {b"d": b"not msgpack"})
+        got = consumer.read(count=2, block_ms=100)  # two samples; none acked
+        assert len(got) == 2
+
+        def values() -> dict[str, float]:
+            text = generate_latest(registry).decode()
+            return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                    if line.startswith("aerplane_test")}  # fmt: skip
+
+        labels = '{group="reward",stream="rollout:generated"}'
+        v = values()
+        assert v[f"aerplane_test_stream_lag{labels}"] == 2 and v[f"aerplane_test_stream_pending{labels}"] == 2
+        assert v["aerplane_test_dead_letters_total"] == 0
+        more = consumer.read(count=10, block_ms=100)  # the third sample; the poison entry is dead-lettered
+        consumer.ack(*[d.id for d in got + more])
+        v = values()
+        assert v[f"aerplane_test_stream_lag{labels}"] == 0 and v[f"aerplane_test_stream_pending{labels}"] == 0
+        assert v["aerplane_test_dead_letters_total"] == 1
+        server.stop()  # Redis away: a scrape answers at once with the counters and without the lag gauges
+        v = values()
+        assert "aerplane_test_redis_reconnects_total" in v and not any("stream_lag" in k for k in v)
+        client.close()

@@ -365,11 +365,12 @@ class StreamClient:
     def length(self, stream: str) -> int:
         return int(self._call(self.redis.xlen, self.key(stream)))
 
-    def group_info(self, stream: str, group: str) -> GroupInfo:
-        """`group`'s lag and pending count on `stream`; a group not created yet lags by the whole stream."""
+    def group_info(self, stream: str, group: str, *, retry: bool = True) -> GroupInfo:
+        """`group`'s lag and pending count on `stream`; a group not created yet lags by the whole stream. With
+        `retry=False` a connection error is raised at once (a metrics scrape must not wait out a Redis restart)."""
         key = self.key(stream)
         try:
-            groups = self._call(self.redis.xinfo_groups, key)
+            groups = self._call(self.redis.xinfo_groups, key) if retry else self.redis.xinfo_groups(key)
         except redis.ResponseError as exc:  # no such key
             if "no such key" in str(exc).lower():
                 return GroupInfo(lag=0, pending=0)

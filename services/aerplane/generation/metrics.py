@@ -1,5 +1,6 @@
 """Prometheus metrics of the generation service (`aerplane_generation_*`), on the process's own registry, and vLLM's
-own `vllm:*` series passed through the same /metrics (`VLLMMetricsProxy`)."""
+own `vllm:*` series passed through the same /metrics (`VLLMMetricsProxy`). The request stream's lag, pending count,
+dead letters and Redis reconnects come from the collector every consumer shares (`common.stream_metrics`)."""
 
 from __future__ import annotations
 

@@ -79,6 +79,8 @@ class GenerationService:
 
     def run(self) -> int:
         """Load the model and the engine, then serve until stopped; the exit code (2: bad model, 1: engine)."""
+        from aerplane.common.messages import ROLLOUT_REQUESTS
+        from aerplane.common.stream_metrics import StreamMetrics
         from aerplane.common.streams import StreamClient
         from aerplane.data.models import ModelUnavailable, resolve_model
         from aerplane.generation.backends import BackendError, build_backend
@@ -105,6 +107,9 @@ class GenerationService:
             tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         self.client = StreamClient(s.redis_url, s.run_id)
         self.worker = GenerationWorker(s, self.backend, tokenizer, self.client, self.metrics)
+        worker = self.worker
+        StreamMetrics("aerplane_generation", self.client, lambda: worker.consumer,
+                      [(ROLLOUT_REQUESTS, s.group)]).register(self.metrics.registry)  # fmt: skip
         self.metrics.engine_ready.set(1)
         try:
             self.worker.run()

@@ -1,7 +1,9 @@
 """The learner's step record: Prometheus gauges on rank 0's /metrics, and one JSON line per step in metrics.jsonl.
 
 `metrics.jsonl` (in the run directory) is what `aerplane up`'s live view and report read; a resumed run first drops
-the lines of steps it is about to train again, so every step appears once.
+the lines of steps it is about to train again, so every step appears once. The scored stream's lag, pending count,
+dead letters and Redis reconnects (`aerplane_learner_stream_*`) come from the collector every consumer shares
+(`common.stream_metrics`).
 """
 
 from __future__ import annotations

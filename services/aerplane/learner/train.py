@@ -350,6 +350,7 @@ class Driver:
         self, *, resume: bool, start_step: int, coef_state: dict[str, Any] | None, ledger_mark: dict[str, Any] | None
     ) -> None:
         from aerplane.common.messages import ROLLOUT_SCORED, ScoredSample
+        from aerplane.common.stream_metrics import StreamMetrics
         from aerplane.common.streams import StreamClient
         from aerplane.learner.ledger import ConsumedLedger
         from aerplane.learner.rollouts import LEARNER_GROUP, PromptSchedule, RolloutCollector, publish_requests
@@ -367,6 +368,8 @@ class Driver:
         self.streams = StreamClient(s.redis_url, s.run.run_id)
         consumer = self.streams.consumer(ROLLOUT_SCORED, LEARNER_GROUP, "learner-0", ScoredSample,
                                          claim_idle_ms=600_000, max_deliveries=10)  # fmt: skip
+        StreamMetrics("aerplane_learner", self.streams, lambda: consumer,
+                      [(ROLLOUT_SCORED, LEARNER_GROUP)]).register(self.registry)  # fmt: skip
         self.collector = RolloutCollector(
             consumer, lambda reqs: publish_requests(self.streams, reqs), run_id=s.run.run_id,
             samples_per_prompt=s.batch.samples_per_prompt, staleness=s.run.staleness,

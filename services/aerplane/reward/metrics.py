@@ -5,9 +5,10 @@
 - `aerplane_reward_worker_restarts_total{reason}`: workers killed (`timeout`) or found dead (`crash`) and replaced;
 - `aerplane_reward_pool_queue_depth`, `aerplane_reward_pool_busy_workers`, `aerplane_reward_pool_workers`;
 - `aerplane_reward_stream_lag{stream,group}`, `aerplane_reward_stream_pending{stream,group}`: the consumed stream
-  (group `reward`) and the produced one (group `learner`), refreshed every few seconds by the consumer loop;
-- `aerplane_reward_dead_letters_total`, `aerplane_reward_duplicates_dropped_total`,
-  `aerplane_reward_redis_reconnects_total`, `aerplane_reward_batches_total`.
+  (group `reward`) and the produced one (group `learner`), read at scrape time (`common.stream_metrics`, as every
+  consumer exports them), with `aerplane_reward_dead_letters_total`, `aerplane_reward_duplicates_dropped_total` and
+  `aerplane_reward_redis_reconnects_total`;
+- `aerplane_reward_batches_total`.
 
 Task labels are the registered task names; anything else is counted as `unknown`.
 """
@@ -46,23 +47,6 @@ class RewardMetrics:
         self.queue_depth = Gauge(f"{PREFIX}_pool_queue_depth", "Items waiting for a free worker", registry=registry)
         self.busy = Gauge(f"{PREFIX}_pool_busy_workers", "Workers scoring an item now", registry=registry)
         self.workers = Gauge(f"{PREFIX}_pool_workers", "Workers alive", registry=registry)
-        self.stream_lag = Gauge(
-            f"{PREFIX}_stream_lag", "Entries not yet delivered to the group", ["stream", "group"], registry=registry
-        )
-        self.stream_pending = Gauge(
-            f"{PREFIX}_stream_pending", "Entries delivered to the group, not acked", ["stream", "group"],
-            registry=registry,
-        )  # fmt: skip
-        self.dead_letters = Counter(
-            f"{PREFIX}_dead_letters", "Entries moved to the dead-letter stream", registry=registry
-        )
-        self.duplicates_dropped = Counter(
-            f"{PREFIX}_duplicates_dropped",
-            "Scores not published because another consumer had already published them",
-            registry=registry,
-        )
-        self.reconnects = Counter(f"{PREFIX}_redis_reconnects", "Redis calls retried after a connection error",
-                                  registry=registry)  # fmt: skip
         self.batches = Counter(f"{PREFIX}_batches", "Stream batches scored and published", registry=registry)
 
     def watch_pool(self, pool: object) -> None:

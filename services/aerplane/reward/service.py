@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from concurrent.futures import wait
 from typing import Any
 
 import redis
 
 from aerplane.common.messages import ROLLOUT_GENERATED, ROLLOUT_SCORED, GeneratedSample, ScoredSample
+from aerplane.common.stream_metrics import StreamMetrics
 from aerplane.common.streams import Consumer, Delivery, StreamClient
 from aerplane.reward.metrics import RewardMetrics
 from aerplane.reward.pool import WorkerPool
@@ -33,7 +33,6 @@ from aerplane.reward.settings import RewardSettings
 
 log = logging.getLogger(__name__)
 
-GAUGE_REFRESH_S = 2.0
 _RETRY_S = 1.0
 _RECONNECT_TIMEOUT_S = 10.0  # per call; the loop itself retries forever, checking for shutdown in between
 
@@ -53,8 +52,8 @@ class StreamScorer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reward-consumer", daemon=True)
         self._consumer: Consumer | None = None
-        self._last_gauges = 0.0
-        self._reported = {"reconnects": 0, "dead_letters": 0, "duplicates": 0}
+        watch = [(ROLLOUT_GENERATED, settings.group), (ROLLOUT_SCORED, settings.downstream_group)]
+        StreamMetrics("aerplane_reward", self.client, lambda: self._consumer, watch).register(metrics.registry)
         self.scored = 0  # samples published by this replica
         self.last_error: str | None = None
 
@@ -91,12 +90,10 @@ class StreamScorer:
             try:
                 if self._consumer is None:
                     self._consumer = self.client.consumer_for(ROLLOUT_GENERATED, GeneratedSample, s)
-                self._refresh_gauges()
                 if self._downstream_full():
                     self._stop.wait(0.2)
                     continue
                 deliveries = self._consumer.read(count=s.batch_size, block_ms=s.block_ms)
-                self._count_consumer_events()
                 if deliveries:
                     self._score_and_publish(self._consumer, deliveries)
                 self.last_error = None
@@ -144,29 +141,3 @@ class StreamScorer:
                 self._note_error(f"redis unavailable while publishing: {exc}")
         self.scored += len(published)
         self.metrics.batches.inc()
-        self._count_consumer_events()
-
-    def _count_consumer_events(self) -> None:
-        c = self._consumer
-        if c is None:
-            return
-        for key, now, counter in (
-            ("reconnects", self.client.reconnects, self.metrics.reconnects),
-            ("dead_letters", c.dead_lettered, self.metrics.dead_letters),
-            ("duplicates", c.duplicates_dropped, self.metrics.duplicates_dropped),
-        ):
-            delta = now - self._reported[key]
-            if delta > 0:
-                counter.inc(delta)
-                self._reported[key] = now
-
-    def _refresh_gauges(self) -> None:
-        now = time.monotonic()
-        if now - self._last_gauges < GAUGE_REFRESH_S:
-            return
-        self._last_gauges = now
-        s = self.settings
-        for stream, group in ((ROLLOUT_GENERATED, s.group), (ROLLOUT_SCORED, s.downstream_group)):
-            info = self.client.group_info(stream, group)
-            self.metrics.stream_lag.labels(stream=stream, group=group).set(info.lag)
-            self.metrics.stream_pending.labels(stream=stream, group=group).set(info.pending)
