@@ -313,7 +313,7 @@ class Driver:
     def __init__(self, settings: LearnerSettings, ctx: distributed.Dist, model_path: str, stop: threading.Event):
         from transformers import AutoTokenizer
 
-        from aerplane.common.ops import OpsServer, new_registry
+        from aerplane.common.ops import new_registry
         from aerplane.learner.coefficients import build_coefficients
 
         self.settings = settings
@@ -336,9 +336,7 @@ class Driver:
         self.version = 0
         self.last_info: dict[str, Any] = {}
         self.ready = False
-        self.ops = OpsServer(settings.host, settings.http_port, self.registry, self._ready)
-        self.ops.start()
-        log.info("metrics on http://%s:%d/metrics", settings.host, self.ops.port)
+        self.ops: Any = None  # the ops server: started by open(), stopped by close()
 
     def _ready(self) -> tuple[bool, dict[str, Any]]:
         redis_ok = bool(self.streams and self.streams.ping())
@@ -350,12 +348,15 @@ class Driver:
         self, *, resume: bool, start_step: int, coef_state: dict[str, Any] | None, ledger_mark: dict[str, Any] | None
     ) -> None:
         from aerplane.common.messages import ROLLOUT_SCORED, ScoredSample
+        from aerplane.common.ops import OpsServer
         from aerplane.common.stream_metrics import StreamMetrics
         from aerplane.common.streams import StreamClient
         from aerplane.learner.ledger import ConsumedLedger
         from aerplane.learner.rollouts import LEARNER_GROUP, PromptSchedule, RolloutCollector, publish_requests
 
         s = self.settings
+        self.ops = OpsServer(s.host, s.http_port, self.registry, self._ready).start()
+        log.info("metrics on http://%s:%d/metrics", s.host, self.ops.port)
         self.schedule = PromptSchedule(self._load_items(), s.batch.prompts_per_step, seed=s.run.seed,
                                        shuffle=s.data.shuffle)  # fmt: skip
         self.ledger = ConsumedLedger.open(s.run_dir, ledger_mark, start_step=start_step)
@@ -590,4 +591,5 @@ class Driver:
         if self.ledger is not None:
             self.ledger.close()
         self.coefficients.close()
-        self.ops.stop()
+        if self.ops is not None:
+            self.ops.stop()
