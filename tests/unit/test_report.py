@@ -65,3 +65,14 @@ def test_bad_run_directories_fail_with_the_file_and_line(tmp_path: Path, capsys:
     (tmp_path / "metrics.jsonl").write_text('{"step": "zero"}\n')
     with pytest.raises(ReportError, match=r"metrics.jsonl:1: expected an object with an integer 'step'"):
         write_report(tmp_path)
+
+
+def test_a_comparison_continued_with_another_command_says_so() -> None:
+    from aerplane.launcher.compare_report import _continued
+
+    first = ["aerplane", "compare", "--matrix", "old.toml", "--out", "o"]
+    again = ["aerplane", "compare", "--matrix", "new.toml", "--out", "o"]
+    assert _continued([{"command": first, "git_revision": "a" * 40}], first, "a" * 40) == []
+    history = [{"command": first, "git_revision": "a" * 40}, {"command": again, "git_revision": "b" * 40}]
+    (line,) = _continued(history, first, "a" * 40)
+    assert "new.toml" in line and "2 invocations" in line and "b" * 12 in line

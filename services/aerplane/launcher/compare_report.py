@@ -223,6 +223,20 @@ def spread_notes(results: dict[str, Any]) -> list[str]:
     return notes
 
 
+def _continued(history: list[dict[str, Any]], command: list[str], revision: str) -> list[str]:
+    """A line naming the latest invocation when it differs from the first (a resumed comparison may have been
+    continued with another matrix file name or at another revision)."""
+    from aerplane.launcher.compare import quote_command
+
+    if not history:
+        return []
+    last = history[-1]
+    if last.get("command") == command and last.get("git_revision") == revision:
+        return []
+    return [f"- last continued ({len(history)} invocations) with `{quote_command(last['command'])}` at revision "
+            f"`{str(last.get('git_revision', '?'))[:12]}`"]  # fmt: skip
+
+
 def write_markdown(results: dict[str, Any], out_dir: Path, plots: list[Path]) -> Path:
     from aerplane.launcher.compare import quote_command
 
@@ -234,6 +248,7 @@ def write_markdown(results: dict[str, Any], out_dir: Path, plots: list[Path]) ->
         "",
         f"- command: `{quote_command(results['command'])}`",
         f"- git revision: `{results['git_revision']}`",
+        *_continued(results.get("history", []), results["command"], results["git_revision"]),
         f"- machine: {results['machine'].get('cpus', '?')} CPUs, {results['machine'].get('platform', '?')}"
         + (f", {results['machine']['gpu']}" if results["machine"].get("gpu") else ""),
         f"- runs: {finished} finished" + (f", {pending} not finished yet" if pending else ""),
