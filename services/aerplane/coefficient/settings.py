@@ -136,8 +136,10 @@ class CoefficientSettings(ServiceSettings, RedisSettings, HttpSettings):
                 if actor in actors:
                     raise ValueError(f"{key}: actor {actor!r} is also named in {actors[actor]}")
                 if token in tokens:
-                    raise ValueError(f"{key}: the token of {actor!r} is also the token of {tokens[token]}; give "
-                                     "every actor its own token")  # fmt: skip
+                    raise ValueError(
+                        f"{key}: the token of {actor!r} is also the token of {tokens[token]}; give "
+                        "every actor its own token"
+                    )
                 actors[actor] = key
                 tokens[token] = f"{actor!r} ({key})"
                 out.append(Credential(actor, role, token.encode()))

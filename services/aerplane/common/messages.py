@@ -60,9 +60,15 @@ def _unpack(raw: Any, code: str, name: str) -> list:
 
 # Field kinds, read from each record's annotations: the fields are the one declaration of a record.
 _KINDS = {
-    "str": "str", "int": "int", "float": "float", "int | None": "int?", "float | None": "float?",
-    "list[int]": "u32[]", "list[float]": "f32[]", "dict[str, Any]": "dict",
-}  # fmt: skip
+    "str": "str",
+    "int": "int",
+    "float": "float",
+    "int | None": "int?",
+    "float | None": "float?",
+    "list[int]": "u32[]",
+    "list[float]": "f32[]",
+    "dict[str, Any]": "dict",
+}
 _PACKED = {"u32[]": "I", "f32[]": "f"}
 
 
@@ -104,9 +110,15 @@ def _optional(check: Any) -> Any:
 
 
 _CHECKS = {
-    "str": _check_str, "int": _check_int, "float": _check_float, "int?": _optional(_check_int),
-    "float?": _optional(_check_float), "u32[]": _check_array, "f32[]": _check_array, "dict": _check_dict,
-}  # fmt: skip
+    "str": _check_str,
+    "int": _check_int,
+    "float": _check_float,
+    "int?": _optional(_check_int),
+    "float?": _optional(_check_float),
+    "u32[]": _check_array,
+    "f32[]": _check_array,
+    "dict": _check_dict,
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,8 +47,9 @@ class StreamMetrics(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         p = self.prefix
         lag = GaugeMetricFamily(f"{p}_stream_lag", "Entries not yet delivered to the group", labels=["stream", "group"])
-        pending = GaugeMetricFamily(f"{p}_stream_pending", "Entries delivered to the group, not acked",
-                                    labels=["stream", "group"])  # fmt: skip
+        pending = GaugeMetricFamily(
+            f"{p}_stream_pending", "Entries delivered to the group, not acked", labels=["stream", "group"]
+        )
         try:
             for stream, group in self.watch:
                 info = self.client.group_info(stream, group, retry=False)
@@ -61,10 +62,13 @@ class StreamMetrics(Collector):
         consumer = self.consumer()
         for name, text, value in (
             ("dead_letters", "Entries moved to the dead-letter stream", getattr(consumer, "dead_lettered", 0)),
-            ("duplicates_dropped", "Results not published because another consumer had already published them",
-             getattr(consumer, "duplicates_dropped", 0)),
+            (
+                "duplicates_dropped",
+                "Results not published because another consumer had already published them",
+                getattr(consumer, "duplicates_dropped", 0),
+            ),
             ("redis_reconnects", "Redis calls retried after a connection error", self.client.reconnects),
-        ):  # fmt: skip
+        ):
             yield CounterMetricFamily(f"{p}_{name}", text, value=value)
 
     def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

@@ -229,9 +229,14 @@ class StreamClient:
         """Run one Redis operation, retrying connection failures (common.retry's policy) for `reconnect_timeout`."""
         try:
             return call_with_retry(
-                lambda: fn(*args, **kwargs), retryable=_redis_unavailable, timeout_s=self.reconnect_timeout,
-                backoff=REDIS_BACKOFF, what="redis", log=log, on_retry=self._count_reconnect,
-            )  # fmt: skip
+                lambda: fn(*args, **kwargs),
+                retryable=_redis_unavailable,
+                timeout_s=self.reconnect_timeout,
+                backoff=REDIS_BACKOFF,
+                what="redis",
+                log=log,
+                on_retry=self._count_reconnect,
+            )
         except redis.AuthenticationError as exc:  # a wrong or missing password: waiting will not fix it
             raise redis.AuthenticationError(
                 f"{exc} (the password comes from the URL, AERPLANE_REDIS_PASSWORD_FILE or AERPLANE_REDIS_PASSWORD)"
@@ -344,8 +349,14 @@ class StreamClient:
     def consumer_for(self, stream: str, record_type: type, settings: Any) -> Consumer:
         """`consumer` with a service's consumer settings: its `group`, `consumer` name, `claim_idle_ms` and
         `max_deliveries` (the fields reward and generation share)."""
-        return self.consumer(stream, settings.group, settings.consumer, record_type,
-                             claim_idle_ms=settings.claim_idle_ms, max_deliveries=settings.max_deliveries)  # fmt: skip
+        return self.consumer(
+            stream,
+            settings.group,
+            settings.consumer,
+            record_type,
+            claim_idle_ms=settings.claim_idle_ms,
+            max_deliveries=settings.max_deliveries,
+        )
 
     def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:
         """Create `group` on `stream` if it does not exist yet, reading from `start`: id 0 (the beginning, the

@@ -206,9 +206,16 @@ def compute_loss(
         raise ValueError("prompt_weights: must be within [0, 1]")
 
     pg, affected = policy_loss_tokens(
-        logprobs, old_logprobs, adv, eps_low=eps_low, eps_high=eps_high, mode=mode, mask=mask, generator=generator,
+        logprobs,
+        old_logprobs,
+        adv,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        mode=mode,
+        mask=mask,
+        generator=generator,
         **mode_params,
-    )  # fmt: skip
+    )
     pg_loss = token_mean(pg, mask, num_tokens)
     weighted_entropy = token_mean(lam * entropy, mask, num_tokens)
     loss = pg_loss - alpha * weighted_entropy

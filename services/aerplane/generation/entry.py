@@ -18,11 +18,16 @@ def register(subparsers: Any) -> None:
     from aerplane.common.settings import ServiceSettings
     from aerplane.generation.settings import GenerationSettings
 
-    add_service_command(subparsers, "generation", GenerationSettings, command="serve",
-                        serve="aerplane.generation.service:serve",
-                        help="the generation service (samples responses with the policy)",
-                        command_help="consume rollout requests, publish sampled responses with logprobs, reload "
-                        "announced weights", description="Samples with vLLM or transformers.")  # fmt: skip
+    add_service_command(
+        subparsers,
+        "generation",
+        GenerationSettings,
+        command="serve",
+        serve="aerplane.generation.service:serve",
+        help="the generation service (samples responses with the policy)",
+        command_help="consume rollout requests, publish sampled responses with logprobs, reload announced weights",
+        description="Samples with vLLM or transformers.",
+    )
 
     model = subparsers.add_parser("model", help="prepare the embedded models (prints the model folder)")
     model_sub = model.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
@@ -33,8 +38,13 @@ def register(subparsers: Any) -> None:
         p = model_sub.add_parser(name, help=text, description=text + ". The folder is the last line of stdout.")
         flags = add_settings_flags(p, ServiceSettings, only=("cache_dir", "log_level"))
         if name == "prepare":  # one command for deployments that pick the embedded model by name
-            p.add_argument("name", nargs="?", default="smollm2-135m", choices=("smollm2-135m", "tiny"),
-                           help="which embedded model (default smollm2-135m)")  # fmt: skip
+            p.add_argument(
+                "name",
+                nargs="?",
+                default="smollm2-135m",
+                choices=("smollm2-135m", "tiny"),
+                help="which embedded model (default smollm2-135m)",
+            )
         p.set_defaults(func=_model, flags=flags)
 
 

@@ -32,9 +32,11 @@ class GenerationMetrics:
         )
         self.batch_prompts = Gauge(f"{p}batch_prompts", "Prompts in the last batch", registry=registry)
         self.weight_reload_seconds = Histogram(
-            f"{p}weight_reload_seconds", "Time to load announced weights into the engine", buckets=_RELOAD_BUCKETS,
+            f"{p}weight_reload_seconds",
+            "Time to load announced weights into the engine",
+            buckets=_RELOAD_BUCKETS,
             registry=registry,
-        )  # fmt: skip
+        )
         self.weight_reloads = Counter(f"{p}weight_reloads_total", "Weight versions loaded", registry=registry)
         self.policy_version = Gauge(f"{p}policy_version", "Policy version the engine holds", registry=registry)
         self.queue_depth = Gauge(

@@ -108,8 +108,9 @@ class GenerationService:
         self.client = StreamClient(s.redis_url, s.run_id)
         self.worker = GenerationWorker(s, self.backend, tokenizer, self.client, self.metrics)
         worker = self.worker
-        StreamMetrics("aerplane_generation", self.client, lambda: worker.consumer,
-                      [(ROLLOUT_REQUESTS, s.group)]).register(self.metrics.registry)  # fmt: skip
+        StreamMetrics(
+            "aerplane_generation", self.client, lambda: worker.consumer, [(ROLLOUT_REQUESTS, s.group)]
+        ).register(self.metrics.registry)
         self.metrics.engine_ready.set(1)
         try:
             self.worker.run()

@@ -158,8 +158,15 @@ class GenerationWorker:
         if seconds > 0 and response_tokens:
             self.metrics.tokens_per_second.set(response_tokens / seconds)
         rate = response_tokens / seconds if seconds > 0 else 0.0
-        log.info("batch: %d/%d prompts, %d tokens in %.2fs (%.0f tok/s), policy v%d",
-                 done, len(requests), response_tokens, seconds, rate, version)  # fmt: skip
+        log.info(
+            "batch: %d/%d prompts, %d tokens in %.2fs (%.0f tok/s), policy v%d",
+            done,
+            len(requests),
+            response_tokens,
+            seconds,
+            rate,
+            version,
+        )
         if engine_error is not None:
             ok, details = self.backend.ready()
             if not ok:
@@ -183,9 +190,12 @@ class GenerationWorker:
                 )
                 continue
             params = SamplingParams(
-                n=r.num_samples, temperature=r.temperature, top_p=r.top_p, max_tokens=min(r.max_tokens, room),
+                n=r.num_samples,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                max_tokens=min(r.max_tokens, room),
                 seed=r.seed,
-            )  # fmt: skip
+            )
             live.append((d, prompt_ids))
             requests.append(GenerationRequest(prompt_ids, params))
         return live, requests
@@ -195,14 +205,23 @@ class GenerationWorker:
         request: RolloutRequest = delivery.record  # type: ignore[assignment]
         records = [
             GeneratedSample(
-                run_id=request.run_id, step=request.step, prompt_id=request.prompt_id, sample_index=k,
-                num_samples=request.num_samples, policy_version=version, task=request.task,
-                difficulty=request.difficulty, ground_truth=request.ground_truth, prompt_token_ids=prompt_ids,
-                response_token_ids=s.token_ids, logprobs=s.logprobs, response_text=s.text,
+                run_id=request.run_id,
+                step=request.step,
+                prompt_id=request.prompt_id,
+                sample_index=k,
+                num_samples=request.num_samples,
+                policy_version=version,
+                task=request.task,
+                difficulty=request.difficulty,
+                ground_truth=request.ground_truth,
+                prompt_token_ids=prompt_ids,
+                response_token_ids=s.token_ids,
+                logprobs=s.logprobs,
+                response_text=s.text,
                 finish_reason=s.finish_reason,
             )
             for k, s in enumerate(samples)
-        ]  # fmt: skip
+        ]
         self.consumer.publish_and_ack(ROLLOUT_GENERATED, records, [delivery.id])
         n_tokens = sum(len(s.token_ids) for s in samples)
         self.metrics.requests.inc()
@@ -254,9 +273,11 @@ class GenerationWorker:
             self._maybe_load()
             if time.monotonic() > deadline:
                 log.warning(
-                    "policy v%d not announced within %.0fs; sampling with v%d", wait_for, self.settings.weights_wait_s,
+                    "policy v%d not announced within %.0fs; sampling with v%d",
+                    wait_for,
+                    self.settings.weights_wait_s,
                     self.version,
-                )  # fmt: skip
+                )
                 break
         return True
 

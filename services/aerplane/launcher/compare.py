@@ -195,8 +195,11 @@ def git_revision() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{rev}-dirty" if dirty else rev
@@ -255,10 +258,16 @@ class CompareState:
             configs = [ConfigSpec(c["label"], c["strategy"], c["params"], tuple(c["seeds"])) for c in data["configs"]]
             runs = {k: RunEntry(**r) for k, r in data["runs"].items()}
             return cls(
-                out=out, setup=data["setup"], configs=configs, runs=runs, command=data["command"],
-                git_revision=data["git_revision"], created=data["created"], machine=data.get("machine", {}),
+                out=out,
+                setup=data["setup"],
+                configs=configs,
+                runs=runs,
+                command=data["command"],
+                git_revision=data["git_revision"],
+                created=data["created"],
+                machine=data.get("machine", {}),
                 history=data.get("history", []),
-            )  # fmt: skip
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise CompareError(f"{path}: not a comparison state file ({exc})") from None
 
@@ -290,9 +299,15 @@ def plan(out: Path, setup: dict[str, Any] | None, configs: list[ConfigSpec], com
         if setup is None or not configs:
             raise CompareError(f"{out} holds no comparison yet: give --strategies (or --matrix) to start one")
         state = CompareState(
-            out=out, setup=setup, configs=[], runs={}, command=command, git_revision=git_revision(),
-            created=time.time(), machine=machine_info(),
-        )  # fmt: skip
+            out=out,
+            setup=setup,
+            configs=[],
+            runs={},
+            command=command,
+            git_revision=git_revision(),
+            created=time.time(),
+            machine=machine_info(),
+        )
     else:
         state.setup = build_setup(state.setup)  # options added since the comparison started take their defaults
     if setup is not None and setup != state.setup:
@@ -461,10 +476,18 @@ def _run_one(
     ports = Ports.free()
     ports.coefficient_grpc, ports.coefficient_http = shared_ports.coefficient_grpc, shared_ports.coefficient_http
     cfg = UpSettings(
-        **state.setup, strategy=spec.strategy, params=numeric, options=options, seed=entry.seed,
-        run_dir=str(run_dir), run_id=entry.run_id, resume=resume, ports=ports, live=live,
+        **state.setup,
+        strategy=spec.strategy,
+        params=numeric,
+        options=options,
+        seed=entry.seed,
+        run_dir=str(run_dir),
+        run_id=entry.run_id,
+        resume=resume,
+        ports=ports,
+        live=live,
         redis_url=shared.redis_url,
-    )  # fmt: skip
+    )
     entry.attempts += 1
     entry.status = "running"
     state.save()
@@ -478,8 +501,11 @@ def _run_one(
     if code == 0 and not state.keep_checkpoints:
         freed = prune_finished_run(run_dir)
         if freed:
-            print(f"[compare] {entry.key}: removed checkpoints and old weights ({freed / 2**30:.1f} GiB); "
-                  "the final weights stay", flush=True)  # fmt: skip
+            print(
+                f"[compare] {entry.key}: removed checkpoints and old weights ({freed / 2**30:.1f} GiB); "
+                "the final weights stay",
+                flush=True,
+            )
     return code
 
 
@@ -552,9 +578,13 @@ def main_from_args(args: Any) -> int:
         print("aerplane compare: give --strategies or --matrix (or --out of a comparison to continue)", file=sys.stderr)
         return 2
     return run_compare(
-        out, setup, configs, live=args.live, coefficient_http=args.coefficient_http_port or 0,
+        out,
+        setup,
+        configs,
+        live=args.live,
+        coefficient_http=args.coefficient_http_port or 0,
         keep_checkpoints=args.keep_checkpoints,
-    )  # fmt: skip
+    )
 
 
 def _split_strategies(text: str) -> list[str]:

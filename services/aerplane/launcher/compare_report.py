@@ -52,8 +52,12 @@ def tracking(records: list[dict[str, Any]]) -> dict[str, Any]:
         if _finite(r.get("mean_entropy")) and _finite(r.get("target_entropy")) and r["target_entropy"] > 0
     ]
     if not errors:
-        return {"first_positive_alpha_step": records[start]["step"], "tracking_error": None, "within_band": None,
-                "tracked_steps": 0}  # fmt: skip
+        return {
+            "first_positive_alpha_step": records[start]["step"],
+            "tracking_error": None,
+            "within_band": None,
+            "tracked_steps": 0,
+        }
     return {
         "first_positive_alpha_step": records[start]["step"],
         "tracking_error": sum(errors) / len(errors),
@@ -74,7 +78,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "initial_entropy": next((r["initial_entropy"] for r in records if _finite(r.get("initial_entropy"))), None),
         "target_entropy": next(
             (r["target_entropy"] for r in reversed(records) if _finite(r.get("target_entropy"))), None
-        ),  # fmt: skip
+        ),
         "final_entropy": entropies[-1] if entropies else None,
         "min_entropy": min(entropies) if entropies else None,
         "max_alpha": max(alphas) if alphas else None,
@@ -92,8 +96,11 @@ def _mean_std(values: list[float]) -> dict[str, float | int | None]:
     values = [v for v in values if _finite(v)]
     if not values:
         return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "n": len(values)}  # fmt: skip
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+    }
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -109,8 +116,16 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
     buckets = sorted({b for r in runs for b in r["eval"]["by_difficulty"]})
     out["by_difficulty"] = {b: _mean_std([r["eval"]["by_difficulty"].get(b) for r in runs]) for b in buckets}
-    for key in ("final_entropy", "min_entropy", "tracking_error", "within_band", "wall_seconds", "initial_entropy",
-                "target_entropy", "max_alpha"):  # fmt: skip
+    for key in (
+        "final_entropy",
+        "min_entropy",
+        "tracking_error",
+        "within_band",
+        "wall_seconds",
+        "initial_entropy",
+        "target_entropy",
+        "max_alpha",
+    ):
         out[key] = _mean_std([r.get(key) for r in runs])
     out["problems"] = next((r["eval"]["problems"] for r in runs if r["eval"]["problems"]), None)
     return out
@@ -132,8 +147,15 @@ def collect(out_dir: Path) -> dict[str, Any]:
                 missing.append({"seed": entry["seed"], "status": entry["status"]})
                 continue
             summary = run_summary(run_dir)
-            runs.append({"key": key, "seed": entry["seed"], "run_dir": entry["run_dir"],
-                         "wall_seconds": entry["wall_seconds"], **summary})  # fmt: skip
+            runs.append(
+                {
+                    "key": key,
+                    "seed": entry["seed"],
+                    "run_dir": entry["run_dir"],
+                    "wall_seconds": entry["wall_seconds"],
+                    **summary,
+                }
+            )
         configs.append({**spec, "runs": runs, "not_finished": missing, "summary": aggregate(runs) if runs else None})
     return {
         "command": state["command"],
@@ -181,9 +203,12 @@ def results_table(results: dict[str, Any]) -> list[str]:
         se = s["eval"].get(top, {}).get("avg_se", {}).get("mean") if top else None
         row += [
             f"{se:.3f}" if se is not None else "–",
-            _pm(s["final_entropy"]), _pm(s["min_entropy"]), _pm(s["tracking_error"]), _pm(s["within_band"], 2),
+            _pm(s["final_entropy"]),
+            _pm(s["min_entropy"]),
+            _pm(s["tracking_error"]),
+            _pm(s["within_band"], 2),
             _minutes(s["wall_seconds"]),
-        ]  # fmt: skip
+        ]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -216,8 +241,11 @@ def spread_notes(results: dict[str, Any]) -> list[str]:
         if not e or e["avg"]["mean"] is None:
             continue
         gap = b["avg"]["mean"] - e["avg"]["mean"]
-        spread = max(x for x in (b["avg"]["std"], e["avg"]["std"], b["avg_se"]["mean"], e["avg_se"]["mean"], 0.0)
-                     if x is not None)  # fmt: skip
+        spread = max(
+            x
+            for x in (b["avg"]["std"], e["avg"]["std"], b["avg_se"]["mean"], e["avg_se"]["mean"], 0.0)
+            if x is not None
+        )
         verdict = "within the seed spread / held-out SE" if gap <= spread else "larger than the seed spread"
         notes.append(f"- `{best['label']}` − `{c['label']}`: avg@{k} {gap:+.3f} ({verdict}, ±{spread:.3f})")
     return notes
@@ -233,8 +261,10 @@ def _continued(history: list[dict[str, Any]], command: list[str], revision: str)
     last = history[-1]
     if last.get("command") == command and last.get("git_revision") == revision:
         return []
-    return [f"- last continued ({len(history)} invocations) with `{quote_command(last['command'])}` at revision "
-            f"`{str(last.get('git_revision', '?'))[:12]}`"]  # fmt: skip
+    return [
+        f"- last continued ({len(history)} invocations) with `{quote_command(last['command'])}` at revision "
+        f"`{str(last.get('git_revision', '?'))[:12]}`"
+    ]
 
 
 def write_markdown(results: dict[str, Any], out_dir: Path, plots: list[Path]) -> Path:
@@ -276,8 +306,12 @@ def write_markdown(results: dict[str, Any], out_dir: Path, plots: list[Path]) ->
     lines += ["## Per step", ""]
     for path in plots:
         lines += [f"![{path.stem}](plots/{path.name})", ""]
-    lines += ["## Runs", "", "| configuration | seed | run | steps | H_0 | H* | first α > 0 | wall min |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "## Runs",
+        "",
+        "| configuration | seed | run | steps | H_0 | H* | first α > 0 | wall min |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in results["configs"]:
         for r in c["runs"]:
             link = f"[{r['key']}]({r['run_dir']}/report.md)"
@@ -286,9 +320,11 @@ def write_markdown(results: dict[str, Any], out_dir: Path, plots: list[Path]) ->
                 return f"{v:.3f}" if _finite(v) else "–"
 
             first = r["first_positive_alpha_step"]
-            lines.append(f"| `{c['label']}` | {r['seed']} | {link} | {r['steps']} | {f(r['initial_entropy'])} | "
-                         f"{f(r['target_entropy'])} | {first if first is not None else '–'} | "
-                         f"{r['wall_seconds'] / 60:.1f} |")  # fmt: skip
+            lines.append(
+                f"| `{c['label']}` | {r['seed']} | {link} | {r['steps']} | {f(r['initial_entropy'])} | "
+                f"{f(r['target_entropy'])} | {first if first is not None else '–'} | "
+                f"{r['wall_seconds'] / 60:.1f} |"
+            )
         for m in c["not_finished"]:
             lines.append(f"| `{c['label']}` | {m['seed']} | {m['status']} | | | | | |")
     path = out_dir / "report.md"
@@ -312,8 +348,13 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             color = colors[i % len(colors)]
             for j, r in enumerate(c["runs"]):
                 recs = records[(c["label"], r["seed"])]
-                ax.plot(*series(recs, key), color=color, alpha=0.9 if j == 0 else 0.55, linewidth=1.3,
-                        label=c["label"] if j == 0 else None)  # fmt: skip
+                ax.plot(
+                    *series(recs, key),
+                    color=color,
+                    alpha=0.9 if j == 0 else 0.55,
+                    linewidth=1.3,
+                    label=c["label"] if j == 0 else None,
+                )
                 target = series(recs, "target_entropy") if name == "entropy" else ([], [])
                 if target[0]:
                     ax.plot(*target, color=color, linestyle="--", linewidth=0.9, alpha=0.7)

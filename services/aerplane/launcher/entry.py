@@ -73,8 +73,11 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: aerplane compare --strategies none,fixed:alpha=1e-3,fixed:alpha=1e-2,skywork,aer --seeds 0,1",
     )
     m = p.add_argument_group("matrix")
-    m.add_argument("--strategies", help="comma-separated configurations: NAME[:KEY=VALUE[:KEY=VALUE...]], "
-                   "e.g. none,fixed:alpha=1e-3,aer:rho=0.8:weighting=uniform")  # fmt: skip
+    m.add_argument(
+        "--strategies",
+        help="comma-separated configurations: NAME[:KEY=VALUE[:KEY=VALUE...]], "
+        "e.g. none,fixed:alpha=1e-3,aer:rho=0.8:weighting=uniform",
+    )
     m.add_argument("--seeds", help="comma-separated seeds for every configuration (default 0)")
     m.add_argument("--matrix", metavar="FILE", help="TOML or YAML file with setup, seeds and [[config]] tables")
     m.add_argument("--out", help="comparison folder (default runs/compare-<date>-<time>); reuse it to continue")
@@ -84,13 +87,24 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("shared setup (default: the matrix file's setup, else the `aerplane up` defaults)")
     p.set_defaults(setup_flags=add_settings_flags(s, UpSettings, only=SETUP_FIELDS))
     o = p.add_argument_group("services and view")
-    o.add_argument("--coefficient-http-port", type=int, default=None,
-                   help="REST port of the shared coefficient service (default: a free port)")  # fmt: skip
-    o.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
-                   help="live terminal view per run (default: when stdout is a terminal)")  # fmt: skip
-    o.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep finished runs' checkpoints and every weights version (default: only the final "
-                   "weights stay; a SmolLM2 run's checkpoints take GBs)")  # fmt: skip
+    o.add_argument(
+        "--coefficient-http-port",
+        type=int,
+        default=None,
+        help="REST port of the shared coefficient service (default: a free port)",
+    )
+    o.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live terminal view per run (default: when stdout is a terminal)",
+    )
+    o.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep finished runs' checkpoints and every weights version (default: only the final "
+        "weights stay; a SmolLM2 run's checkpoints take GBs)",
+    )
     p.set_defaults(func=_compare)
 
 
@@ -107,8 +121,9 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
         description="Reads RUN_DIR/metrics.jsonl (and eval.json, run.json) and writes RUN_DIR/plots/*.png and "
         "RUN_DIR/report.md. Needs no running service.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (`aerplane up`) or a comparison folder "
-                   "(`aerplane compare`)")  # fmt: skip
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run directory (`aerplane up`) or a comparison folder (`aerplane compare`)"
+    )
     p.set_defaults(func=_report)
 
 

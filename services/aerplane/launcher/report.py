@@ -152,10 +152,16 @@ def write_plots(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 def metrics_table(records: list[dict[str, Any]], max_rows: int = 20) -> str:
     """The per-step table of report.md (first and last rows when the run is long)."""
     cols = [
-        ("step", "step"), ("accuracy", "acc"), ("mean_entropy", "H"), ("target_entropy", "H*"), ("alpha", "α"),
-        ("mean_prompt_weight", "mean λ"), ("response_length", "resp len"), ("tokens_per_s", "tok/s"),
+        ("step", "step"),
+        ("accuracy", "acc"),
+        ("mean_entropy", "H"),
+        ("target_entropy", "H*"),
+        ("alpha", "α"),
+        ("mean_prompt_weight", "mean λ"),
+        ("response_length", "resp len"),
+        ("tokens_per_s", "tok/s"),
         ("step_seconds", "step s"),
-    ]  # fmt: skip
+    ]
     rows = records
     if len(records) > max_rows:
         half = max_rows // 2
@@ -191,9 +197,13 @@ def write_report(run_dir: Path) -> Path:
         "|---|---|---|",
     ]
     for key, label in [
-        ("accuracy", "accuracy"), ("mean_entropy", "entropy H"), ("target_entropy", "target H*"),
-        ("alpha", "α"), ("mean_prompt_weight", "mean λ"), ("response_length", "response length"),
-    ]:  # fmt: skip
+        ("accuracy", "accuracy"),
+        ("mean_entropy", "entropy H"),
+        ("target_entropy", "target H*"),
+        ("alpha", "α"),
+        ("mean_prompt_weight", "mean λ"),
+        ("response_length", "response length"),
+    ]:
         out.append(f"| {label} | {fmt(first.get(key))} | {fmt(last.get(key))} |")
     h0 = last_value(records, "initial_entropy")
     out += ["", f"Initial entropy H_0 = {fmt(h0)}; target H* = {fmt(last_value(records, 'target_entropy'))}.", ""]

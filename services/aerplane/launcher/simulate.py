@@ -258,9 +258,15 @@ def main(args: argparse.Namespace) -> int:
                 title += " — λ from the mean accuracy (no prompt_accuracies recorded)"
         else:
             trace = SyntheticTrace(
-                steps=args.steps, initial_entropy=args.h0, decay=args.decay, response=args.response,
-                noise=args.noise, prompts=args.prompts, group_size=args.group_size, seed=args.seed,
-            )  # fmt: skip
+                steps=args.steps,
+                initial_entropy=args.h0,
+                decay=args.decay,
+                response=args.response,
+                noise=args.noise,
+                prompts=args.prompts,
+                group_size=args.group_size,
+                seed=args.seed,
+            )
             rows = run_synthetic(strategy, trace)
             title = f"{args.strategy} on a synthetic trace (H0={args.h0}, decay={args.decay}, seed={args.seed})"
     except ValueError as exc:  # SimulateError and the strategy's own parameter errors

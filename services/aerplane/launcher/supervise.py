@@ -173,10 +173,13 @@ class Supervisor:
             raise GaveUp(child.name, code, child.process.log_path, child.process.log_tail(30), why)
         delay = self.policy.delay(child.consecutive)
         child.state, child.due = "backoff", now + delay
-        self._record("failed", child, code=code, what=what, restart_in_s=round(delay, 2),
-                     failures_in_window=len(child.failures))  # fmt: skip
-        self._emit(f"{child.name} {what} (code {code}); restarting in {delay:.1f}s "
-                   f"(failure {len(child.failures)}/{self.policy.max_failures} within {window:.0f}s)")  # fmt: skip
+        self._record(
+            "failed", child, code=code, what=what, restart_in_s=round(delay, 2), failures_in_window=len(child.failures)
+        )
+        self._emit(
+            f"{child.name} {what} (code {code}); restarting in {delay:.1f}s "
+            f"(failure {len(child.failures)}/{self.policy.max_failures} within {window:.0f}s)"
+        )
 
     def _restart(self, child: Supervised, now: float) -> None:
         if child.restart_argv is not None:

@@ -247,8 +247,12 @@ class Stack:
         status("starting redis")
         self.start_redis()
         status("starting the coefficient service")
-        values = {"grpc_port": p.coefficient_grpc, "http_port": p.coefficient_http, "redis_url": self.redis_url,
-                  "host": "127.0.0.1"}  # fmt: skip
+        values = {
+            "grpc_port": p.coefficient_grpc,
+            "http_port": p.coefficient_http,
+            "redis_url": self.redis_url,
+            "host": "127.0.0.1",
+        }
         self.start_service(self._service("coefficient", service_args("coefficient", values), p.coefficient_http, 60))
 
     def start_all(self, status: Any) -> None:
@@ -260,8 +264,13 @@ class Stack:
         values = {**common, "http_port": p.reward_http, "consumer": "reward-0"}
         self.start_service(self._service("reward", service_args("reward", values), p.reward_http, 120))
         status(f"starting the generation service ({self.facts['backend']}; the first start can take minutes)")
-        values = {**common, "backend": self.facts["backend"], "model": self.facts["model_path"],
-                  "http_port": p.generation_http, "consumer": "generation-0"}  # fmt: skip
+        values = {
+            **common,
+            "backend": self.facts["backend"],
+            "model": self.facts["model_path"],
+            "http_port": p.generation_http,
+            "consumer": "generation-0",
+        }
         if self.facts["backend"] == "vllm":
             values.update(vllm_port=p.vllm, vllm_max_model_len=cfg.max_tokens + 512)
         self.start_service(self._service("generation", service_args("generation", values), p.generation_http, 900))
@@ -269,8 +278,13 @@ class Stack:
     def start_learner(self) -> Service:
         p, cfg = self.cfg.ports, self.cfg
         values = {
-            "run": {"run_id": self.run_id, "dir": str(self.run_dir), "steps": cfg.steps, "seed": cfg.seed,
-                    **({"resume": True} if cfg.resume else {})},
+            "run": {
+                "run_id": self.run_id,
+                "dir": str(self.run_dir),
+                "steps": cfg.steps,
+                "seed": cfg.seed,
+                **({"resume": True} if cfg.resume else {}),
+            },
             "model": {"path": self.facts["model_path"], "dtype": self.facts["dtype"]},
             "optim": {"lr": cfg.lr},
             "batch": {"prompts_per_step": cfg.prompts_per_step, "samples_per_prompt": cfg.samples_per_prompt},
@@ -280,8 +294,10 @@ class Stack:
             "data": {"file": cfg.data} if cfg.data else {"task": cfg.task},
             "checkpoint": {"interval": cfg.checkpoint_interval},
             "coefficient": {"target": f"127.0.0.1:{p.coefficient_grpc}"},
-            "redis_url": self.redis_url, "host": "127.0.0.1", "http_port": p.learner_http,
-        }  # fmt: skip
+            "redis_url": self.redis_url,
+            "host": "127.0.0.1",
+            "http_port": p.learner_http,
+        }
         args = service_args("learner", values, launcher=["--nproc-per-node", str(cfg.nproc)])
         self.learner = self._service("learner", args, p.learner_http, 600)
         # A learner that dies continues from its last checkpoint; exit 0 is the run's end, exit 2 a configuration
@@ -329,7 +345,7 @@ class Stack:
                     "restarts": getattr(self.supervisor.get(s.name), "restarts", 0),
                 }
                 for s in self.services
-            },  # fmt: skip
+            },
         }
         if self.redis is not None:
             data["redis_pid"] = self.redis.process.pid
@@ -445,15 +461,29 @@ def evaluate(stack: Stack, *, step: int, policy_version: int, timeout: float = 1
     tokenizer = AutoTokenizer.from_pretrained(stack.facts["model_path"])
     prefix = f"eval/{cfg.eval_split}/{step}/"
     slots = [
-        PromptSlot(step=step, slot=i, prompt_id=f"{prefix}{i}", prompt=chat_prompt(tokenizer, item),
-                   ground_truth=item.ground_truth, task=item.task, difficulty=item.difficulty)
+        PromptSlot(
+            step=step,
+            slot=i,
+            prompt_id=f"{prefix}{i}",
+            prompt=chat_prompt(tokenizer, item),
+            ground_truth=item.ground_truth,
+            task=item.task,
+            difficulty=item.difficulty,
+        )
         for i, item in enumerate(items)
-    ]  # fmt: skip
+    ]
     difficulty = {s.prompt_id: s.difficulty for s in slots}
     requests = build_requests(
-        stack.run_id, step, slots, num_samples=cfg.eval_k, policy_version=policy_version,
-        temperature=cfg.temperature, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.eval_seed,
-    )  # fmt: skip
+        stack.run_id,
+        step,
+        slots,
+        num_samples=cfg.eval_k,
+        policy_version=policy_version,
+        temperature=cfg.temperature,
+        top_p=1.0,
+        max_tokens=cfg.max_tokens,
+        seed=cfg.eval_seed,
+    )
     group = f"eval-{step}-{os.getpid()}"
     with StreamClient(stack.redis_url, stack.run_id) as client:
         client.ensure_group(ROLLOUT_SCORED, group, start="$")  # only the results of the requests below

@@ -81,9 +81,13 @@ def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": json.dumps(random.getstate()),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype("int64")), *map(int, np_state[2:4]),
-                  float(np_state[4])],
-    }  # fmt: skip
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype("int64")),
+            *map(int, np_state[2:4]),
+            float(np_state[4]),
+        ],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

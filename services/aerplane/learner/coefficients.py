@@ -104,15 +104,23 @@ class RemoteCoefficients:
 
         def unreachable(exc: BaseException) -> bool:
             return isinstance(exc, CoefficientError) and exc.code in (
-                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # fmt: skip
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
 
-        return call_with_retry(call, retryable=unreachable, timeout_s=self.outage_s, backoff=SERVICE_BACKOFF,
-                               what="coefficient service", log=log)  # fmt: skip
+        return call_with_retry(
+            call,
+            retryable=unreachable,
+            timeout_s=self.outage_s,
+            backoff=SERVICE_BACKOFF,
+            what="coefficient service",
+            log=log,
+        )
 
     def start(self, resume: bool) -> dict[str, Any]:
-        return dict(self._retrying(
-            lambda: self.client.start_run(self.run_id, self.strategy, self.params, self.options, resume)
-        ))  # fmt: skip
+        return dict(
+            self._retrying(lambda: self.client.start_run(self.run_id, self.strategy, self.params, self.options, resume))
+        )
 
     def coefficients(self, step: int, prompts: Sequence[PromptStats]) -> tuple[float, list[float], float | None]:
         alpha, weights, target = self._retrying(lambda: self.client.get_coefficients(self.run_id, step, list(prompts)))

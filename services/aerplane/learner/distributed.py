@@ -41,8 +41,9 @@ def init(device_kind: str = "auto", timeout_s: float = 1800.0) -> Dist:
     if "RANK" not in os.environ:  # a single process without torchrun
         from aerplane.common.process import free_port
 
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))  # fmt: skip
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+        )
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -93,8 +93,12 @@ def torchrun_argv(args: argparse.Namespace) -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    learner = subparsers.add_parser("learner", help="the learner (DDP or FSDP2)", description=__doc__,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    learner = subparsers.add_parser(
+        "learner",
+        help="the learner (DDP or FSDP2)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = learner.add_subparsers(dest="learner_command", metavar="COMMAND", required=True)
     train = sub.add_parser("train", help="train under torchrun (launches the worker processes)")
     launch = train.add_argument_group("launcher (torchrun)")
@@ -137,8 +141,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def main_worker_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m aerplane.learner", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m aerplane.learner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_worker_flags(parser)
     return parser
 

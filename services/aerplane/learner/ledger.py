@@ -123,8 +123,9 @@ class ConsumedLedger:
         for pid, samples in groups.items():
             indices = [s.index for s in samples]
             if sorted(indices) != list(range(samples_per_prompt)):
-                raise LedgerError(f"step {step} prompt {pid!r}: samples {indices} are not one whole group of "
-                                  f"{samples_per_prompt}")  # fmt: skip
+                raise LedgerError(
+                    f"step {step} prompt {pid!r}: samples {indices} are not one whole group of {samples_per_prompt}"
+                )
             out.append({"prompt_id": pid, "samples": indices, "policy_versions": [s.policy_version for s in samples]})
         entry = {"step": step, "policy_version": policy_version, "update": update, "groups": out}
         line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()

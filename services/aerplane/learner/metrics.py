@@ -45,25 +45,34 @@ class LearnerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         ns = "aerplane_learner"
         self.step = Gauge(f"{ns}_step", "training steps completed", registry=registry)
-        self.step_seconds = Histogram(f"{ns}_step_seconds", "wall time of a training step", registry=registry,
-                                      buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800))  # fmt: skip
-        self.phase_seconds = Histogram(f"{ns}_phase_seconds", "wall time of each phase of a step", ["phase"],
-                                       registry=registry,
-                                       buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800))  # fmt: skip
-        self.last_phase = Gauge(f"{ns}_last_phase_seconds", "wall time of each phase of the last step", ["phase"],
-                                registry=registry)  # fmt: skip
+        self.step_seconds = Histogram(
+            f"{ns}_step_seconds",
+            "wall time of a training step",
+            registry=registry,
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+        )
+        self.phase_seconds = Histogram(
+            f"{ns}_phase_seconds",
+            "wall time of each phase of a step",
+            ["phase"],
+            registry=registry,
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800),
+        )
+        self.last_phase = Gauge(
+            f"{ns}_last_phase_seconds", "wall time of each phase of the last step", ["phase"], registry=registry
+        )
         self.gauges = {key: Gauge(f"{ns}_{name}", doc, registry=registry) for key, (name, doc) in GAUGES.items()}
-        self.entropy_by = Gauge(f"{ns}_entropy_by_difficulty", "token-mean entropy per difficulty bucket",
-                                ["difficulty"], registry=registry)  # fmt: skip
-        self.accuracy_by = Gauge(f"{ns}_accuracy_by_difficulty", "mean reward per difficulty bucket", ["difficulty"],
-                                 registry=registry)  # fmt: skip
-        self.samples = Counter(f"{ns}_samples_total", "scored samples read, by outcome", ["outcome"],
-                               registry=registry)  # fmt: skip
+        self.entropy_by = Gauge(
+            f"{ns}_entropy_by_difficulty", "token-mean entropy per difficulty bucket", ["difficulty"], registry=registry
+        )
+        self.accuracy_by = Gauge(
+            f"{ns}_accuracy_by_difficulty", "mean reward per difficulty bucket", ["difficulty"], registry=registry
+        )
+        self.samples = Counter(f"{ns}_samples_total", "scored samples read, by outcome", ["outcome"], registry=registry)
         self.tokens = Counter(f"{ns}_tokens_total", "tokens trained on", registry=registry)
         self.checkpoints = Counter(f"{ns}_checkpoints_total", "checkpoints written", registry=registry)
         self.weights = Counter(f"{ns}_weights_published_total", "weight versions published", registry=registry)
-        self.rerequests = Counter(f"{ns}_rerequests_total", "groups requested again (stale samples)",
-                                  registry=registry)  # fmt: skip
+        self.rerequests = Counter(f"{ns}_rerequests_total", "groups requested again (stale samples)", registry=registry)
 
     def record(self, row: dict[str, Any]) -> None:
         self.step.set(row["step"] + 1)

@@ -87,8 +87,10 @@ def decoder_blocks(lm: nn.Module) -> list[nn.Module]:
     names = set(getattr(lm, "_no_split_modules", None) or ())
     blocks = [m for m in lm.modules() if type(m).__name__ in names]
     if not blocks:
-        raise ValueError(f"model.parallel: fsdp cannot find the decoder blocks of {type(lm).__name__} "
-                         f"(no module of the classes {sorted(names) or '_no_split_modules'})")  # fmt: skip
+        raise ValueError(
+            f"model.parallel: fsdp cannot find the decoder blocks of {type(lm).__name__} "
+            f"(no module of the classes {sorted(names) or '_no_split_modules'})"
+        )
     return blocks
 
 

@@ -132,8 +132,11 @@ class RolloutCollector:
     def missing(self, step: int) -> dict[str, int]:
         """prompt_id -> samples still missing for `step`."""
         have = self.buffer.get(step, {})
-        return {pid: self.G - len(have.get(pid, {})) for pid in self.requests.get(step, {}) if
-                len(have.get(pid, {})) < self.G}  # fmt: skip
+        return {
+            pid: self.G - len(have.get(pid, {}))
+            for pid in self.requests.get(step, {})
+            if len(have.get(pid, {})) < self.G
+        }
 
     def complete(self, step: int) -> bool:
         return step in self.requests and not self.missing(step)

@@ -272,8 +272,10 @@ class LearnerSettings(ServiceSettings, RedisSettings, HttpSettings):
         except ValueError as exc:
             raise ValueError(f"strategy.params: {exc}") from None
         if self.model.dtype == "float16":
-            raise ValueError("model.dtype: float16 training needs loss scaling, which the learner does not do; "
-                             "use bfloat16 or float32")  # fmt: skip
+            raise ValueError(
+                "model.dtype: float16 training needs loss scaling, which the learner does not do; "
+                "use bfloat16 or float32"
+            )
         return self
 
     # --- derived locations ----------------------------------------------------------------------------------------

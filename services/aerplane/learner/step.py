@@ -87,10 +87,20 @@ def micro_batch_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """This micro-batch's share of the global token-mean loss, and its statistics as *sums* (for all-reduce)."""
     loss, stats = losses.compute_loss(
-        logprobs, old_logprobs, mb.advantages, entropy, alpha=alpha, prompt_weights=mb.weights,
-        eps_low=cfg.eps_low, eps_high=cfg.eps_high, mode=cfg.policy_loss, ref_logprobs=ref_logprobs,
-        kl_coef=cfg.kl_coef, num_tokens=denominator, **cfg.policy_loss_params,
-    )  # fmt: skip
+        logprobs,
+        old_logprobs,
+        mb.advantages,
+        entropy,
+        alpha=alpha,
+        prompt_weights=mb.weights,
+        eps_low=cfg.eps_low,
+        eps_high=cfg.eps_high,
+        mode=cfg.policy_loss,
+        ref_logprobs=ref_logprobs,
+        kl_coef=cfg.kl_coef,
+        num_tokens=denominator,
+        **cfg.policy_loss_params,
+    )
     sums = {
         "pg": stats["pg_loss"] * denominator,
         "weighted_entropy": stats["weighted_entropy"] * denominator,
@@ -172,17 +182,34 @@ def train_step(
     local = [totals[k] for k in _SUMS] + [x for b in buckets for x in by_bucket[b]]
     local.append(float(sum(s.length for part in parts for s in part)))
     summed = all_reduce_sum(local, ctx)
+    updates = {
+        "grad_norm": max(grad_norms) if grad_norms else None,
+        "lr": lr_used,
+        "updates": len(grad_norms),
+        "skipped_updates": skipped,
+    }
+    return _step_result(summed, buckets, alpha, updates)
+
+
+def _step_result(summed: list[float], buckets: list[str], alpha: float, updates: dict[str, Any]) -> StepResult:
+    """The step's figures from the all-reduced sums (`_SUMS`, then entropy and tokens per bucket, then the tokens of
+    every sample), as token means over the whole global batch."""
     g = dict(zip(_SUMS, summed[: len(_SUMS)], strict=True))
     tokens = max(g["tokens"], 1.0)
     bucket_vals = summed[len(_SUMS) : len(_SUMS) + 2 * len(buckets)]
     entropy_by = {b: bucket_vals[2 * j] / max(bucket_vals[2 * j + 1], 1.0) for j, b in enumerate(buckets)}
     return StepResult(
-        mean_entropy=g["entropy"] / tokens, num_tokens=int(g["tokens"]), entropy_by_difficulty=entropy_by,
-        pg_loss=g["pg"] / tokens, entropy_loss=alpha * g["weighted_entropy"] / tokens, kl=g["kl"] / tokens,
-        sampler_kl=g["sampler_kl"] / tokens, clip_fraction=g["clipped"] / tokens,
-        grad_norm=max(grad_norms) if grad_norms else None, lr=lr_used, updates=len(grad_norms),
-        skipped_updates=skipped, tokens_total=int(summed[-1]),
-    )  # fmt: skip
+        mean_entropy=g["entropy"] / tokens,
+        num_tokens=int(g["tokens"]),
+        entropy_by_difficulty=entropy_by,
+        pg_loss=g["pg"] / tokens,
+        entropy_loss=alpha * g["weighted_entropy"] / tokens,
+        kl=g["kl"] / tokens,
+        sampler_kl=g["sampler_kl"] / tokens,
+        clip_fraction=g["clipped"] / tokens,
+        tokens_total=int(summed[-1]),
+        **updates,
+    )
 
 
 def _collate(

@@ -76,8 +76,7 @@ def train(settings: LearnerSettings) -> int:
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "learner_settings.json").write_text(json.dumps(settings.snapshot(), indent=2) + "\n")
-        log.info("run %s: %d rank(s) on %s (%s), run dir %s", run_id, ctx.world_size, ctx.device, ctx.backend,
-                 run_dir)  # fmt: skip
+        log.info("run %s: %d rank(s) on %s (%s), run dir %s", run_id, ctx.world_size, ctx.device, ctx.backend, run_dir)
 
     # --- model (float32 master weights; DDP or FSDP2, bf16 compute if asked), optimizer, schedule ------------------
     from aerplane.data.models import resolve_model
@@ -100,8 +99,10 @@ def train(settings: LearnerSettings) -> int:
     start_step, coef_state, ledger_mark = 0, None, None
     latest = ckpt.latest_checkpoint(ckpt_dir)
     if latest is not None and not settings.run.resume:
-        raise SettingsError(f"learner.run.resume: {ckpt_dir} already holds checkpoints (last: step {latest[0]}); "
-                            "pass --resume to continue that run, or choose another run id / run dir")  # fmt: skip
+        raise SettingsError(
+            f"learner.run.resume: {ckpt_dir} already holds checkpoints (last: step {latest[0]}); "
+            "pass --resume to continue that run, or choose another run id / run dir"
+        )
     if settings.run.resume and latest is not None:
         start_step, coef_state, ledger_mark = resume_from(latest[1], lm, optimizer, scheduler, ctx, settings)
         if ctx.is_main:
@@ -122,11 +123,15 @@ def train(settings: LearnerSettings) -> int:
             driver.publish_weights(lm, state, start_step, start_step)
 
     loss_cfg = LossConfig(
-        eps_low=settings.loss.eps_low, eps_high=settings.loss.eps_high, kl_coef=settings.loss.kl_coef,
-        policy_loss=settings.loss.policy_loss, policy_loss_params=dict(settings.loss.policy_loss_params),
-        old_logprobs=settings.loss.old_logprobs, temperature=settings.sampling.temperature,
+        eps_low=settings.loss.eps_low,
+        eps_high=settings.loss.eps_high,
+        kl_coef=settings.loss.kl_coef,
+        policy_loss=settings.loss.policy_loss,
+        policy_loss_params=dict(settings.loss.policy_loss_params),
+        old_logprobs=settings.loss.old_logprobs,
+        temperature=settings.sampling.temperature,
         chunk_size=settings.loss.entropy_chunk_size,
-    )  # fmt: skip
+    )
     pad_id = distributed.broadcast(driver.pad_id if driver else None, ctx)
     last_checkpoint = start_step if latest is not None and settings.run.resume else -1
     code = 0
@@ -149,11 +154,21 @@ def train(settings: LearnerSettings) -> int:
             # train on this rank's share
             t = time.perf_counter()
             result = train_step(
-                policy, optimizer, scheduler, plan.samples, num_prompts=P, ctx=ctx, alpha=plan.alpha,
-                cfg=loss_cfg, micro_batch_size=settings.batch.micro_batch_size,
-                mini_batches=settings.batch.mini_batches, pad_id=pad_id, grad_clip=settings.optim.grad_clip,
-                ref_model=ref_policy, update=not plan.measure_only,
-            )  # fmt: skip
+                policy,
+                optimizer,
+                scheduler,
+                plan.samples,
+                num_prompts=P,
+                ctx=ctx,
+                alpha=plan.alpha,
+                cfg=loss_cfg,
+                micro_batch_size=settings.batch.micro_batch_size,
+                mini_batches=settings.batch.mini_batches,
+                pad_id=pad_id,
+                grad_clip=settings.optim.grad_clip,
+                ref_model=ref_policy,
+                update=not plan.measure_only,
+            )
             phases["forward_backward"] = time.perf_counter() - t  # includes the optimizer update(s)
             if not math.isfinite(result.mean_entropy):
                 raise FloatingPointError(f"step {step}: non-finite entropy {result.mean_entropy}")
@@ -174,15 +189,27 @@ def train(settings: LearnerSettings) -> int:
                     driver.publish_weights(lm, state, version, step + 1)
                 phases["publish_weights"] = time.perf_counter() - t
             if driver is not None:
-                row = driver.metrics_row(step, plan_info=driver.last_info, result=result, coef=coef_after,
-                                         phases=phases, seconds=time.perf_counter() - t0)  # fmt: skip
+                row = driver.metrics_row(
+                    step,
+                    plan_info=driver.last_info,
+                    result=result,
+                    coef=coef_after,
+                    phases=phases,
+                    seconds=time.perf_counter() - t0,
+                )
                 metrics_log.append(row)
                 driver.metrics.record(row)
                 log.info(
                     "step %d: H=%.4f α=%.3g acc=%.3f pg=%.4f len=%.1f %.0f tok/s %.1fs",
-                    step, row["mean_entropy"], row["alpha"], row["accuracy"], row["pg_loss"],
-                    row["response_length"], row["tokens_per_s"], row["step_seconds"],
-                )  # fmt: skip
+                    step,
+                    row["mean_entropy"],
+                    row["alpha"],
+                    row["accuracy"],
+                    row["pg_loss"],
+                    row["response_length"],
+                    row["tokens_per_s"],
+                    row["step_seconds"],
+                )
             step += 1
         # a stop between steps leaves a consistent state: keep it
         if step > start_step and last_checkpoint != step and code == 0:
@@ -227,9 +254,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, settings: LearnerSettings)
 
 
 def save_checkpoint(
-    step: int, lm: torch.nn.Module, optimizer: Any, scheduler: Any, ctx: distributed.Dist,
-    settings: LearnerSettings, driver: Driver | None,
-) -> None:  # fmt: skip
+    step: int,
+    lm: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    ctx: distributed.Dist,
+    settings: LearnerSettings,
+    driver: Driver | None,
+) -> None:
     """Every rank: RNG state (and, under FSDP, its shards) into the temporary folder; rank 0: the rest, the rename.
 
     `driver` (rank 0 only) supplies the data position and the coefficient state."""
@@ -260,8 +292,13 @@ def save_checkpoint(
         if not sharded:
             state["model"] = {k: v.detach().cpu() for k, v in lm.state_dict().items()}
             state["optimizer"] = optimizer.state_dict()
-        meta = {"run_id": settings.run.run_id, "world_size": ctx.world_size, "parallel": settings.model.parallel,
-                "data_position": position, "ledger": ledger}  # fmt: skip
+        meta = {
+            "run_id": settings.run.run_id,
+            "world_size": ctx.world_size,
+            "parallel": settings.model.parallel,
+            "data_position": position,
+            "ledger": ledger,
+        }
         path = ckpt.commit(root, step, state, meta, settings.checkpoint.keep)
         if driver is not None:
             driver.metrics.checkpoints.inc()
@@ -277,12 +314,15 @@ def resume_from(
     state = ckpt.load_trainer_state(path)
     run_id, parallel = settings.run.run_id, settings.model.parallel
     if state["run_id"] != run_id:
-        raise SettingsError(f"learner.run.run_id: the checkpoint {path} belongs to run {state['run_id']!r}, "
-                            f"not {run_id!r}")  # fmt: skip
+        raise SettingsError(
+            f"learner.run.run_id: the checkpoint {path} belongs to run {state['run_id']!r}, not {run_id!r}"
+        )
     written_by = state.get("parallel", "ddp")
     if written_by != parallel:
-        raise SettingsError(f"learner.model.parallel: the checkpoint {path} was written under {written_by}; resume "
-                            f"with --parallel {written_by} (this run asks for {parallel})")  # fmt: skip
+        raise SettingsError(
+            f"learner.model.parallel: the checkpoint {path} was written under {written_by}; resume "
+            f"with --parallel {written_by} (this run asks for {parallel})"
+        )
     if parallel == "fsdp":
         ckpt.load_sharded(path, lm, optimizer)
     else:
@@ -357,30 +397,41 @@ class Driver:
         s = self.settings
         self.ops = OpsServer(s.host, s.http_port, self.registry, self._ready).start()
         log.info("metrics on http://%s:%d/metrics", s.host, self.ops.port)
-        self.schedule = PromptSchedule(self._load_items(), s.batch.prompts_per_step, seed=s.run.seed,
-                                       shuffle=s.data.shuffle)  # fmt: skip
+        self.schedule = PromptSchedule(
+            self._load_items(), s.batch.prompts_per_step, seed=s.run.seed, shuffle=s.data.shuffle
+        )
         self.ledger = ConsumedLedger.open(s.run_dir, ledger_mark, start_step=start_step)
         if start_step > 0 and self.ledger.last_prompt_ids is not None:
             expected = [slot.prompt_id for slot in self._slots(start_step - 1)]
             if self.ledger.last_prompt_ids != expected:
-                raise SettingsError(f"learner.data: step {start_step - 1} trained on other prompts than the data "
-                                    "settings give now (the task list, its size, seed or shuffle changed); resume with "
-                                    "the settings the run started with")  # fmt: skip
+                raise SettingsError(
+                    f"learner.data: step {start_step - 1} trained on other prompts than the data "
+                    "settings give now (the task list, its size, seed or shuffle changed); resume with "
+                    "the settings the run started with"
+                )
         self.streams = StreamClient(s.redis_url, s.run.run_id)
-        consumer = self.streams.consumer(ROLLOUT_SCORED, LEARNER_GROUP, "learner-0", ScoredSample,
-                                         claim_idle_ms=600_000, max_deliveries=10)  # fmt: skip
-        StreamMetrics("aerplane_learner", self.streams, lambda: consumer,
-                      [(ROLLOUT_SCORED, LEARNER_GROUP)]).register(self.registry)  # fmt: skip
+        consumer = self.streams.consumer(
+            ROLLOUT_SCORED, LEARNER_GROUP, "learner-0", ScoredSample, claim_idle_ms=600_000, max_deliveries=10
+        )
+        StreamMetrics("aerplane_learner", self.streams, lambda: consumer, [(ROLLOUT_SCORED, LEARNER_GROUP)]).register(
+            self.registry
+        )
         self.collector = RolloutCollector(
-            consumer, lambda reqs: publish_requests(self.streams, reqs), run_id=s.run.run_id,
-            samples_per_prompt=s.batch.samples_per_prompt, staleness=s.run.staleness,
-        )  # fmt: skip
+            consumer,
+            lambda reqs: publish_requests(self.streams, reqs),
+            run_id=s.run.run_id,
+            samples_per_prompt=s.batch.samples_per_prompt,
+            staleness=s.run.staleness,
+        )
         self.collector.trained_below = start_step
         if coef_state:
             self.coefficients.load_state_dict(coef_state)
         state = self.coefficients.start(resume)
-        log.info("coefficient run %s: %s", s.run.run_id, {k: state.get(k) for k in
-                 ("strategy", "step", "alpha", "initial_entropy", "target_entropy")})  # fmt: skip
+        log.info(
+            "coefficient run %s: %s",
+            s.run.run_id,
+            {k: state.get(k) for k in ("strategy", "step", "alpha", "initial_entropy", "target_entropy")},
+        )
         self.version = start_step
         self.ready = True
         self._event("learner_started", start_step, {"resume": resume, "world_size": self.ctx.world_size})
@@ -390,23 +441,36 @@ class Driver:
         from aerplane.data.tasks import chat_prompt, load_data_file, load_training_tasks
 
         s = self.settings
-        items = load_data_file(s.data.file) if s.data.file else load_training_tasks(s.data.task, size=s.data.size,
-                                                                                      seed=s.run.seed)  # fmt: skip
+        items = (
+            load_data_file(s.data.file)
+            if s.data.file
+            else load_training_tasks(s.data.task, size=s.data.size, seed=s.run.seed)
+        )
         kept, skipped = [], 0
         for item in items:
             text = chat_prompt(self.tokenizer, item)
             if len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) > s.lengths.max_prompt_tokens:
                 skipped += 1
                 continue
-            slot = PromptSlot(step=-1, slot=-1, prompt_id=item.prompt_id, prompt=text, ground_truth=item.ground_truth,
-                              task=item.task, difficulty=item.difficulty)  # fmt: skip
+            slot = PromptSlot(
+                step=-1,
+                slot=-1,
+                prompt_id=item.prompt_id,
+                prompt=text,
+                ground_truth=item.ground_truth,
+                task=item.task,
+                difficulty=item.difficulty,
+            )
             kept.append(slot)
         if skipped:
-            log.warning("skipped %d of %d prompts longer than %d tokens", skipped, len(items),
-                        s.lengths.max_prompt_tokens)  # fmt: skip
+            log.warning(
+                "skipped %d of %d prompts longer than %d tokens", skipped, len(items), s.lengths.max_prompt_tokens
+            )
         if not kept:
-            raise SettingsError(f"learner.lengths.max_prompt_tokens: all {len(items)} prompts are longer than "
-                                f"{s.lengths.max_prompt_tokens} tokens")  # fmt: skip
+            raise SettingsError(
+                f"learner.lengths.max_prompt_tokens: all {len(items)} prompts are longer than "
+                f"{s.lengths.max_prompt_tokens} tokens"
+            )
         return kept
 
     # --- one step ---------------------------------------------------------------------------------------------
@@ -430,10 +494,16 @@ class Driver:
         s = self.settings
         for future in range(max(step, self.published_through + 1), min(step + s.run.staleness, s.run.steps - 1) + 1):
             reqs = build_requests(
-                s.run.run_id, future, self._slots(future), num_samples=s.batch.samples_per_prompt,
-                policy_version=max(0, future - s.run.staleness), temperature=s.sampling.temperature,
-                top_p=s.sampling.top_p, max_tokens=s.lengths.max_response_tokens, seed=s.run.seed,
-            )  # fmt: skip
+                s.run.run_id,
+                future,
+                self._slots(future),
+                num_samples=s.batch.samples_per_prompt,
+                policy_version=max(0, future - s.run.staleness),
+                temperature=s.sampling.temperature,
+                top_p=s.sampling.top_p,
+                max_tokens=s.lengths.max_response_tokens,
+                seed=s.run.seed,
+            )
             self.collector.expect(reqs)
             publish_requests(self.streams, reqs)
             self.published_through = future
@@ -478,11 +548,23 @@ class Driver:
         advantages = group_advantages(torch.tensor(rewards, dtype=torch.float32), normalize_std=s.loss.normalize_std)
         for q, pid in enumerate(pids):
             for x, a in zip(groups[pid], advantages[q].tolist(), strict=True):
-                samples.append(truncate_response(TrainSample(
-                    prompt_index=q, prompt_ids=list(x.prompt_token_ids), response_ids=list(x.response_token_ids),
-                    sampler_logprobs=list(x.logprobs), reward=float(x.reward), advantage=float(a),
-                    weight=float(weights[q]), difficulty=x.difficulty, policy_version=x.policy_version,
-                    prompt_id=pid), max_resp))  # fmt: skip
+                samples.append(
+                    truncate_response(
+                        TrainSample(
+                            prompt_index=q,
+                            prompt_ids=list(x.prompt_token_ids),
+                            response_ids=list(x.response_token_ids),
+                            sampler_logprobs=list(x.logprobs),
+                            reward=float(x.reward),
+                            advantage=float(a),
+                            weight=float(weights[q]),
+                            difficulty=x.difficulty,
+                            policy_version=x.policy_version,
+                            prompt_id=pid,
+                        ),
+                        max_resp,
+                    )
+                )
                 lags.append(self.version - x.policy_version)
                 lengths.append(len(x.response_token_ids))
             difficulties.append(groups[pid][0].difficulty)
@@ -494,9 +576,11 @@ class Driver:
             "accuracy_by_difficulty": mean_by(accs, difficulties),
             "response_length": sum(lengths) / len(lengths),
             "policy_version_lag": sum(lags) / len(lags),
-            "samples": {k: getattr(stats, k) for k in
-                        ("accepted", "duplicate", "stale", "late", "foreign", "unexpected", "rerequested")},
-        }  # fmt: skip
+            "samples": {
+                k: getattr(stats, k)
+                for k in ("accepted", "duplicate", "stale", "late", "foreign", "unexpected", "rerequested")
+            },
+        }
         return StepPlan(samples=samples, alpha=alpha, measure_only=self._measure_only(step))
 
     def _measure_only(self, step: int) -> bool:
@@ -512,8 +596,13 @@ class Driver:
         t = time.perf_counter()
         state = self.coefficients.report(step, result.mean_entropy, result.num_tokens)
         groups = {pid: [Sample(x.sample_index, x.policy_version) for x in xs] for pid, xs in self.consumed.items()}
-        self.ledger.record(step, groups, samples_per_prompt=self.settings.batch.samples_per_prompt,
-                           policy_version=self.version, update=result.updates > 0)  # fmt: skip
+        self.ledger.record(
+            step,
+            groups,
+            samples_per_prompt=self.settings.batch.samples_per_prompt,
+            policy_version=self.version,
+            update=result.updates > 0,
+        )
         phases["report"] = time.perf_counter() - t
         self.version = step + 1  # policy version = steps completed (an anchoring step's weights are unchanged)
         return state
@@ -532,15 +621,28 @@ class Driver:
             path, num_bytes = ckpt.publish_weights(lm, root, version, self.settings.weights.keep, state_dict=state)
         else:
             num_bytes = sum(f.stat().st_size for f in path.glob("*.safetensors"))
-        self.streams.publish(WEIGHTS, WeightsAnnouncement(run_id=self.settings.run.run_id, version=version,
-                                                          step=step, path=str(path.resolve()),
-                                                          num_bytes=num_bytes))  # fmt: skip
+        self.streams.publish(
+            WEIGHTS,
+            WeightsAnnouncement(
+                run_id=self.settings.run.run_id,
+                version=version,
+                step=step,
+                path=str(path.resolve()),
+                num_bytes=num_bytes,
+            ),
+        )
         self.metrics.weights.inc()
 
     def metrics_row(
-        self, step: int, *, plan_info: dict[str, Any], result: StepResult, coef: dict[str, Any] | None,
-        phases: dict[str, float], seconds: float,
-    ) -> dict[str, Any]:  # fmt: skip
+        self,
+        step: int,
+        *,
+        plan_info: dict[str, Any],
+        result: StepResult,
+        coef: dict[str, Any] | None,
+        phases: dict[str, float],
+        seconds: float,
+    ) -> dict[str, Any]:
         coef = coef or {}
         train_s = phases.get("forward_backward", 0.0)
         return {

@@ -15,7 +15,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from aerplane.common.flags import add_service_command
     from aerplane.reward.settings import RewardSettings
 
-    add_service_command(subparsers, "reward", RewardSettings, command="serve", serve="aerplane.reward.api:serve",
-                        help="the reward verification service",
-                        command_help="score generated rollouts (Redis stream) and serve POST /v1/verify",
-                        description="Verifies answers in a pool of killable worker processes.")  # fmt: skip
+    add_service_command(
+        subparsers,
+        "reward",
+        RewardSettings,
+        command="serve",
+        serve="aerplane.reward.api:serve",
+        help="the reward verification service",
+        command_help="score generated rollouts (Redis stream) and serve POST /v1/verify",
+        description="Verifies answers in a pool of killable worker processes.",
+    )

@@ -41,9 +41,11 @@ class RewardMetrics:
             registry=registry,
         )
         self.worker_restarts = Counter(
-            f"{PREFIX}_worker_restarts", "Verification workers killed or found dead and replaced", ["reason"],
+            f"{PREFIX}_worker_restarts",
+            "Verification workers killed or found dead and replaced",
+            ["reason"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.queue_depth = Gauge(f"{PREFIX}_pool_queue_depth", "Items waiting for a free worker", registry=registry)
         self.busy = Gauge(f"{PREFIX}_pool_busy_workers", "Workers scoring an item now", registry=registry)
         self.workers = Gauge(f"{PREFIX}_pool_workers", "Workers alive", registry=registry)

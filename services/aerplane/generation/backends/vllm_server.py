@@ -66,18 +66,29 @@ def vllm_server_argv(
     extra_args: Sequence[str] = (),
 ) -> list[str]:
     argv = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_path),
-        "--served-model-name", SERVED_MODEL_NAME,
-        "--host", host,
-        "--port", str(port),
-        "--dtype", dtype,
-        "--max-model-len", str(max_model_len),
-        "--logprobs-mode", f"{logprobs_mode}_logprobs",
-        "--seed", str(seed),
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_path),
+        "--served-model-name",
+        SERVED_MODEL_NAME,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--dtype",
+        dtype,
+        "--max-model-len",
+        str(max_model_len),
+        "--logprobs-mode",
+        f"{logprobs_mode}_logprobs",
+        "--seed",
+        str(seed),
         # No --disable-log-stats: in vLLM 0.32 it also removes the Prometheus logger (vllm:* metrics stay empty).
-        "--uvicorn-log-level", "warning",
-    ]  # fmt: skip
+        "--uvicorn-log-level",
+        "warning",
+    ]
     if enforce_eager:
         argv.append("--enforce-eager")
     if not chunked_prefill:
