@@ -186,6 +186,10 @@ class _PromptRecord(_Record):
     num_samples: int  # G, the samples of this prompt
     policy_version: int  # request: the version the learner expects (at least); sample: the one that produced it
 
+    def prompt_fields(self) -> dict[str, Any]:
+        """The fields every record about this prompt carries (a request's, passed on to its samples)."""
+        return {f.name: getattr(self, f.name) for f in fields(_PromptRecord)}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RolloutRequest(_PromptRecord):

@@ -203,17 +203,11 @@ class GenerationWorker:
     def _publish(self, delivery: Delivery, prompt_ids: list[int], samples: Sequence[Any], version: int) -> int:
         """Publish a request's samples and ack it in one step; returns the response tokens."""
         request: RolloutRequest = delivery.record  # type: ignore[assignment]
+        prompt = {**request.prompt_fields(), "policy_version": version}
         records = [
             GeneratedSample(
-                run_id=request.run_id,
-                step=request.step,
-                prompt_id=request.prompt_id,
+                **prompt,
                 sample_index=k,
-                num_samples=request.num_samples,
-                policy_version=version,
-                task=request.task,
-                difficulty=request.difficulty,
-                ground_truth=request.ground_truth,
                 prompt_token_ids=prompt_ids,
                 response_token_ids=s.token_ids,
                 logprobs=s.logprobs,
