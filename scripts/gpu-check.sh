@@ -146,7 +146,7 @@ PY
         skip up "needs math-verify and reasoning-gym (the reward service and the tasks)"
     else
         # vLLM takes 30 % of the GPU and leaves the rest to the learner, which trains in bf16 mixed precision
-        run up 210 env AERPLANE_DEVICE=cuda AERPLANE_MODEL__DTYPE=bfloat16 \
+        run up 210 env AERPLANE_LEARNER_DEVICE=cuda AERPLANE_LEARNER_MODEL__DTYPE=bfloat16 \
             AERPLANE_GENERATION_VLLM_GPU_MEMORY_UTILIZATION=0.3 \
             "$py" -m aerplane.cli up --model tiny --backend vllm --steps 3 --prompts-per-step 2 \
             --samples-per-prompt 4 --max-tokens 32 --eval-size 4 --no-live --free-ports --run-dir "$out/up-run"

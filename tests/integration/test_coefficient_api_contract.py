@@ -38,7 +38,7 @@ def service(tmp_path: Path, redis_url: str):
         "AERPLANE_REDIS_URL": redis_url,
         "AERPLANE_API_TOKEN": OPERATOR,
         "AERPLANE_API_READ_TOKEN": READER,
-        "AERPLANE_COEFFICIENT__TOKEN": LEARNER,
+        "AERPLANE_LEARNER_TOKEN": LEARNER,
         "AERPLANE_LOG_LEVEL": "DEBUG",
     }
     argv = [sys.executable, "-m", "aerplane.cli", "coefficient", "serve", "--host", "127.0.0.1"]

@@ -358,7 +358,7 @@ def test_sigkilled_learner_resumes_training_every_group_exactly_once(
     from aerplane.learner.ledger import read_ledger
 
     operator, reader, learner_token = "once-operator-token", "once-read-token", "once-learner-token"
-    monkeypatch.setenv("AERPLANE_COEFFICIENT__TOKEN", learner_token)  # both ends: the service and the learner
+    monkeypatch.setenv("AERPLANE_LEARNER_TOKEN", learner_token)  # both ends: the service and the learner
     grpc_port, http_port = free_port(), free_port()
     service = ManagedProcess(
         "coefficient-once",

@@ -232,7 +232,7 @@ def test_read_and_learner_tokens_come_from_their_variables(monkeypatch: pytest.M
     monkeypatch.setenv("AERPLANE_API_TOKEN", "op-secret")
     monkeypatch.setenv("AERPLANE_API_READ_TOKEN", "rd-secret")
     monkeypatch.setenv("AERPLANE_API_READ_TOKENS", "grafana:gf-secret")
-    monkeypatch.setenv("AERPLANE_COEFFICIENT__TOKEN", "ln-secret")  # the variable the learner sends it from
+    monkeypatch.setenv("AERPLANE_LEARNER_TOKEN", "ln-secret")  # the variable the learner sends it from
     s = load_settings(CoefficientSettings, section="coefficient")
     assert {(c.actor, c.role) for c in s.credentials()} == {
         ("operator", Role.OPERATOR),
@@ -243,11 +243,11 @@ def test_read_and_learner_tokens_come_from_their_variables(monkeypatch: pytest.M
     assert not any(secret in repr(s) for secret in ("op-secret", "rd-secret", "gf-secret", "ln-secret"))
     assert s.authenticator().authorize("Bearer gf-secret", Permission.READ) == "grafana"
 
-    monkeypatch.setenv("AERPLANE_COEFFICIENT__TOKEN", "op-secret")  # one token, two roles: refused, token unsaid
+    monkeypatch.setenv("AERPLANE_LEARNER_TOKEN", "op-secret")  # one token, two roles: refused, token unsaid
     with pytest.raises(SettingsError, match="learner_token: the token of 'learner' is also the token of") as info:
         load_settings(CoefficientSettings, section="coefficient")
     assert "op-secret" not in str(info.value)
-    monkeypatch.setenv("AERPLANE_COEFFICIENT__TOKEN", "")  # empty: unset, as in compose files
+    monkeypatch.setenv("AERPLANE_LEARNER_TOKEN", "")  # empty: unset, as in compose files
     monkeypatch.setenv("AERPLANE_API_READ_TOKENS", "reader:x")
     with pytest.raises(SettingsError, match="read_tokens: actor 'reader' is reserved"):
         load_settings(CoefficientSettings, section="coefficient")

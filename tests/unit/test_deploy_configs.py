@@ -187,9 +187,7 @@ def test_compose_redis_needs_a_password_from_a_secret_and_nothing_private_is_pub
         assert all(p.get("host_ip") == "127.0.0.1" for p in svc.get("ports", [])), name
     # The learner's gRPC calls are checked: the service knows the token the learner sends.
     learner = services["learner" if profile == "gpu" else "learner-cpu"]["environment"]
-    assert (
-        services["coefficient"]["environment"]["AERPLANE_COEFFICIENT__TOKEN"] == learner["AERPLANE_COEFFICIENT__TOKEN"]
-    )
+    assert services["coefficient"]["environment"]["AERPLANE_LEARNER_TOKEN"] == learner["AERPLANE_LEARNER_TOKEN"]
 
 
 def test_compose_gpu_services_reserve_gpus_and_cpu_services_do_not(
@@ -211,7 +209,7 @@ def test_compose_learner_and_generation_share_the_runs_volume(compose_projects: 
 
         assert mounts(gen)["/runs"]["source"] == mounts(learner)["/runs"]["source"] == "runs"
         assert mounts(gen)["/runs"].get("read_only") is True
-        run_dir = services[learner]["environment"]["AERPLANE_RUN__DIR"]
+        run_dir = services[learner]["environment"]["AERPLANE_LEARNER_RUN__DIR"]
         assert run_dir.startswith("/runs/"), "the learner must publish weights on the shared volume"
 
 
@@ -381,8 +379,8 @@ def test_cpu_profile_keeps_its_own_step_count_with_the_example_env(
     compose_projects: dict[str, dict[str, Any]],
 ) -> None:
     """.env.example must not silently replace a profile's defaults (it once set RUN_STEPS=500 for both)."""
-    assert compose_projects["cpu"]["services"]["learner-cpu"]["environment"]["AERPLANE_RUN__STEPS"] == "20"
-    assert compose_projects["gpu"]["services"]["learner"]["environment"]["AERPLANE_RUN__STEPS"] == "500"
+    assert compose_projects["cpu"]["services"]["learner-cpu"]["environment"]["AERPLANE_LEARNER_RUN__STEPS"] == "20"
+    assert compose_projects["gpu"]["services"]["learner"]["environment"]["AERPLANE_LEARNER_RUN__STEPS"] == "500"
 
 
 def test_a_failing_learner_restarts_a_bounded_number_of_times(compose_projects: dict[str, dict[str, Any]]) -> None:
@@ -810,7 +808,7 @@ def test_helm_configmaps_parse_through_the_settings_classes(values: Path | None)
     maps = {d["metadata"]["labels"].get("app.kubernetes.io/component"): d for d in docs if d["kind"] == "ConfigMap"}
     secret_env = {  # what the pods add from the Secret
         "coefficient": {"AERPLANE_API_TOKEN": "token-from-secret"},
-        "learner": {"AERPLANE_COEFFICIENT__TOKEN": "token-from-secret"},
+        "learner": {"AERPLANE_LEARNER_TOKEN": "token-from-secret"},
     }
     for component in ("coefficient", "reward", "generation", "learner"):
         env = {**maps[component]["data"], **secret_env.get(component, {})}

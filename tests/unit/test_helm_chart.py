@@ -163,7 +163,7 @@ def test_the_learner_resumes_after_a_restart_and_completion_ends_the_run(
     for name in ("1-node", "2-node"):
         docs = kinds(variants[name])
         config = docs["ConfigMap"]["aer-aerplane-learner"]["data"]
-        assert config["AERPLANE_RUN__RESUME"] == "true", "a restarted pod continues from the last checkpoint"
+        assert config["AERPLANE_LEARNER_RUN__RESUME"] == "true", "a restarted pod continues from the last checkpoint"
         job = docs["Job"]["aer-aerplane-learner"]["spec"]
         assert job["backoffLimit"] >= 1 and job["template"]["spec"]["restartPolicy"] == "OnFailure"
         assert "StatefulSet" not in docs or "aer-aerplane-learner" not in docs["StatefulSet"]
@@ -275,7 +275,7 @@ def test_variant_configmaps_load_through_the_settings_classes(
     redis = {} if "AERPLANE_REDIS_URL" in maps["learner"] else {"AERPLANE_REDIS_URL": "redis://from-a-secret:6379/0"}
     check_environment("generation", {**maps["generation"], **redis}, f"{variant}: generation")
     learner = check_environment(
-        "learner", {**maps["learner"], **redis, "AERPLANE_COEFFICIENT__TOKEN": "t"}, f"{variant}: learner"
+        "learner", {**maps["learner"], **redis, "AERPLANE_LEARNER_TOKEN": "t"}, f"{variant}: learner"
     )
     assert learner.model.path == maps["generation"]["AERPLANE_GENERATION_MODEL"], "one initial policy for both"
 
@@ -298,7 +298,7 @@ def test_a_model_init_container_puts_the_policy_in_place(
 ) -> None:
     docs = variants[variant]
     by_kind = kinds(docs)
-    assert by_kind["ConfigMap"]["aer-aerplane-learner"]["data"]["AERPLANE_MODEL__PATH"] == path
+    assert by_kind["ConfigMap"]["aer-aerplane-learner"]["data"]["AERPLANE_LEARNER_MODEL__PATH"] == path
     assert by_kind["ConfigMap"]["aer-aerplane-generation"]["data"]["AERPLANE_GENERATION_MODEL"] == path
     for component in ("learner", "generation"):
         spec = pod_specs(docs)[component]["spec"]
@@ -396,7 +396,7 @@ def test_an_existing_secret_is_used_as_it_is(variants: dict[str, list[dict[str, 
     specs = pod_specs(docs)
     ref = env_of(container(specs["coefficient"], "coefficient"))["AERPLANE_API_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert ref["name"] == "aerplane-api"
-    ref = env_of(container(specs["learner"], "learner"))["AERPLANE_COEFFICIENT__TOKEN"]["valueFrom"]["secretKeyRef"]
+    ref = env_of(container(specs["learner"], "learner"))["AERPLANE_LEARNER_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert ref["name"] == "aerplane-api"
 
 
@@ -451,8 +451,8 @@ def test_the_learner_calls_with_its_own_token_which_the_coefficient_service_requ
     variants: dict[str, list[dict[str, Any]]],
 ) -> None:
     specs = pod_specs(variants["1-node"])
-    learner = env_of(container(specs["learner"], "learner"))["AERPLANE_COEFFICIENT__TOKEN"]
-    service = env_of(container(specs["coefficient"], "coefficient"))["AERPLANE_COEFFICIENT__TOKEN"]
+    learner = env_of(container(specs["learner"], "learner"))["AERPLANE_LEARNER_TOKEN"]
+    service = env_of(container(specs["coefficient"], "coefficient"))["AERPLANE_LEARNER_TOKEN"]
     assert learner == service
     assert learner["valueFrom"]["secretKeyRef"] == {"name": "aer-aerplane-auth", "key": "learner-token"}
 

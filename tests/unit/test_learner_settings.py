@@ -28,9 +28,9 @@ def test_defaults_match_the_design() -> None:
 
 
 def test_environment_and_flags_merge_with_flags_winning(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AERPLANE_OPTIM__WEIGHT_DECAY", "0.1")
-    monkeypatch.setenv("AERPLANE_OPTIM__LR", "0.5")
-    monkeypatch.setenv("AERPLANE_STRATEGY__PARAMS", '{"rho": 0.4}')
+    monkeypatch.setenv("AERPLANE_LEARNER_OPTIM__WEIGHT_DECAY", "0.1")
+    monkeypatch.setenv("AERPLANE_LEARNER_OPTIM__LR", "0.5")
+    monkeypatch.setenv("AERPLANE_LEARNER_STRATEGY__PARAMS", '{"rho": 0.4}')
     args = _parse(["learner", "train", "--lr", "3e-6", "--strategy-param", "eta=0.01",
                    "--strategy-param", "weighting=linear", "--no-normalize-std", "--resume"])  # fmt: skip
     s = load_settings(LearnerSettings, entry.overrides_from_args(args), section=SECTION)
@@ -60,15 +60,41 @@ def test_invalid_values_name_the_key(overrides: dict, key: str) -> None:
 
 
 def test_the_names_other_services_share_are_understood(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AERPLANE_MODEL", "smollm2-135m")
+    monkeypatch.setenv("AERPLANE_LEARNER_MODEL", "smollm2-135m")
     monkeypatch.setenv("AERPLANE_RUN_ID", "shared")
     s = load_settings(LearnerSettings, {}, section=SECTION)
     assert s.model.path == "smollm2-135m" and s.run.run_id == "shared"
     s = load_settings(LearnerSettings, {"run": {"run_id": "mine"}}, section=SECTION)
     assert s.run.run_id == "mine"
-    monkeypatch.delenv("AERPLANE_MODEL")
-    monkeypatch.setenv("AERPLANE_MODEL__DTYPE", "bfloat16")
+    monkeypatch.delenv("AERPLANE_LEARNER_MODEL")
+    monkeypatch.setenv("AERPLANE_LEARNER_MODEL__DTYPE", "bfloat16")
     assert load_settings(LearnerSettings, {}, section=SECTION).model.dtype == "bfloat16"
+
+
+def test_the_old_variable_names_still_work_below_the_new_ones_and_say_what_replaces_them(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from aerplane.learner import settings as learner_settings
+
+    monkeypatch.setattr(learner_settings, "_warned", set())
+    old = {"AERPLANE_OPTIM__LR": "0.5", "AERPLANE_HTTP_PORT": "9003", "AERPLANE_DEVICE": "cpu",
+           "AERPLANE_MODEL": "tiny", "AERPLANE_STRATEGY__PARAMS": '{"rho": 0.4}',
+           "AERPLANE_COEFFICIENT__TOKEN": "old-token"}  # fmt: skip
+    for name, value in old.items():
+        monkeypatch.setenv(name, value)
+    with caplog.at_level("WARNING"):
+        s = load_settings(LearnerSettings, {}, section=SECTION)
+    assert (s.optim.lr, s.http_port, s.device, s.model.path) == (0.5, 9003, "cpu", "tiny")
+    assert s.strategy.params == {"rho": 0.4} and s.coefficient.token.get_secret_value() == "old-token"
+    assert "AERPLANE_OPTIM__LR is the learner's old variable name: use AERPLANE_LEARNER_OPTIM__LR" in caplog.text
+    assert "use AERPLANE_LEARNER_TOKEN" in caplog.text and "use AERPLANE_LEARNER_HTTP_PORT" in caplog.text
+    monkeypatch.setenv("AERPLANE_LEARNER_OPTIM__LR", "0.25")  # the new name wins
+    monkeypatch.setenv("AERPLANE_LEARNER_TOKEN", "new-token")
+    s = load_settings(LearnerSettings, {}, section=SECTION)
+    assert s.optim.lr == 0.25 and s.coefficient.token.get_secret_value() == "new-token"
+    # Another service's variables are not taken for the learner's.
+    monkeypatch.setenv("AERPLANE_REWARD_HTTP_PORT", "7001")
+    assert load_settings(LearnerSettings, {}, section=SECTION).http_port == 9003
 
 
 def test_world_size_check_names_the_full_key() -> None:
@@ -132,8 +158,8 @@ def test_parallel_and_precision_flags_reach_the_worker() -> None:
 def test_the_coefficient_token_comes_from_the_shared_variable_and_is_never_shown(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`AERPLANE_COEFFICIENT__TOKEN` is also what the coefficient service reads as its learner token."""
-    monkeypatch.setenv("AERPLANE_COEFFICIENT__TOKEN", "learner-secret")
+    """`AERPLANE_LEARNER_TOKEN` is also what the coefficient service reads as its learner token."""
+    monkeypatch.setenv("AERPLANE_LEARNER_TOKEN", "learner-secret")
     s = load_settings(LearnerSettings, {}, section=SECTION)
     assert s.coefficient.token is not None and s.coefficient.token.get_secret_value() == "learner-secret"
     assert "learner-secret" not in repr(s) and "learner-secret" not in str(s.snapshot())

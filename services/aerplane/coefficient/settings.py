@@ -12,7 +12,7 @@ Environment variables (CLI flags override them):
 | api_tokens | `AERPLANE_API_TOKENS`: more operator tokens, `name:token,name2:token2` (the name is the actor) | unset |
 | read_token | `AERPLANE_API_READ_TOKEN`: a read-only token (actor `reader`) | unset: reads are open |
 | read_tokens | `AERPLANE_API_READ_TOKENS`: more read-only tokens, `name:token,…` | unset |
-| learner_token | `AERPLANE_COEFFICIENT__TOKEN`: the learner's gRPC token (the learner sends it from there) | unset |
+| learner_token | `AERPLANE_LEARNER_TOKEN` (or the old `AERPLANE_COEFFICIENT__TOKEN`): the learner's token | unset |
 | … | `AERPLANE_COEFFICIENT_<FIELD>` for the rest | see the fields |
 
 What each token may do is in `aerplane.coefficient.auth`. The service-specific variables carry the `COEFFICIENT_`
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from aerplane.coefficient.auth import ANONYMOUS, Authenticator, Credential, Role
@@ -63,7 +63,9 @@ class CoefficientSettings(ServiceSettings, RedisSettings, HttpSettings):
     read_tokens: SecretStr | None = Field(None, validation_alias="AERPLANE_API_READ_TOKENS")
     """More read-only tokens: `name:token,name2:token2`; the name is the actor."""
 
-    learner_token: SecretStr | None = Field(None, validation_alias="AERPLANE_COEFFICIENT__TOKEN")
+    learner_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("AERPLANE_LEARNER_TOKEN", "AERPLANE_COEFFICIENT__TOKEN")
+    )
     """The learner's token (actor `learner`): once set, the learner's gRPC calls (StartRun, GetCoefficients,
     ReportEntropy) need it (or an operator token) in their `authorization` metadata. It may also read, never mutate.
     The learner sends it from the same variable. Unset: the learner's calls are open."""

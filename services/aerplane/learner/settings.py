@@ -1,9 +1,14 @@
-"""Learner configuration: `AERPLANE_*` environment variables with `__` nesting, CLI flags on top.
+"""Learner configuration: `AERPLANE_LEARNER_*` environment variables with `__` nesting, CLI flags on top.
 
-One group per concern (`AERPLANE_MODEL` and `AERPLANE_RUN_ID`, which the other services read too, are accepted as
-`model.path` and the default of `run.run_id`):
-`AERPLANE_OPTIM__LR=1e-6`, `AERPLANE_BATCH__PROMPTS_PER_STEP=16`, `AERPLANE_RUN__RUN_ID=exp1`,
-`AERPLANE_REDIS_URL=redis://...`. CLI flags (`aerplane learner train --lr ...`) override them.
+One group per concern, named like every service's options (`AERPLANE_<SERVICE>_<FIELD>`, common.settings):
+`AERPLANE_LEARNER_OPTIM__LR=1e-6`, `AERPLANE_LEARNER_BATCH__PROMPTS_PER_STEP=16`, `AERPLANE_LEARNER_RUN__RUN_ID=exp1`,
+`AERPLANE_LEARNER_HTTP_PORT=8003`. The shared names are read too: `AERPLANE_RUN_ID` (the default of `run.run_id`),
+`AERPLANE_REDIS_URL`, and `AERPLANE_LEARNER_TOKEN` (`coefficient.token`, the variable the coefficient service reads
+the same token from). CLI flags (`aerplane learner train --lr ...`) override them all.
+
+The names before the `AERPLANE_LEARNER_` prefix (`AERPLANE_OPTIM__LR`, `AERPLANE_HOST`, `AERPLANE_HTTP_PORT`,
+`AERPLANE_DEVICE`, `AERPLANE_MODEL`, `AERPLANE_COEFFICIENT__TOKEN`) still work, below the new ones, and each logs
+once which name replaces it.
 
 Validation happens twice: the field bounds and the cross-field checks that need no runtime knowledge when the
 settings are built, and `check_world(world_size)` once the number of DDP ranks is known (the CLI runs it before
@@ -14,12 +19,14 @@ launching torchrun, each worker again after joining the process group). Errors n
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import NoDecode
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from aerplane.common.flags import Flag
 from aerplane.common.settings import HttpSettings, RedisSettings, RunId, ServiceSettings, SettingsError
@@ -203,6 +210,55 @@ class CoefficientSettings(_Group):
     from too), sent as gRPC `authorization` metadata; needed once the service has one. Never logged."""
 
 
+# The learner's variables before the AERPLANE_LEARNER_ prefix: its groups' `AERPLANE_<GROUP>__<FIELD>`, these
+# top-level names, and the learner token under the coefficient service's old name.
+_LEGACY_TOP = {"HOST": "host", "HTTP_PORT": "http_port", "DEVICE": "device", "MODEL": "model"}
+_LEGACY_TOKEN = "AERPLANE_COEFFICIENT__TOKEN"
+_warned: set[str] = set()
+
+
+class _LegacyEnv(PydanticBaseSettingsSource):
+    """The learner's old variable names, read below the new ones; each logs once which name replaces it."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything happens in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        groups = {name.upper() for name, f in self.settings_cls.model_fields.items() if _is_group(f.annotation)}
+        out: dict[str, Any] = {}
+        for key, raw in os.environ.items():
+            name = key.upper()
+            if not name.startswith("AERPLANE_") or name.startswith("AERPLANE_LEARNER_"):
+                continue
+            rest = name.removeprefix("AERPLANE_")
+            value: Any = json.loads(raw) if raw.strip()[:1] in ("{", "[") else raw
+            if name == _LEGACY_TOKEN:  # under the shared name's key: AERPLANE_LEARNER_TOKEN itself wins
+                out["AERPLANE_LEARNER_TOKEN"] = raw
+                _warn(name, "AERPLANE_LEARNER_TOKEN")
+            elif "__" in rest and rest.split("__", 1)[0] in groups:
+                group, field = rest.lower().split("__", 1)
+                out.setdefault(group, {})[field] = value
+                _warn(name, f"AERPLANE_LEARNER_{rest}")
+            elif rest in _LEGACY_TOP:
+                out[_LEGACY_TOP[rest]] = value
+                _warn(name, f"AERPLANE_LEARNER_{rest}")
+        return out
+
+
+def _is_group(annotation: Any) -> bool:
+    from typing import get_args, get_origin
+
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _warn(old: str, new: str) -> None:
+    if old not in _warned:
+        _warned.add(old)
+        logging.getLogger(__name__).warning("%s is the learner's old variable name: use %s", old, new)
+
+
 def strategy_kwargs(params: dict[str, float], options: dict[str, str]) -> dict[str, Any]:
     """`build_strategy` keyword arguments from the numeric params and string options (integral counts as int)."""
     out: dict[str, Any] = {
@@ -213,7 +269,9 @@ def strategy_kwargs(params: dict[str, float], options: dict[str, str]) -> dict[s
 
 
 class LearnerSettings(ServiceSettings, RedisSettings, HttpSettings):
-    """Everything the learner reads. Groups map to `AERPLANE_<GROUP>__<FIELD>` variables."""
+    """Everything the learner reads. Groups map to `AERPLANE_LEARNER_<GROUP>__<FIELD>` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="AERPLANE_LEARNER_")
 
     model: Annotated[ModelSettings, NoDecode] = Field(default_factory=ModelSettings)
     optim: OptimSettings = Field(default_factory=OptimSettings)
@@ -233,14 +291,33 @@ class LearnerSettings(ServiceSettings, RedisSettings, HttpSettings):
     """`auto`: CUDA (and NCCL) when available, else CPU (and gloo)."""
     shared_run_id: str | None = Field(None, validation_alias=AliasChoices("AERPLANE_RUN_ID"), exclude=True)
     """`AERPLANE_RUN_ID`, the run id every service reads: the default of `run.run_id`."""
+    shared_learner_token: SecretStr | None = Field(None, validation_alias="AERPLANE_LEARNER_TOKEN", exclude=True)
+    """`AERPLANE_LEARNER_TOKEN`, the learner's token as the coefficient service reads it: `coefficient.token`."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _LegacyEnv(settings_cls), dotenv_settings, file_secret_settings
 
     @model_validator(mode="before")
     @classmethod
     def _shared_names(cls, data: Any) -> Any:
-        """Accept the names the other services share: `AERPLANE_MODEL=<path>` (the model group's path) and
-        `AERPLANE_RUN_ID` (when `run.run_id` is not given itself)."""
+        """`model=<path>` (the model group's path), and the names the services share: `AERPLANE_RUN_ID` (when
+        `run.run_id` is not given itself) and `AERPLANE_LEARNER_TOKEN` (when `coefficient.token` is not)."""
         if not isinstance(data, dict):
             return data
+        token = data.get("AERPLANE_LEARNER_TOKEN") or data.get("shared_learner_token")
+        if token:
+            coefficient = data.get("coefficient")
+            coefficient = json.loads(coefficient) if isinstance(coefficient, str) else dict(coefficient or {})
+            coefficient.setdefault("token", token)
+            data["coefficient"] = coefficient
         model = data.get("model")
         if isinstance(model, str):
             text = model.strip()
