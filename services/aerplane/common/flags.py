@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
@@ -128,7 +128,7 @@ def settings_flags(cls: type[BaseModel]) -> list[tuple[FlagSpec, dict[str, Any]]
         if meta.hidden or info.exclude:
             continue
         annotation = info.annotation
-        group = _model_type(annotation)
+        group = group_model(annotation)
         if group is not None:
             prefix = cls.model_config.get("env_prefix", "") if issubclass(cls, BaseSettings) else ""
             out += _group_flags(group, name, f"{prefix}{name}__".upper() if prefix else None)
@@ -153,16 +153,18 @@ def _group_flags(group: type[BaseModel], prefix: str, env_prefix: str | None) ->
     return out
 
 
-def _model_type(annotation: Any) -> type[BaseModel] | None:
+def group_model(annotation: Any) -> type[BaseModel] | None:
+    """The model class of a settings group field (`Annotated[...]` unwrapped), or None for a plain field."""
     if typing.get_origin(annotation) is typing.Annotated:
         annotation = typing.get_args(annotation)[0]
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
 def _build(key: str, stem: str, info: FieldInfo, meta: Flag, env: str | None) -> tuple[FlagSpec, dict] | None:
-    if info.annotation is SecretStr or _scalar(info.annotation) is None:
+    scalar = _scalar(info.annotation)  # None for maps, tuples and secrets (SecretStr): no flag
+    if scalar is None:
         return None
-    kind, type_, choices = _scalar(info.annotation)  # type: ignore[misc]
+    kind, type_, choices = scalar
     flag = meta.name or "--" + stem.replace("_", "-")
     dest = "setting__" + key.replace(".", "__")
     notes = [t for t in (_default_text(info), f"env {env}" if env else "") if t]

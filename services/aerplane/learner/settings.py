@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from aerplane.common.flags import Flag
+from aerplane.common.flags import Flag, group_model
 from aerplane.common.settings import HttpSettings, RedisSettings, RunId, ServiceSettings, SettingsError
 
 SECTION = "learner"
@@ -224,7 +224,7 @@ class _LegacyEnv(PydanticBaseSettingsSource):
         return None, field_name, False  # everything happens in __call__
 
     def __call__(self) -> dict[str, Any]:
-        groups = {name.upper() for name, f in self.settings_cls.model_fields.items() if _is_group(f.annotation)}
+        groups = {name.upper() for name, f in self.settings_cls.model_fields.items() if group_model(f.annotation)}
         out: dict[str, Any] = {}
         for key, raw in os.environ.items():
             name = key.upper()
@@ -245,12 +245,13 @@ class _LegacyEnv(PydanticBaseSettingsSource):
         return out
 
 
-def _is_group(annotation: Any) -> bool:
-    from typing import get_args, get_origin
-
-    if get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+def _default_in_group(data: dict[str, Any], group: str, name: str, value: Any) -> None:
+    """`data[group][name] = value` unless the group (a dict, or JSON from the environment) sets it itself."""
+    if value:
+        values = data.get(group)
+        values = json.loads(values) if isinstance(values, str) else dict(values or {})
+        values.setdefault(name, value)
+        data[group] = values
 
 
 def _warn(old: str, new: str) -> None:
@@ -312,22 +313,13 @@ class LearnerSettings(ServiceSettings, RedisSettings, HttpSettings):
         `run.run_id` is not given itself) and `AERPLANE_LEARNER_TOKEN` (when `coefficient.token` is not)."""
         if not isinstance(data, dict):
             return data
-        token = data.get("AERPLANE_LEARNER_TOKEN") or data.get("shared_learner_token")
-        if token:
-            coefficient = data.get("coefficient")
-            coefficient = json.loads(coefficient) if isinstance(coefficient, str) else dict(coefficient or {})
-            coefficient.setdefault("token", token)
-            data["coefficient"] = coefficient
         model = data.get("model")
         if isinstance(model, str):
             text = model.strip()
             data["model"] = json.loads(text) if text.startswith("{") else {"path": text}
-        shared = data.get("AERPLANE_RUN_ID") or data.get("shared_run_id")
-        if shared:
-            run = data.get("run")
-            run = json.loads(run) if isinstance(run, str) else dict(run or {})
-            run.setdefault("run_id", shared)
-            data["run"] = run
+        token = data.get("AERPLANE_LEARNER_TOKEN") or data.get("shared_learner_token")
+        _default_in_group(data, "coefficient", "token", token)
+        _default_in_group(data, "run", "run_id", data.get("AERPLANE_RUN_ID") or data.get("shared_run_id"))
         return data
 
     @model_validator(mode="after")
