@@ -40,7 +40,7 @@ def test_parse_spec_takes_name_and_parameters() -> None:
         ("bogus", "unknown strategy"),
         ("aer:rho=2", "rho"),
         ("aer:rhoo=0.5", "rhoo: unknown parameter"),
-        ("fixed:alpha", "expected key=value"),
+        ("fixed:alpha", "expected KEY=VALUE"),
         (":alpha=1", "empty strategy name"),
         ("aer:weighting=cubic", "weighting"),
     ],

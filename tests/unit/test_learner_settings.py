@@ -39,6 +39,23 @@ def test_environment_and_flags_merge_with_flags_winning(monkeypatch: pytest.Monk
     assert s.loss.normalize_std is False and s.run.resume is True
 
 
+def test_strategy_param_none_keeps_the_default_and_bad_text_names_the_flag() -> None:
+    args = _parse(["learner", "train", "--strategy-param", "target_entropy=none", "--strategy-param", "rho=0.25"])
+    assert entry.overrides_from_args(args) == {"strategy": {"params": {"rho": 0.25}}}
+    with pytest.raises(SettingsError, match=r"--strategy-param: expected KEY=VALUE, got 'rho'"):
+        entry.overrides_from_args(_parse(["learner", "train", "--strategy-param", "rho"]))
+
+
+def test_launcher_renders_strategy_parameters_that_the_learner_reads_back_exactly() -> None:
+    from aerplane.launcher.up import service_args
+
+    params = {"eta": 0.1 + 0.2, "anchor_steps": 3.0}
+    argv = service_args("learner", {"strategy": {"name": "aer", "params": params, "options": {"weighting": "linear"}}})
+    assert argv[:2] == ["learner", "train"] and "eta=0.30000000000000004" in argv
+    s = load_settings(LearnerSettings, entry.overrides_from_args(_parse(argv)), section=SECTION)
+    assert s.strategy.params == params and s.strategy.options == {"weighting": "linear"}
+
+
 @pytest.mark.parametrize(
     "overrides, key",
     [

@@ -9,7 +9,16 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from aerplane.core.strategies import STRATEGY_NAMES, StrategyState, build_strategy
+from aerplane.core.strategies import (
+    PARAM_BOUNDS,
+    PARAM_HELP,
+    STRATEGY_DEFAULTS,
+    STRATEGY_NAMES,
+    StrategyState,
+    build_strategy,
+    format_param,
+    parse_param,
+)
 
 
 def run(strategy, entropies):
@@ -346,3 +355,34 @@ def test_rho_outside_unit_interval_rejected(rho):
     assume(not (0.0 < rho <= 1.0))
     with pytest.raises(ValueError, match="^rho:"):
         build_strategy("aer", rho=rho)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("rho=0.5", ("rho", 0.5)),
+        (" alpha-max = 3e-2 ", ("alpha_max", 0.03)),
+        ("weighting=linear", ("weighting", "linear")),
+        ("target_entropy=None", ("target_entropy", None)),
+        ("target_entropy=null", ("target_entropy", None)),
+    ],
+)
+def test_parse_param(text, expected):
+    assert parse_param(text) == expected
+
+
+@pytest.mark.parametrize("text", ["rho", "=0.5", "", " =x"])
+def test_parse_param_rejects_text_without_key_or_value(text):
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_param(text)
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(["linear", "threshold"]) | st.none())
+def test_format_param_round_trips_exactly(value):
+    assert parse_param(format_param("eta", value)) == ("eta", value)
+
+
+def test_every_parameter_has_help_and_a_range_or_choices():
+    params = {k for defaults in STRATEGY_DEFAULTS.values() for k in defaults}
+    assert set(PARAM_HELP) == params
+    assert params - set(PARAM_BOUNDS) == {"weighting"}

@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from aerplane.common.closing import Closing
 from aerplane.rpc.v1 import coefficient_pb2 as pb
 from aerplane.rpc.v1 import coefficient_pb2_grpc as pb_grpc
 
@@ -111,7 +112,7 @@ def state_dict(msg: pb.RunState) -> dict[str, Any]:
     }
 
 
-class CoefficientClient:
+class CoefficientClient(Closing):
     """Sync client of aerplane.v1.CoefficientService. Thread-safe (one channel)."""
 
     def __init__(
@@ -243,9 +244,3 @@ class CoefficientClient:
 
     def close(self) -> None:
         self._channel.close()
-
-    def __enter__(self) -> CoefficientClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

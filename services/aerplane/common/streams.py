@@ -57,6 +57,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from aerplane.common.closing import Closing
 from aerplane.common.messages import DEAD_LETTER, MessageError, decode, stream_key
 from aerplane.common.redis_server import connect
 from aerplane.common.retry import REDIS_BACKOFF, call_with_retry
@@ -181,7 +182,7 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class StreamClient:
+class StreamClient(Closing):
     """A run's streams on one Redis: publish with back-pressure, consumer groups, lag and dead-letter queries.
 
     Thread-safe (redis-py's connection pool); a `Consumer` is not — give each thread its own.
@@ -254,12 +255,6 @@ class StreamClient:
 
     def close(self) -> None:
         self.redis.close()
-
-    def __enter__(self) -> StreamClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- producing ------------------------------------------------------------------------------------------------
 

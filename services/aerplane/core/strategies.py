@@ -85,6 +85,44 @@ PARAM_BOUNDS: dict[str, ParamBounds] = {
 }
 # The string parameters and their values.
 OPTION_VALUES: dict[str, tuple[str, ...]] = {"weighting": WEIGHTINGS}
+# One line on each parameter: the help of the command lines that take them as flags (`aerplane up`, `simulate`).
+PARAM_HELP: dict[str, str] = {
+    "rho": "aer: target H* = rho·H_0",
+    "tau": "aer: accuracy threshold of the threshold weighting",
+    "eta": "aer: step size of the α update",
+    "alpha_min": "aer, skywork: lower bound of α",
+    "alpha_max": "aer, skywork: upper bound of α",
+    "alpha_init": "aer, skywork: α_0",
+    "anchor_steps": "aer: observations averaged into H_0",
+    "weighting": "aer: " + " | ".join(WEIGHTINGS),
+    "target_entropy": "skywork: H_target; aer: absolute H*",
+    "alpha": "fixed: the constant α",
+    "delta": "skywork: α step",
+}
+
+
+def parse_param(text: str) -> tuple[str, float | str | None]:
+    """One `KEY=VALUE` parameter as every command line spells it (`--param`, `--strategy-param`, compare's
+    `aer:rho=0.8`): a number is a float, `none`/`null` is None (the strategy's default), anything else a string.
+    `-` in the key reads as `_`. Raises ValueError for text without `=` or a key."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    raw = raw.strip()
+    if raw.lower() in ("none", "null"):
+        return key, None
+    try:
+        return key, float(raw)
+    except ValueError:
+        return key, raw
+
+
+def format_param(key: str, value: float | str | None) -> str:
+    """The `KEY=VALUE` text that `parse_param` reads back as (key, value), floats exactly (repr)."""
+    if value is None:
+        return f"{key}=none"
+    return f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}"
 
 
 @dataclass(frozen=True)

@@ -78,16 +78,16 @@ class ConfigSpec:
 
 def parse_spec(text: str) -> ConfigSpec:
     """`aer`, `fixed:alpha=1e-3`, `aer:rho=0.8:weighting=uniform` → a ConfigSpec labelled with the text itself."""
-    from aerplane.launcher.simulate import SimulateError, parse_params
+    from aerplane.core.strategies import parse_param
 
     text = text.strip()
     name, *pairs = text.split(":")
     if not name:
         raise CompareError(f"--strategies: empty strategy name in {text!r}")
     try:
-        params = parse_params(pairs)
-    except SimulateError as exc:
-        raise CompareError(f"--strategies {text!r}: {str(exc).removeprefix('--param: ')}") from None
+        params = dict(parse_param(pair) for pair in pairs)
+    except ValueError as exc:
+        raise CompareError(f"--strategies {text!r}: {exc}") from None
     spec = ConfigSpec(label=text, strategy=name, params=params)
     spec.numeric_and_options()  # validate now, before anything starts
     return spec

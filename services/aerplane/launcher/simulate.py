@@ -22,29 +22,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from aerplane.core.strategies import Strategy, StrategyState, build_strategy, check_accuracies, check_entropy
+from pydantic import BaseModel, ConfigDict, Field
 
-# flag dest -> build_strategy parameter name
-PARAM_FLAGS = {
-    "rho": "rho",
-    "tau": "tau",
-    "eta": "eta",
-    "alpha_min": "alpha_min",
-    "alpha_max": "alpha_max",
-    "alpha_init": "alpha_init",
-    "anchor_steps": "anchor_steps",
-    "weighting": "weighting",
-    "target_entropy": "target_entropy",
-    "alpha": "alpha",
-    "delta": "delta",
-}
+from aerplane.common.flags import Flag
+from aerplane.core.strategies import (
+    PARAM_HELP,
+    Strategy,
+    StrategyState,
+    build_strategy,
+    check_accuracies,
+    check_entropy,
+    parse_param,
+)
 
 
 class SimulateError(ValueError):
@@ -63,50 +58,27 @@ class StepRow:
     accuracy: float | None  # mean prompt accuracy of this step
 
 
-@dataclass(frozen=True)
-class SyntheticTrace:
-    steps: int = 60
-    initial_entropy: float = 1.5
-    decay: float = 0.04
-    response: float = 10.0
-    noise: float = 0.01
-    prompts: int = 16
-    group_size: int = 8
+class SyntheticTrace(BaseModel):
+    """The toy entropy model of the module docstring; `aerplane simulate`'s trace flags come from these fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    steps: int = Field(60, ge=1)
+    """synthetic: steps"""
+    initial_entropy: Annotated[float, Flag("--h0")] = Field(1.5, ge=0, allow_inf_nan=False)
+    """synthetic: initial entropy in nats"""
+    decay: float = Field(0.04, ge=0, le=1)
+    """synthetic: entropy lost per step, as a fraction"""
+    response: float = Field(10.0, ge=0, allow_inf_nan=False)
+    """synthetic: entropy gained per unit α·λ"""
+    noise: float = Field(0.01, ge=0, allow_inf_nan=False)
+    """synthetic: standard deviation of the per-step noise"""
+    prompts: int = Field(16, ge=1)
+    """synthetic: prompts per step"""
+    group_size: int = Field(8, ge=1)
+    """synthetic: samples per prompt"""
     seed: int = 0
-
-    def validate(self) -> None:
-        checks = {
-            "steps": self.steps >= 1,
-            "h0": self.initial_entropy >= 0 and math.isfinite(self.initial_entropy),
-            "decay": 0 <= self.decay <= 1,
-            "response": self.response >= 0 and math.isfinite(self.response),
-            "noise": self.noise >= 0 and math.isfinite(self.noise),
-            "prompts": self.prompts >= 1,
-            "group_size": self.group_size >= 1,
-        }
-        for flag, ok in checks.items():
-            if not ok:
-                value = {"h0": self.initial_entropy}.get(flag, getattr(self, flag, None))
-                raise SimulateError(f"--{flag.replace('_', '-')}: out of range: {value!r}")
-
-
-def parse_params(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` strings → parameters: numbers as float, `none` as None, anything else as the string."""
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise SimulateError(f"--param: expected key=value, got {pair!r}")
-        raw = raw.strip()
-        if raw.lower() in ("none", "null"):
-            params[key] = None
-            continue
-        try:
-            params[key] = float(raw)
-        except ValueError:
-            params[key] = raw
-    return params
+    """synthetic: random seed"""
 
 
 def step_row(
@@ -143,7 +115,6 @@ def replay(
 
 def run_synthetic(strategy: Strategy, trace: SyntheticTrace) -> list[StepRow]:
     """Closed loop on the toy entropy model of the module docstring."""
-    trace.validate()
     rng = random.Random(trace.seed)
     state = strategy.initial_state()
     h = trace.initial_entropy
@@ -240,12 +211,21 @@ def print_table(rows: list[StepRow], strategy: Strategy, title: str, every: int 
 
 
 def strategy_from_args(args: argparse.Namespace) -> Strategy:
-    params = {name: getattr(args, dest) for dest, name in PARAM_FLAGS.items() if getattr(args, dest, None) is not None}
-    params.update(parse_params(args.param or []))
+    """The strategy of the strategy flags (`launcher.entry.add_strategy_flags`): the named ones, then `--param`."""
+    params = {name: getattr(args, name) for name in PARAM_HELP if getattr(args, name, None) is not None}
+    for text in args.param or []:
+        try:
+            key, value = parse_param(text)
+        except ValueError as exc:
+            raise SimulateError(f"--param: {exc}") from None
+        params[key] = value
     return build_strategy(args.strategy, **params)
 
 
 def main(args: argparse.Namespace) -> int:
+    from aerplane.common.flags import settings_from_args
+
+    trace = settings_from_args(SyntheticTrace, args, args.trace_flags, section="simulate")
     try:
         strategy = strategy_from_args(args)
         if args.every < 1:
@@ -257,18 +237,11 @@ def main(args: argparse.Namespace) -> int:
             if not per_prompt:
                 title += " — λ from the mean accuracy (no prompt_accuracies recorded)"
         else:
-            trace = SyntheticTrace(
-                steps=args.steps,
-                initial_entropy=args.h0,
-                decay=args.decay,
-                response=args.response,
-                noise=args.noise,
-                prompts=args.prompts,
-                group_size=args.group_size,
-                seed=args.seed,
-            )
             rows = run_synthetic(strategy, trace)
-            title = f"{args.strategy} on a synthetic trace (H0={args.h0}, decay={args.decay}, seed={args.seed})"
+            title = (
+                f"{args.strategy} on a synthetic trace "
+                f"(H0={trace.initial_entropy}, decay={trace.decay}, seed={trace.seed})"
+            )
     except ValueError as exc:  # SimulateError and the strategy's own parameter errors
         print(f"aerplane simulate: {exc}", file=sys.stderr)
         return 2

@@ -82,9 +82,11 @@ def service_args(name: str, values: dict[str, Any], *, launcher: Sequence[str] =
     flags = dict(values)
     extra: list[str] = []
     if name == "learner" and "strategy" in flags:
+        from aerplane.core.strategies import format_param
+
         strategy = dict(flags["strategy"])
         for key, value in {**strategy.pop("params", {}), **strategy.pop("options", {})}.items():
-            extra += ["--strategy-param", f"{key}={value}"]
+            extra += ["--strategy-param", format_param(key, value)]
         flags["strategy"] = strategy
     argv = render_argv(cls, flags)  # a key without a flag: KeyError, before anything else
     load_settings(cls, values, section=name)

@@ -53,16 +53,22 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints under `root`, oldest first."""
+def _numbered_dirs(root: Path, pattern: re.Pattern[str], marker: str | None = None) -> list[tuple[int, Path]]:
+    """(number, folder) of the folders under `root` whose name `pattern` matches (and that hold the file `marker`,
+    when given), lowest number first."""
     if not root.is_dir():
         return []
     found = []
     for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / "trainer.pt").is_file():
+        m = pattern.match(p.name)
+        if m and p.is_dir() and (marker is None or (p / marker).is_file()):
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `root` (those with `trainer.pt`, written last), oldest first."""
+    return _numbered_dirs(root, _STEP_DIR, "trainer.pt")
 
 
 def latest_checkpoint(root: Path) -> tuple[int, Path] | None:
@@ -177,14 +183,8 @@ def load_rank_rng(path: Path, rank: int) -> dict[str, Any] | None:
 
 
 def list_versions(root: Path) -> list[tuple[int, Path]]:
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _VERSION_DIR.match(p.name)
-        if m and p.is_dir():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
+    """Published weights versions under `root` (`v<N>/`), oldest first."""
+    return _numbered_dirs(root, _VERSION_DIR)
 
 
 def publish_weights(

@@ -53,18 +53,19 @@ def add_worker_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The flags the user gave, as a nested dict for `load_settings` (flags not given are left out)."""
     from aerplane.common.flags import given_overrides, set_dotted
+    from aerplane.common.settings import SettingsError
+    from aerplane.core.strategies import parse_param
 
     out = given_overrides(args, args.worker_flags)
     for item in getattr(args, "strategy_param", None) or []:
-        name, sep, raw = item.partition("=")
-        if not sep or not name.strip():
-            from aerplane.common.settings import SettingsError
-
-            raise SettingsError(f"learner.strategy: {STRATEGY_PARAM_FLAG} expects NAME=VALUE, got {item!r}")
         try:
-            set_dotted(out, f"strategy.params.{name.strip()}", float(raw))
-        except ValueError:
-            set_dotted(out, f"strategy.options.{name.strip()}", raw.strip())
+            name, value = parse_param(item)
+        except ValueError as exc:
+            raise SettingsError(f"learner.strategy: {STRATEGY_PARAM_FLAG}: {exc}") from None
+        if value is None:  # `none`: the strategy's default
+            continue
+        group = "options" if isinstance(value, str) else "params"
+        set_dotted(out, f"strategy.{group}.{name}", value)
     return out
 
 

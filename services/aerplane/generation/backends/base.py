@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aerplane.common.closing import Closing
+
 LOGPROBS_MODES = ("raw", "processed")
 
 
@@ -67,7 +69,7 @@ class Sample:
 Result = list[Sample] | BackendError
 
 
-class Backend(abc.ABC):
+class Backend(Closing, abc.ABC):
     """A generation engine holding one policy version at a time."""
 
     name: str = "base"
@@ -100,12 +102,6 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release the engine (stop the server this backend started)."""
-
-    def __enter__(self) -> Backend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def has_cuda() -> bool:
