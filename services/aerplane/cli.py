@@ -13,14 +13,15 @@ import sys
 from collections.abc import Sequence
 
 import aerplane
+from aerplane.common.commands import SERVICES
+from aerplane.common.flags import add_service_command
 
-# Light modules that register subcommands, in the order `aerplane --help` lists them.
+# Light modules that register subcommands of their own; the services' `serve` commands come from
+# common.commands.SERVICES.
 COMMAND_MODULES = (
-    "aerplane.launcher.entry",  # up, report, simulate
-    "aerplane.coefficient.entry",  # coefficient serve
-    "aerplane.reward.entry",  # reward serve
-    "aerplane.generation.entry",  # generation serve, model prepare|tiny
-    "aerplane.learner.entry",  # learner train
+    "aerplane.launcher.entry",  # up, compare, report, simulate
+    "aerplane.generation.entry",  # model prepare|tiny
+    "aerplane.learner.entry",  # learner train (under torchrun)
 )
 
 
@@ -31,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"aerplane {aerplane.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    importlib.import_module(COMMAND_MODULES[0]).register(sub)
+    for service in SERVICES.values():
+        if service.serve is not None:
+            add_service_command(sub, service)
+    for name in COMMAND_MODULES[1:]:
         importlib.import_module(name).register(sub)
     return parser
 

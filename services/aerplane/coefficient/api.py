@@ -22,7 +22,6 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
@@ -108,16 +107,11 @@ def _declare_security(app: FastAPI, auth: Authenticator) -> None:
         for method in route.methods:
             enforced[(route.path_format, method.lower())] = any(auth.enforced(p) for p in needs)
 
+    generate = app.openapi  # FastAPI's own generator; it caches its document in app.openapi_schema
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                openapi_version=app.openapi_version,
-                description=app.description,
-                routes=app.routes,
-                separate_input_output_schemas=app.separate_input_output_schemas,
-            )
+            schema = generate()  # also app.openapi_schema: the changes below stay in the cached document
             schema.setdefault("components", {})["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "An aerplane API token."}
             }
@@ -125,7 +119,6 @@ def _declare_security(app: FastAPI, auth: Authenticator) -> None:
                 for method, operation in operations.items():
                     if enforced.get((path, method)):
                         operation["security"] = [{"bearer": []}]
-            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

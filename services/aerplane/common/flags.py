@@ -38,6 +38,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
+from aerplane.common.commands import ServiceCommand
 from aerplane.common.settings import load_settings
 
 S = TypeVar("S", bound=BaseModel)
@@ -199,25 +200,16 @@ def add_settings_flags(
     return specs
 
 
-def add_service_command(
-    subparsers: argparse._SubParsersAction,
-    service: str,
-    settings: type[BaseModel],
-    *,
-    help: str,
-    command: str,
-    command_help: str,
-    description: str,
-    serve: str,
-) -> argparse.ArgumentParser:
-    """`aerplane <service> <command>` with one flag per option of `settings`. It builds the settings (environment,
-    then the flags given), sets up logging and calls `serve` ("module:function", imported only then, so that
+def add_service_command(subparsers: argparse._SubParsersAction, service: ServiceCommand) -> argparse.ArgumentParser:
+    """`aerplane <service> <command>` with one flag per option of its settings class. It builds the settings
+    (environment, then the flags given), sets up logging and calls `service.serve` (imported only then, so that
     `--help` stays light) with them. Returns the command's parser."""
-    parser = subparsers.add_parser(service, help=help)
-    sub = parser.add_subparsers(dest=f"{service}_command", metavar="COMMAND", required=True)
-    text = f"{description} Every option is also an environment variable (shown with it); a flag given wins."
-    cmd = sub.add_parser(command, help=command_help, description=text)
-    run = functools.partial(_run_service, settings_cls=settings, service=service, serve=serve)
+    settings = service.settings_class()
+    parser = subparsers.add_parser(service.service, help=service.help)
+    sub = parser.add_subparsers(dest=f"{service.service}_command", metavar="COMMAND", required=True)
+    text = f"{service.description} Every option is also an environment variable (shown with it); a flag given wins."
+    cmd = sub.add_parser(service.command, help=service.command_help, description=text)
+    run = functools.partial(_run_service, settings_cls=settings, service=service.service, serve=service.serve)
     cmd.set_defaults(func=run, flags=add_settings_flags(cmd, settings))
     return cmd
 

@@ -1,4 +1,5 @@
-"""`aerplane generation serve` and `aerplane model prepare|tiny` (light: heavy imports happen in the handlers).
+"""`aerplane model prepare|tiny` (light: heavy imports happen in the handlers; `aerplane generation serve` is
+registered from common.commands).
 
 aerplane model tiny                                   # prints the tiny model's folder (last line of stdout)
 MODEL=$(aerplane model prepare | tail -n1)            # SmolLM2-135M-Instruct as safetensors, converted once
@@ -14,20 +15,8 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    from aerplane.common.flags import add_service_command, add_settings_flags
+    from aerplane.common.flags import add_settings_flags
     from aerplane.common.settings import ServiceSettings
-    from aerplane.generation.settings import GenerationSettings
-
-    add_service_command(
-        subparsers,
-        "generation",
-        GenerationSettings,
-        command="serve",
-        serve="aerplane.generation.service:serve",
-        help="the generation service (samples responses with the policy)",
-        command_help="consume rollout requests, publish sampled responses with logprobs, reload announced weights",
-        description="Samples with vLLM or transformers.",
-    )
 
     model = subparsers.add_parser("model", help="prepare the embedded models (prints the model folder)")
     model_sub = model.add_subparsers(dest="model_command", metavar="COMMAND", required=True)

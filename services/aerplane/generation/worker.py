@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,25 +51,22 @@ class EngineDied(RuntimeError):
     """The generation engine is gone; the service must restart."""
 
 
+@dataclass(eq=False)
 class GenerationWorker:
-    def __init__(
-        self,
-        settings: GenerationSettings,
-        backend: Backend,
-        tokenizer: Any,
-        client: StreamClient,
-        metrics: GenerationMetrics,
-    ) -> None:
-        self.settings = settings
-        self.backend = backend
-        self.tokenizer = tokenizer
-        self.client = client
-        self.metrics = metrics
-        self.consumer = client.consumer_for(ROLLOUT_REQUESTS, RolloutRequest, settings)
-        self.version = 0
+    """The consume → generate → publish loop over the engine `backend`, with weight reloads between batches."""
+
+    settings: GenerationSettings
+    backend: Backend
+    tokenizer: Any
+    client: StreamClient
+    metrics: GenerationMetrics
+    version: int = field(default=0, init=False)  # the policy version the engine holds
+
+    def __post_init__(self) -> None:
+        self.consumer = self.client.consumer_for(ROLLOUT_REQUESTS, RolloutRequest, self.settings)
         self._skipped_weights: set[str] = set()  # announcement ids that failed to decode or load
         self._stop = threading.Event()
-        metrics.policy_version.set(0)
+        self.metrics.policy_version.set(0)
 
     # --- loop -------------------------------------------------------------------------------------------------------
 

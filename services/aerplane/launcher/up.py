@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aerplane.common.commands import SERVICES
 from aerplane.common.process import ManagedProcess, ProcessDied, http_ok, port_in_use
 from aerplane.launcher.settings import Ports, UpSettings
 from aerplane.launcher.supervise import GaveUp, RestartPolicy, Supervised, Supervisor, with_flag
@@ -58,15 +59,6 @@ def python_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "aerplane.cli", *args]
 
 
-# The `aerplane` subcommand of each service and the settings class its flags come from (module:class).
-SERVICES = {
-    "coefficient": (("coefficient", "serve"), "aerplane.coefficient.settings:CoefficientSettings"),
-    "reward": (("reward", "serve"), "aerplane.reward.settings:RewardSettings"),
-    "generation": (("generation", "serve"), "aerplane.generation.settings:GenerationSettings"),
-    "learner": (("learner", "train"), "aerplane.learner.settings:LearnerSettings"),
-}
-
-
 def service_args(name: str, values: dict[str, Any], *, launcher: Sequence[str] = ()) -> list[str]:
     """The `aerplane` arguments that start service `name` with `values` (its settings keys, a nested dict per
     group). The service's own settings class checks them here first — a bad value stops the run before anything
@@ -76,9 +68,8 @@ def service_args(name: str, values: dict[str, Any], *, launcher: Sequence[str] =
     from aerplane.common.flags import render_argv
     from aerplane.common.settings import load_settings
 
-    command, where = SERVICES[name]
-    module, cls_name = where.split(":")
-    cls = getattr(importlib.import_module(module), cls_name)
+    service = SERVICES[name]
+    cls = service.settings_class()
     flags = dict(values)
     extra: list[str] = []
     if name == "learner" and "strategy" in flags:
@@ -90,7 +81,7 @@ def service_args(name: str, values: dict[str, Any], *, launcher: Sequence[str] =
         flags["strategy"] = strategy
     argv = render_argv(cls, flags)  # a key without a flag: KeyError, before anything else
     load_settings(cls, values, section=name)
-    return [*command, *launcher, *argv, *extra]
+    return [*service.argv, *launcher, *argv, *extra]
 
 
 # --- validation: everything before anything starts ----------------------------------------------------------------
