@@ -80,15 +80,24 @@ def main() -> int:
         target = (
             "" if line.get("target") is None else f"{'≤' if line.get('better') == 'lower' else '≥'}{line['target']}"
         )
-        print(f"{line['bench']:<12}{line['metric']:<40}{line['value']:>12}{target:>9}  {verdict(line):<7}"
-              f"{line.get('baseline', '')}")  # fmt: skip
+        print(
+            f"{line['bench']:<12}{line['metric']:<40}{line['value']:>12}{target:>9}  {verdict(line):<7}"
+            f"{line.get('baseline', '')}"
+        )
     out = Path(args.out) if args.out else ROOT / "runs" / time.strftime("bench-%Y%m%d-%H%M%S.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": {"platform": platform.platform(),
-        "python": platform.python_version()}, "benches": names, "failed": failed,
-        "results": [{**line, "verdict": verdict(line)} for line in results],
-    }, indent=2))  # fmt: skip
+    out.write_text(
+        json.dumps(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "machine": {"platform": platform.platform(), "python": platform.python_version()},
+                "benches": names,
+                "failed": failed,
+                "results": [{**line, "verdict": verdict(line)} for line in results],
+            },
+            indent=2,
+        )
+    )
     print(f"\nwritten: {out}")
     if failed:
         print(f"benches that failed: {', '.join(failed)}", file=sys.stderr)

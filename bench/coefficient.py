@@ -184,15 +184,43 @@ def main(argv: list[str] | None = None) -> int:
         "answers_identical": same,
     }
     lines = [
-        {"bench": "coefficient", "metric": "grpc_p99_ms", "value": round(med["grpc"]["p99_ms"], 4),
-         "baseline": "in-process strategy", "target": P99_TARGET_MS, "better": "lower", "figures": figures},
-        {"bench": "coefficient", "metric": "grpc_p50_ms", "value": round(med["grpc"]["p50_ms"], 4),
-         "baseline": "in-process strategy", "target": None, "better": "lower", "figures": figures},
-        {"bench": "coefficient", "metric": "grpc_req_per_s", "value": round(med["grpc"]["req_per_s"], 1),
-         "baseline": "in-process strategy", "target": None, "better": "higher", "figures": figures},
-        {"bench": "coefficient", "metric": "overhead_ratio", "value": round(overhead, 2),
-         "baseline": "in-process strategy", "target": None, "better": "lower", "figures": figures},
-    ]  # fmt: skip
+        {
+            "bench": "coefficient",
+            "metric": "grpc_p99_ms",
+            "value": round(med["grpc"]["p99_ms"], 4),
+            "baseline": "in-process strategy",
+            "target": P99_TARGET_MS,
+            "better": "lower",
+            "figures": figures,
+        },
+        {
+            "bench": "coefficient",
+            "metric": "grpc_p50_ms",
+            "value": round(med["grpc"]["p50_ms"], 4),
+            "baseline": "in-process strategy",
+            "target": None,
+            "better": "lower",
+            "figures": figures,
+        },
+        {
+            "bench": "coefficient",
+            "metric": "grpc_req_per_s",
+            "value": round(med["grpc"]["req_per_s"], 1),
+            "baseline": "in-process strategy",
+            "target": None,
+            "better": "higher",
+            "figures": figures,
+        },
+        {
+            "bench": "coefficient",
+            "metric": "overhead_ratio",
+            "value": round(overhead, 2),
+            "baseline": "in-process strategy",
+            "target": None,
+            "better": "lower",
+            "figures": figures,
+        },
+    ]
     for line in lines:
         print(json.dumps(line))
     return 0

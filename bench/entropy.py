@@ -83,8 +83,20 @@ def measure_memory(
 
 
 def memory_in_subprocess(method: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--measure-memory", method, "--tokens", str(args.tokens), "--vocab",
-           str(args.vocab), "--dtype", args.dtype, "--device", args.device]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--measure-memory",
+        method,
+        "--tokens",
+        str(args.tokens),
+        "--vocab",
+        str(args.vocab),
+        "--dtype",
+        args.dtype,
+        "--device",
+        args.device,
+    ]
     if args.chunk_size:
         cmd += ["--chunk-size", str(args.chunk_size)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -126,8 +138,11 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.measure_memory:
-        print(json.dumps(measure_memory(args.measure_memory, args.tokens, args.vocab, args.dtype, args.chunk_size,
-                                        args.device)))  # fmt: skip
+        print(
+            json.dumps(
+                measure_memory(args.measure_memory, args.tokens, args.vocab, args.dtype, args.chunk_size, args.device)
+            )
+        )
         return 0
 
     from aerplane.core.entropy import DEFAULT_CHUNK_ELEMENTS
@@ -150,8 +165,10 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"entropy + logprobs, fwd+bwd on {args.device}: tokens={args.tokens} vocab={args.vocab} "
-                  f"{args.dtype} chunk={chunk} (logits {logits_bytes / mib:.0f} MiB)")  # fmt: skip
+    table = Table(
+        title=f"entropy + logprobs, fwd+bwd on {args.device}: tokens={args.tokens} vocab={args.vocab} "
+        f"{args.dtype} chunk={chunk} (logits {logits_bytes / mib:.0f} MiB)"
+    )
     for col in ("method", "extra peak MiB", "extra / logits", "median s", "runs s"):
         table.add_column(col, justify="right")
     for m in ("naive", "chunked"):
@@ -184,11 +201,25 @@ def main() -> int:
         "threads": os.cpu_count(),
     }
     lines = [
-        {"bench": "entropy", "metric": "peak_mem_ratio", "value": round(peak_ratio, 4), "baseline": "naive softmax",
-         "target": PEAK_TARGET, "better": "lower", "figures": figures},
-        {"bench": "entropy", "metric": "time_ratio", "value": round(time_ratio, 4), "baseline": "naive softmax",
-         "target": TIME_TARGET, "better": "lower", "figures": figures},
-    ]  # fmt: skip
+        {
+            "bench": "entropy",
+            "metric": "peak_mem_ratio",
+            "value": round(peak_ratio, 4),
+            "baseline": "naive softmax",
+            "target": PEAK_TARGET,
+            "better": "lower",
+            "figures": figures,
+        },
+        {
+            "bench": "entropy",
+            "metric": "time_ratio",
+            "value": round(time_ratio, 4),
+            "baseline": "naive softmax",
+            "target": TIME_TARGET,
+            "better": "lower",
+            "figures": figures,
+        },
+    ]
     for line in lines:
         print(json.dumps(line))
     return 0

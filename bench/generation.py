@@ -80,11 +80,33 @@ def main(argv: list[str] | None = None) -> int:
     env["AERPLANE_LOG_LEVEL"] = "WARNING"
     service = ManagedProcess(
         "generation",
-        [sys.executable, "-m", "aerplane.cli", "generation", "serve", "--backend", "vllm", "--model", str(model),
-         "--vllm-url", vllm.base_url, "--redis-url", redis.url, "--run-id", run_id, "--host", "127.0.0.1",
-         "--http-port", str(http_port), "--max-batch-prompts", str(max(args.prompts, 1))],
-        env=env, log_path=tmp / "generation.log", ready_url=f"http://127.0.0.1:{http_port}/readyz",
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "aerplane.cli",
+            "generation",
+            "serve",
+            "--backend",
+            "vllm",
+            "--model",
+            str(model),
+            "--vllm-url",
+            vllm.base_url,
+            "--redis-url",
+            redis.url,
+            "--run-id",
+            run_id,
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            str(http_port),
+            "--max-batch-prompts",
+            str(max(args.prompts, 1)),
+        ],
+        env=env,
+        log_path=tmp / "generation.log",
+        ready_url=f"http://127.0.0.1:{http_port}/readyz",
+    )
     client = StreamClient(redis.url, run_id)
     direct_http = httpx.Client(base_url=vllm.base_url, timeout=600)
     rows: list[dict] = []
@@ -120,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                     temperature=1.0,
                     max_tokens=args.max_tokens,
                     seed=r.params.seed,
-                )  # fmt: skip
+                )
                 for i, r in enumerate(requests_for(round_no))
             ]
             want = before + len(records) * args.samples
@@ -183,21 +205,35 @@ def main(argv: list[str] | None = None) -> int:
     ]
     ratio = statistics.median(paired)
     print()
-    print(f"generation throughput — {Path(str(model)).name}, {args.prompts} prompts × G={args.samples}, "
-          f"≤{args.max_tokens} tokens, median of {args.rounds} rounds, {os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"generation throughput — {Path(str(model)).name}, {args.prompts} prompts × G={args.samples}, "
+        f"≤{args.max_tokens} tokens, median of {args.rounds} rounds, {os.cpu_count()} CPUs"
+    )
     print(f"{'path':<42}{'tokens/s':>12}{'ratio':>10}")
     print(f"{'vLLM server, direct /v1/completions':<42}{dct:>12.1f}{1.0:>10.3f}")
     print(f"{'aerplane generation serve (vllm backend)':<42}{svc:>12.1f}{ratio:>10.3f}  (median paired ratio)")
     lines = [
         {
-            "bench": "generation", "metric": "service_overhead_ratio", "value": round(ratio, 4),
-            "baseline": "vLLM OpenAI server called directly", "target": OVERHEAD_TARGET, "better": "higher",
-            "figures": {"service_tokens_per_s": round(svc, 2), "direct_tokens_per_s": round(dct, 2),
-                        "paired_ratios": [round(x, 4) for x in paired], "ratio_of_medians": round(svc / dct, 4),
-                        "vllm_startup_s": round(vllm_start_s, 1), "rounds": rows, "model": str(model),
-                        "prompts": args.prompts, "samples": args.samples, "max_tokens": args.max_tokens},
+            "bench": "generation",
+            "metric": "service_overhead_ratio",
+            "value": round(ratio, 4),
+            "baseline": "vLLM OpenAI server called directly",
+            "target": OVERHEAD_TARGET,
+            "better": "higher",
+            "figures": {
+                "service_tokens_per_s": round(svc, 2),
+                "direct_tokens_per_s": round(dct, 2),
+                "paired_ratios": [round(x, 4) for x in paired],
+                "ratio_of_medians": round(svc / dct, 4),
+                "vllm_startup_s": round(vllm_start_s, 1),
+                "rounds": rows,
+                "model": str(model),
+                "prompts": args.prompts,
+                "samples": args.samples,
+                "max_tokens": args.max_tokens,
+            },
         }
-    ]  # fmt: skip
+    ]
     if hf_row is not None:
         v = statistics.median(t / s for s, t in hf_row["vllm"])
         h = statistics.median(t / s for s, t in hf_row["transformers"])
@@ -205,12 +241,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'vLLM backend (in-process client)':<42}{v:>12.1f}{1.0:>10.3f}")
         lines.append(
             {
-                "bench": "generation", "metric": "vllm_over_transformers_tokens_per_s", "value": round(v / h, 3),
-                "baseline": "transformers backend (in-process generate)", "target": None, "better": "higher",
-                "figures": {"vllm_tokens_per_s": round(v, 2), "transformers_tokens_per_s": round(h, 2),
-                            "vllm_runs": hf_row["vllm"], "transformers_runs": hf_row["transformers"]},
+                "bench": "generation",
+                "metric": "vllm_over_transformers_tokens_per_s",
+                "value": round(v / h, 3),
+                "baseline": "transformers backend (in-process generate)",
+                "target": None,
+                "better": "higher",
+                "figures": {
+                    "vllm_tokens_per_s": round(v, 2),
+                    "transformers_tokens_per_s": round(h, 2),
+                    "vllm_runs": hf_row["vllm"],
+                    "transformers_runs": hf_row["transformers"],
+                },
             }
-        )  # fmt: skip
+        )
     print()
     for line in lines:
         print(json.dumps(line))

@@ -66,9 +66,20 @@ def make_samples(prompts: int, group: int, prompt_len: int, response_len: int, s
         for i in range(group):
             response = [rng.randrange(100, 5000) for _ in range(response_len)]
             adv = 1.0 if i % 2 == 0 else -1.0
-            out.append(TrainSample(prompt_index=q, prompt_ids=prompt, response_ids=response,
-                                   sampler_logprobs=[-10.0] * response_len, reward=float(adv > 0), advantage=adv,
-                                   weight=1.0, difficulty="easy", policy_version=0, prompt_id=f"q{q}"))  # fmt: skip
+            out.append(
+                TrainSample(
+                    prompt_index=q,
+                    prompt_ids=prompt,
+                    response_ids=response,
+                    sampler_logprobs=[-10.0] * response_len,
+                    reward=float(adv > 0),
+                    advantage=adv,
+                    weight=1.0,
+                    difficulty="easy",
+                    policy_version=0,
+                    prompt_id=f"q{q}",
+                )
+            )
     return out
 
 
@@ -120,8 +131,18 @@ def throughput(args: argparse.Namespace, model_path: Path) -> dict:
 
     def learner() -> float:
         t = time.perf_counter()
-        train_step(policy, opt_a, None, samples, num_prompts=args.prompts, ctx=ctx, alpha=1e-3, cfg=cfg,
-                   micro_batch_size=args.micro_batch_size, grad_clip=1.0)  # fmt: skip
+        train_step(
+            policy,
+            opt_a,
+            None,
+            samples,
+            num_prompts=args.prompts,
+            ctx=ctx,
+            alpha=1e-3,
+            cfg=cfg,
+            micro_batch_size=args.micro_batch_size,
+            grad_clip=1.0,
+        )
         return time.perf_counter() - t
 
     def plain() -> float:
@@ -142,10 +163,14 @@ def throughput(args: argparse.Namespace, model_path: Path) -> dict:
         runs["plain"].append(plain())
         runs["naive"].append(naive())
     med = {k: statistics.median(v) for k, v in runs.items()}
-    return {"tokens": tokens, **{f"{k}_s": v for k, v in med.items()},
-            **{f"{k}_tokens_per_s": tokens / v for k, v in med.items()},
-            "ratio": med["plain"] / med["learner"], "ratio_vs_full_logits_loop": med["naive"] / med["learner"],
-            "runs_s": runs}  # fmt: skip
+    return {
+        "tokens": tokens,
+        **{f"{k}_s": v for k, v in med.items()},
+        **{f"{k}_tokens_per_s": tokens / v for k, v in med.items()},
+        "ratio": med["plain"] / med["learner"],
+        "ratio_vs_full_logits_loop": med["naive"] / med["learner"],
+        "runs_s": runs,
+    }
 
 
 def phase_breakdown(args: argparse.Namespace, model_path: Path) -> list[dict]:
@@ -172,27 +197,50 @@ def phase_breakdown(args: argparse.Namespace, model_path: Path) -> list[dict]:
                 out = []
                 for i in range(r.num_samples):
                     resp = [rng.randrange(100, 5000) for _ in range(args.response_len)]
-                    out.append(ScoredSample(
-                        run_id=r.run_id, step=r.step, prompt_id=r.prompt_id, sample_index=i,
-                        num_samples=r.num_samples, policy_version=r.policy_version, task=r.task,
-                        difficulty=r.difficulty, ground_truth=r.ground_truth, prompt_token_ids=prompt,
-                        response_token_ids=resp, logprobs=[-10.0] * len(resp), response_text="",
-                        finish_reason="length", reward=float(i % 2), reason="match",
-                    ))  # fmt: skip
+                    out.append(
+                        ScoredSample(
+                            run_id=r.run_id,
+                            step=r.step,
+                            prompt_id=r.prompt_id,
+                            sample_index=i,
+                            num_samples=r.num_samples,
+                            policy_version=r.policy_version,
+                            task=r.task,
+                            difficulty=r.difficulty,
+                            ground_truth=r.ground_truth,
+                            prompt_token_ids=prompt,
+                            response_token_ids=resp,
+                            logprobs=[-10.0] * len(resp),
+                            response_text="",
+                            finish_reason="length",
+                            reward=float(i % 2),
+                            reason="match",
+                        )
+                    )
                 consumer.publish_and_ack(ROLLOUT_SCORED, out, [d.id])
         client.close()
 
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
     try:
-        settings = load_settings(LearnerSettings, {
-            "model": {"path": str(model_path)}, "run": {"run_id": "bench", "dir": str(tmp / "run"),
-                                                       "steps": args.loop_steps},
-            "batch": {"prompts_per_step": args.prompts, "samples_per_prompt": args.group,
-                      "micro_batch_size": args.micro_batch_size},
-            "data": {"size": 32}, "coefficient": {"target": "local"}, "redis_url": redis.url, "http_port": 0,
-            "lengths": {"max_response_tokens": args.response_len},
-        }, section=SECTION)  # fmt: skip
+        settings = load_settings(
+            LearnerSettings,
+            {
+                "model": {"path": str(model_path)},
+                "run": {"run_id": "bench", "dir": str(tmp / "run"), "steps": args.loop_steps},
+                "batch": {
+                    "prompts_per_step": args.prompts,
+                    "samples_per_prompt": args.group,
+                    "micro_batch_size": args.micro_batch_size,
+                },
+                "data": {"size": 32},
+                "coefficient": {"target": "local"},
+                "redis_url": redis.url,
+                "http_port": 0,
+                "lengths": {"max_response_tokens": args.response_len},
+            },
+            section=SECTION,
+        )
         code = train(settings)
         if code != 0:
             raise SystemExit(f"learner loop failed with code {code}")
@@ -209,9 +257,11 @@ def loop_sections(args: argparse.Namespace, model_path: Path, sections: set[str]
     lines: list[dict] = []
     if "throughput" in sections:
         tp = throughput(args, model_path)
-        print(f"\nlearner bench: model {args.model}, batch {args.prompts}×{args.group} sequences of "
-              f"{args.prompt_len}+{args.response_len} tokens ({tp['tokens']} tokens), micro-batch "
-              f"{args.micro_batch_size}, median of {args.reps}")  # fmt: skip
+        print(
+            f"\nlearner bench: model {args.model}, batch {args.prompts}×{args.group} sequences of "
+            f"{args.prompt_len}+{args.response_len} tokens ({tp['tokens']} tokens), micro-batch "
+            f"{args.micro_batch_size}, median of {args.reps}"
+        )
         print(f"{'':34}{'step s':>10}{'tokens/s':>12}")
         print(f"{'plain loop, full logits':34}{tp['naive_s']:>10.3f}{tp['naive_tokens_per_s']:>12.0f}")
         print(f"{'plain loop, response logits':34}{tp['plain_s']:>10.3f}{tp['plain_tokens_per_s']:>12.0f}")
@@ -219,9 +269,17 @@ def loop_sections(args: argparse.Namespace, model_path: Path, sections: set[str]
         print(f"{'ratio vs plain (response logits)':34}{tp['ratio']:>22.2f}   target ≥ {TARGET}")
         print(f"{'ratio vs plain (full logits)':34}{tp['ratio_vs_full_logits_loop']:>22.2f}")
         figures = {**tp, "model": args.model, "micro_batch_size": args.micro_batch_size}
-        lines.append({"bench": "learner", "metric": "tokens_per_s_ratio", "value": round(tp["ratio"], 4),
-                      "baseline": "plain torch loop (logits at response positions, log_softmax, same loss)",
-                      "target": TARGET, "better": "higher", "figures": figures})  # fmt: skip
+        lines.append(
+            {
+                "bench": "learner",
+                "metric": "tokens_per_s_ratio",
+                "value": round(tp["ratio"], 4),
+                "baseline": "plain torch loop (logits at response positions, log_softmax, same loss)",
+                "target": TARGET,
+                "better": "higher",
+                "figures": figures,
+            }
+        )
     if "phases" in sections:
         rows = phase_breakdown(args, model_path)
         steady = rows[1:] or rows  # step 0 includes one-off warm-up costs
@@ -233,20 +291,36 @@ def loop_sections(args: argparse.Namespace, model_path: Path, sections: set[str]
             print(f"  {p:24}{phase_med[p]:>8.3f} s  {100 * phase_med[p] / step_med:5.1f} %")
         print(f"  {'step total':24}{step_med:>8.3f} s")
         train_share = phase_med.get("forward_backward", 0.0) / step_med if step_med else 0.0
-        lines.append({"bench": "learner", "metric": "train_share_of_step", "value": round(train_share, 4),
-                      "baseline": "whole learner step (wait, coefficients, train, report, checkpoint, publish)",
-                      "target": None, "better": "higher",
-                      "figures": {"phases_s": phase_med, "step_s": step_med, "model": args.model,
-                                  "loop_tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady)},
-                      })  # fmt: skip
+        lines.append(
+            {
+                "bench": "learner",
+                "metric": "train_share_of_step",
+                "value": round(train_share, 4),
+                "baseline": "whole learner step (wait, coefficients, train, report, checkpoint, publish)",
+                "target": None,
+                "better": "higher",
+                "figures": {
+                    "phases_s": phase_med,
+                    "step_s": step_med,
+                    "model": args.model,
+                    "loop_tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
+                },
+            }
+        )
     return lines
 
 
 # --- precision and parallelism: memory and tokens/s per rank -------------------------------------------------------
 
 RANDOM_05B = "llama-0.5b-random"
-RANDOM_05B_SHAPE = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 30,
-                    "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 64}  # fmt: skip
+RANDOM_05B_SHAPE = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+}
 MEMORY_TARGET = 0.75  # FSDP over 2 ranks: per-rank peak at most this fraction of DDP's
 
 
@@ -265,8 +339,15 @@ def bench_model(name: str) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=49152, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
-                         max_position_embeddings=2048, rms_norm_eps=1e-5, **RANDOM_05B_SHAPE)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=49152,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        **RANDOM_05B_SHAPE,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     tmp = target.with_name(target.name + ".tmp")
@@ -322,8 +403,18 @@ def memory_worker(spec: dict) -> None:
         if cuda:
             torch.cuda.synchronize()
         t = time.perf_counter()
-        train_step(policy, opt, None, samples, num_prompts=prompts, ctx=ctx, alpha=1e-3, cfg=cfg,
-                   micro_batch_size=spec["micro_batch"], grad_clip=1.0)  # fmt: skip
+        train_step(
+            policy,
+            opt,
+            None,
+            samples,
+            num_prompts=prompts,
+            ctx=ctx,
+            alpha=1e-3,
+            cfg=cfg,
+            micro_batch_size=spec["micro_batch"],
+            grad_clip=1.0,
+        )
         if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - t
@@ -346,9 +437,18 @@ def memory_worker(spec: dict) -> None:
 
     params = sum(local_bytes(p) for p in lm.parameters())
     optim = sum(local_bytes(v) for st in opt.state.values() for v in st.values() if torch.is_tensor(v) and v.dim())
-    out = {"rank": ctx.rank, "world_size": ctx.world_size, "peak_bytes": peak, "exact_peak_reset": exact or cuda,
-           "state_bytes": 2 * params + optim, "param_bytes": params, "optim_bytes": optim, "step_s": times,
-           "tokens": sum(s.length for s in samples), "num_params": sum(p.numel() for p in lm.parameters())}  # fmt: skip
+    out = {
+        "rank": ctx.rank,
+        "world_size": ctx.world_size,
+        "peak_bytes": peak,
+        "exact_peak_reset": exact or cuda,
+        "state_bytes": 2 * params + optim,
+        "param_bytes": params,
+        "optim_bytes": optim,
+        "step_s": times,
+        "tokens": sum(s.length for s in samples),
+        "num_params": sum(p.numel() for p in lm.parameters()),
+    }
     Path(spec["out"]).joinpath(f"rank{ctx.rank}.json").write_text(json.dumps(out))
     distributed.finish(0)
 
@@ -360,8 +460,17 @@ def run_memory_config(spec: dict, nproc: int) -> list[dict]:
     if nproc == 1:
         cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               __file__, "--worker", json.dumps(spec)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            __file__,
+            "--worker",
+            json.dumps(spec),
+        ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:
         raise SystemExit(f"memory configuration {spec} failed:\n{proc.stderr[-4000:]}")
@@ -395,24 +504,34 @@ def memory_section(args: argparse.Namespace) -> list[dict]:
     for name in [n.strip() for n in names.split(",") if n.strip()]:
         try:
             path = bench_model(name)
-        except Exception as exc:  # noqa: BLE001 - e.g. the SmolLM2 wheel missing on a bare machine: say so, go on
+        except Exception as exc:  # e.g. the SmolLM2 wheel missing on a bare machine: say so, go on
             print(f"\nmemory: skipping {name}: {exc}")
             continue
         results[name] = {}
         for dtype in ("float32", "bfloat16"):
             for label, parallel, nproc in layouts:
-                spec = {"model_path": str(path), "parallel": parallel, "dtype": dtype, "device": args.device,
-                        "batch": batch, "micro_batch": micro, "steps": steps}  # fmt: skip
+                spec = {
+                    "model_path": str(path),
+                    "parallel": parallel,
+                    "dtype": dtype,
+                    "device": args.device,
+                    "batch": batch,
+                    "micro_batch": micro,
+                    "steps": steps,
+                }
                 ranks_out = run_memory_config(spec, nproc)
                 step_s = statistics.median(ranks_out[0]["step_s"])
                 results[name][f"{dtype} {label}"] = {
-                    "dtype": dtype, "layout": label, "ranks": nproc, "step_s": step_s,
+                    "dtype": dtype,
+                    "layout": label,
+                    "ranks": nproc,
+                    "step_s": step_s,
                     "tokens_per_s": ranks_out[0]["tokens"] / step_s,
                     "peak_mib_per_rank": [r["peak_bytes"] / mib for r in ranks_out],
                     "state_mib_per_rank": [r["state_bytes"] / mib for r in ranks_out],
                     "num_params": ranks_out[0]["num_params"],
                     "exact_peak": all(r["exact_peak_reset"] for r in ranks_out),
-                }  # fmt: skip
+                }
         _print_memory_table(name, results[name], args.device, batch, micro, steps)
     if not results:
         return []
@@ -420,20 +539,42 @@ def memory_section(args: argparse.Namespace) -> list[dict]:
     rows = results[largest]
     lines: list[dict] = []
     measure = "torch.cuda.max_memory_allocated" if cuda else "VmHWM of one step − RSS before the model was loaded"
-    figures = {"results": results, "device": args.device, "batch": batch_text, "micro_batch": micro,
-               "timed_steps": steps, "model": largest, "peak_measure": measure}  # fmt: skip
+    figures = {
+        "results": results,
+        "device": args.device,
+        "batch": batch_text,
+        "micro_batch": micro,
+        "timed_steps": steps,
+        "model": largest,
+        "peak_measure": measure,
+    }
     ddp, fsdp = rows.get(f"float32 DDP ×{ranks}"), rows.get(f"float32 FSDP ×{ranks}")
     if ddp and fsdp:
         ratio = max(fsdp["peak_mib_per_rank"]) / max(max(ddp["peak_mib_per_rank"]), 1e-9)
-        lines.append({"bench": "learner", "metric": "fsdp_peak_mem_per_rank_ratio", "value": round(ratio, 4),
-                      "baseline": f"DDP ×{ranks}, float32, {largest}", "target": MEMORY_TARGET, "better": "lower",
-                      "figures": figures})  # fmt: skip
+        lines.append(
+            {
+                "bench": "learner",
+                "metric": "fsdp_peak_mem_per_rank_ratio",
+                "value": round(ratio, 4),
+                "baseline": f"DDP ×{ranks}, float32, {largest}",
+                "target": MEMORY_TARGET,
+                "better": "lower",
+                "figures": figures,
+            }
+        )
     fp32, mixed = rows.get("float32 1 rank"), rows.get("bfloat16 1 rank")
     if fp32 and mixed:
-        lines.append({"bench": "learner", "metric": "bf16_mixed_tokens_per_s_ratio",
-                      "value": round(mixed["tokens_per_s"] / fp32["tokens_per_s"], 4),
-                      "baseline": f"float32, 1 rank, {largest}", "target": None, "better": "higher",
-                      "figures": figures})  # fmt: skip
+        lines.append(
+            {
+                "bench": "learner",
+                "metric": "bf16_mixed_tokens_per_s_ratio",
+                "value": round(mixed["tokens_per_s"] / fp32["tokens_per_s"], 4),
+                "baseline": f"float32, 1 rank, {largest}",
+                "target": None,
+                "better": "higher",
+                "figures": figures,
+            }
+        )
     return lines
 
 
@@ -441,13 +582,17 @@ def _print_memory_table(name: str, rows: dict[str, dict], device: str, batch: li
     first = next(iter(rows.values()))
     p, g, pl, rl = batch
     what = "CUDA max allocated" if device == "cuda" else "peak RSS of a step − RSS before the model was loaded"
-    print(f"\nprecision × parallelism: {name} ({first['num_params'] / 1e6:.1f} M parameters) on {device}, batch "
-          f"{p}×{g} sequences of {pl}+{rl} tokens, micro-batch {micro}, median of {steps} steps; memory per rank: "
-          f"peak = {what}, state = parameters + gradients + AdamW state")  # fmt: skip
+    print(
+        f"\nprecision × parallelism: {name} ({first['num_params'] / 1e6:.1f} M parameters) on {device}, batch "
+        f"{p}×{g} sequences of {pl}+{rl} tokens, micro-batch {micro}, median of {steps} steps; memory per rank: "
+        f"peak = {what}, state = parameters + gradients + AdamW state"
+    )
     print(f"{'':22}{'ranks':>6}{'step s':>9}{'tokens/s':>10}{'peak MiB/rank':>16}{'state MiB/rank':>16}")
     for label, r in rows.items():
-        print(f"{label:22}{r['ranks']:>6}{r['step_s']:>9.3f}{r['tokens_per_s']:>10.0f}"
-              f"{max(r['peak_mib_per_rank']):>16.1f}{max(r['state_mib_per_rank']):>16.1f}")  # fmt: skip
+        print(
+            f"{label:22}{r['ranks']:>6}{r['step_s']:>9.3f}{r['tokens_per_s']:>10.0f}"
+            f"{max(r['peak_mib_per_rank']):>16.1f}{max(r['state_mib_per_rank']):>16.1f}"
+        )
 
 
 def main() -> None:

@@ -33,8 +33,24 @@ WEIGHTS = ("publish_weights", "checkpoint")
 
 
 def run_up(run_dir: Path, steps: int, model: str) -> None:
-    cmd = [sys.executable, "-m", "aerplane.cli", "up", "--run-dir", str(run_dir), "--steps", str(steps), "--model",
-           model, "--free-ports", "--no-live", "--eval-size", "4", "--eval-k", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "aerplane.cli",
+        "up",
+        "--run-dir",
+        str(run_dir),
+        "--steps",
+        str(steps),
+        "--model",
+        model,
+        "--free-ports",
+        "--no-live",
+        "--eval-size",
+        "4",
+        "--eval-k",
+        "1",
+    ]
     print("running:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -49,8 +65,17 @@ def split_steps(rows: list[dict]) -> list[dict[str, float]]:
         weights = sum(phases.get(p, 0.0) for p in WEIGHTS)
         named_control = phases.get("coefficients", 0.0) + phases.get("report", 0.0)
         control = max(0.0, total - model - generation - weights)
-        out.append({"step": r["step"], "total": total, "model": model, "generation": generation, "weights": weights,
-                    "control": control, "coefficient_rpcs": named_control})  # fmt: skip
+        out.append(
+            {
+                "step": r["step"],
+                "total": total,
+                "model": model,
+                "generation": generation,
+                "weights": weights,
+                "control": control,
+                "coefficient_rpcs": named_control,
+            }
+        )
     return out
 
 
@@ -88,12 +113,25 @@ def main() -> None:
         print(f"{labels[k]:<52}{med[k]:>10.3f}{100 * med[k] / med['total']:>8.2f}%")
     weights_note = f"with weight sync: {100 * with_weights:.2f} %"
     print(f"control-plane share of a step: {100 * share:.2f} % (target < 2 %); {weights_note}")
-    print(json.dumps({
-        "bench": "overhead", "metric": "control_plane_share_of_step", "value": round(share, 5),
-        "baseline": "aerplane up step wall time (learner's step_seconds)", "target": 0.02, "better": "lower",
-        "figures": {"median_s": med, "with_weight_sync_share": with_weights, "steps": len(steps),
-                    "run_dir": str(run_dir), "per_step": steps},
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "overhead",
+                "metric": "control_plane_share_of_step",
+                "value": round(share, 5),
+                "baseline": "aerplane up step wall time (learner's step_seconds)",
+                "target": 0.02,
+                "better": "lower",
+                "figures": {
+                    "median_s": med,
+                    "with_weight_sync_share": with_weights,
+                    "steps": len(steps),
+                    "run_dir": str(run_dir),
+                    "per_step": steps,
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

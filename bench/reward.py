@@ -189,10 +189,20 @@ def sample(i: int, run_id: str):
     from aerplane.common.messages import GeneratedSample
 
     return GeneratedSample(
-        run_id=run_id, step=0, prompt_id=f"p{i}", sample_index=0, num_samples=1, policy_version=0, task="math",
-        difficulty="easy", ground_truth="1", prompt_token_ids=list(range(128)), response_token_ids=list(range(256)),
-        logprobs=[-0.5] * 256, response_text=r"the answer is \boxed{1}" * 4,
-    )  # fmt: skip
+        run_id=run_id,
+        step=0,
+        prompt_id=f"p{i}",
+        sample_index=0,
+        num_samples=1,
+        policy_version=0,
+        task="math",
+        difficulty="easy",
+        ground_truth="1",
+        prompt_token_ids=list(range(128)),
+        response_token_ids=list(range(256)),
+        logprobs=[-0.5] * 256,
+        response_text=r"the answer is \boxed{1}" * 4,
+    )
 
 
 def _produce(url: str, run_id: str, n: int, start: Any) -> None:

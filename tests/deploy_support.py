@@ -97,10 +97,19 @@ def compose_config(env_file: Path, *extra: str) -> subprocess.CompletedProcess:
     environment (no variable of the developer's shell leaks in)."""
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
     return run(
-        [compose_binary(), "--project-directory", str(ROOT), "--env-file", str(env_file), *extra,
-         "config", "--format", "json"],
+        [
+            compose_binary(),
+            "--project-directory",
+            str(ROOT),
+            "--env-file",
+            str(env_file),
+            *extra,
+            "config",
+            "--format",
+            "json",
+        ],
         env=env,
-    )  # fmt: skip
+    )
 
 
 def helm(*args: str) -> subprocess.CompletedProcess:
@@ -275,8 +284,12 @@ class LocalStack:
     @property
     def http(self) -> dict[str, int]:
         p = self.ports
-        return {"coefficient": p.coefficient_http, "reward": p.reward_http, "generation": p.generation_http,
-                "learner": p.learner_http}  # fmt: skip
+        return {
+            "coefficient": p.coefficient_http,
+            "reward": p.reward_http,
+            "generation": p.generation_http,
+            "learner": p.learner_http,
+        }
 
     @property
     def grpc(self) -> int:
@@ -304,8 +317,16 @@ def launch_stack(stack: LocalStack, *, learner_steps: int) -> LocalStack:
     from aerplane.launcher.settings import UpSettings
     from aerplane.launcher.up import Stack, validate
 
-    cfg = UpSettings(steps=learner_steps, model="tiny", backend="transformers", prompts_per_step=2,
-                     samples_per_prompt=2, max_tokens=8, ports=stack.ports, redis_url=stack.redis_url)  # fmt: skip
+    cfg = UpSettings(
+        steps=learner_steps,
+        model="tiny",
+        backend="transformers",
+        prompts_per_step=2,
+        samples_per_prompt=2,
+        max_tokens=8,
+        ports=stack.ports,
+        redis_url=stack.redis_url,
+    )
     env = {"AERPLANE_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
     launcher = Stack(cfg, stack.run_dir, stack.run_id, validate(cfg), env=env)
     stack.launcher = launcher

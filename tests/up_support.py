@@ -18,8 +18,22 @@ import pytest
 
 from aerplane.common.process import live_group_members
 
-TINY_RUN = ["--model", "tiny", "--free-ports", "--no-live", "--prompts-per-step", "2", "-G", "4",
-            "--max-tokens", "24", "--eval-size", "4", "--eval-k", "2"]  # fmt: skip
+TINY_RUN = [
+    "--model",
+    "tiny",
+    "--free-ports",
+    "--no-live",
+    "--prompts-per-step",
+    "2",
+    "-G",
+    "4",
+    "--max-tokens",
+    "24",
+    "--eval-size",
+    "4",
+    "--eval-k",
+    "2",
+]
 
 
 def aerplane_argv(*args: str) -> list[str]:
@@ -52,7 +66,7 @@ class RunWatcher:
         self.log = run_dir.parent / f"{run_dir.name}-up.log"
         self.proc = subprocess.Popen(
             aerplane_argv("up", "--run-dir", str(run_dir), *args),
-            stdout=open(self.log, "wb"),  # noqa: SIM115 - lives as long as the process
+            stdout=open(self.log, "wb"),  # lives as long as the process
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -20,9 +20,27 @@ import pytest
 
 from aerplane.common.process import live_group_members
 
-SETUP = ["--model", "tiny", "--backend", "transformers", "--steps", "3", "--prompts-per-step", "2", "-G", "4",
-         "--max-tokens", "16", "--eval-size", "4", "--eval-k", "8", "--checkpoint-interval", "1",
-         "--no-live"]  # fmt: skip
+SETUP = [
+    "--model",
+    "tiny",
+    "--backend",
+    "transformers",
+    "--steps",
+    "3",
+    "--prompts-per-step",
+    "2",
+    "-G",
+    "4",
+    "--max-tokens",
+    "16",
+    "--eval-size",
+    "4",
+    "--eval-k",
+    "8",
+    "--checkpoint-interval",
+    "1",
+    "--no-live",
+]
 CONFIGS = "none,aer:rho=0.9:eta=0.01"
 
 
@@ -69,7 +87,7 @@ def test_compare_resumes_after_interrupt_without_redoing_finished_runs(tmp_path:
     log1 = tmp_path / "compare-1.log"
     first = subprocess.Popen(
         _aerplane("compare", "--strategies", CONFIGS, "--seeds", "0", "--out", str(out), *SETUP),
-        stdout=open(log1, "wb"),  # noqa: SIM115 - lives as long as the process
+        stdout=open(log1, "wb"),  # lives as long as the process
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -161,7 +179,9 @@ def test_compare_refuses_bad_matrix_before_anything_starts(tmp_path: Path) -> No
     matrix.write_text('seeds = [0]\n[setup]\nsteps = 2\n[[config]]\nstrategy = "aer"\nparams = { rhoo = 1 }\n')
     out = subprocess.run(
         _aerplane("compare", "--matrix", str(matrix), "--out", str(tmp_path / "o")),
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "rhoo" in out.stderr and "config[0]" in out.stderr, out.stderr
     assert not (tmp_path / "o" / "compare.json").exists()

@@ -82,8 +82,9 @@ class Injector:
 def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     run_dir = tmp_path_factory.mktemp("faults") / "run"
     injector = Injector(run_dir)
-    watcher = RunWatcher(run_dir, "--steps", str(STEPS), "--checkpoint-interval", "2", "--max-failures", "3",
-                         *AER, *TINY_RUN)  # fmt: skip
+    watcher = RunWatcher(
+        run_dir, "--steps", str(STEPS), "--checkpoint-interval", "2", "--max-failures", "3", *AER, *TINY_RUN
+    )
     code = watcher.wait(timeout=2400, on_poll=injector)
     return {"code": code, "run_dir": run_dir, "watcher": watcher, "injector": injector}
 
@@ -138,8 +139,11 @@ def test_each_service_is_restarted_and_recovers(faulty_run: dict[str, Any], serv
     recovery = next(r for r in run["recoveries"] if r["service"] == service)
     assert recovery["seconds"] is not None and recovery["seconds"] > 0
     after = faulty_run["injector"].injected[service]["after_steps"]
-    report_table("time to recover per fault (aerplane up, tiny model)", ["fault", "after step", "exit code", "seconds"],
-                 [service, after, failed["code"], f"{recovery['seconds']:.1f}"])  # fmt: skip
+    report_table(
+        "time to recover per fault (aerplane up, tiny model)",
+        ["fault", "after step", "exit code", "seconds"],
+        [service, after, failed["code"], f"{recovery['seconds']:.1f}"],
+    )
 
 
 @pytest.mark.slow

@@ -65,7 +65,7 @@ class PrometheusAPI:
         return self.get("/api/v1/query", query=expr)["result"]
 
 
-def wait_for(predicate, what: str, timeout: float, stack: LocalStack | None = None):  # noqa: ANN001, ANN201
+def wait_for(predicate, what: str, timeout: float, stack: LocalStack | None = None):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -89,10 +89,16 @@ def stack_and_prometheus(
     config.write_text(yaml.safe_dump(prometheus_config(stack, port)))
     proc = ManagedProcess(
         "prometheus",
-        [tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        log_path=tmp / "prometheus.log", ready_url=f"http://127.0.0.1:{port}/-/ready",
-    ).start()  # fmt: skip
+        [
+            tool("prometheus"),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        log_path=tmp / "prometheus.log",
+        ready_url=f"http://127.0.0.1:{port}/-/ready",
+    ).start()
     try:
         proc.wait_ready(timeout=60)
         launch_stack(stack, learner_steps=STEPS)
@@ -119,8 +125,13 @@ def _metrics_rows(stack: LocalStack) -> list[dict[str, Any]]:
 
 def test_prometheus_scrapes_every_service_of_the_stack(stack: LocalStack, prometheus: PrometheusAPI) -> None:
     targets = prometheus.get("/api/v1/targets")["activeTargets"]
-    assert {t["labels"]["component"] for t in targets} == {"coefficient", "reward", "generation", "learner",
-                                                            "prometheus"}  # fmt: skip
+    assert {t["labels"]["component"] for t in targets} == {
+        "coefficient",
+        "reward",
+        "generation",
+        "learner",
+        "prometheus",
+    }
     assert {t["labels"]["job"] for t in targets} >= {"aerplane-coefficient", "aerplane-learner"}
     # Every service was scraped successfully (the learner exits when its few steps are done, so: at some point).
     wait_for(lambda: len(prometheus.query("max_over_time(up[10m]) == 1")) == 5, "every target up once", 120, stack)
@@ -148,8 +159,12 @@ def test_query_api_returns_the_entropy_and_alpha_series(stack: LocalStack, prome
     assert any(math.isclose(a, r["alpha"], rel_tol=1e-9, abs_tol=1e-15) for r in rows), (a, rows)
 
     # The coefficient service's view of the same run (label run_id) is scraped too.
-    coef = wait_for(lambda: prometheus.query(f'aerplane_coefficient_alpha{{run_id="{stack.run_id}"}}'),
-                    "aerplane_coefficient_alpha of the run", 60, stack)  # fmt: skip
+    coef = wait_for(
+        lambda: prometheus.query(f'aerplane_coefficient_alpha{{run_id="{stack.run_id}"}}'),
+        "aerplane_coefficient_alpha of the run",
+        60,
+        stack,
+    )
     assert coef[0]["metric"]["component"] == "coefficient"
     assert math.isfinite(float(coef[0]["value"][1]))
 

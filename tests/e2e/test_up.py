@@ -110,8 +110,10 @@ def test_bad_input_stops_before_anything_starts(tmp_path: Path, args: list[str],
     run_dir = tmp_path / "run"
     out = subprocess.run(
         aerplane_argv("up", "--run-dir", str(run_dir), "--free-ports", "--no-live", *args),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2, out.stderr
     lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], out.stderr
@@ -123,8 +125,10 @@ def test_malformed_data_file_and_busy_port_are_refused(tmp_path: Path) -> None:
     data.write_text('{"prompt": "1+1?", "answer": "2"}\n{not json\n')
     out = subprocess.run(
         aerplane_argv("up", "--run-dir", str(tmp_path / "r1"), "--model", "tiny", "--free-ports", "--data", str(data)),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2 and "bad.jsonl" in out.stderr and ":2" in out.stderr, out.stderr
 
     import socket
@@ -135,8 +139,12 @@ def test_malformed_data_file_and_busy_port_are_refused(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         env = dict(os.environ)
         out = subprocess.run(
-            aerplane_argv("up", "--run-dir", str(tmp_path / "r2"), "--model", "tiny",
-                          "--coefficient-http-port", str(port)),
-            capture_output=True, text=True, timeout=300, env=env,
-        )  # fmt: skip
+            aerplane_argv(
+                "up", "--run-dir", str(tmp_path / "r2"), "--model", "tiny", "--coefficient-http-port", str(port)
+            ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
     assert out.returncode == 2 and f"port {port}" in out.stderr and "in use" in out.stderr, out.stderr

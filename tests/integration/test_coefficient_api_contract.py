@@ -44,9 +44,12 @@ def service(tmp_path: Path, redis_url: str):
     argv = [sys.executable, "-m", "aerplane.cli", "coefficient", "serve", "--host", "127.0.0.1"]
     argv += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
     proc = ManagedProcess(
-        "coefficient", argv, env=env, log_path=tmp_path / "coefficient.log",
+        "coefficient",
+        argv,
+        env=env,
+        log_path=tmp_path / "coefficient.log",
         ready_url=f"http://127.0.0.1:{http_port}/readyz",
-    )  # fmt: skip
+    )
     proc.start().wait_ready(60)
     proc.grpc_port, proc.http_port = grpc_port, http_port  # type: ignore[attr-defined]
     try:
@@ -73,12 +76,31 @@ def test_schemathesis_finds_nothing_with_every_check_and_phase(service: ManagedP
     _seed_runs(service.grpc_port)  # type: ignore[attr-defined]
     schemathesis = Path(sys.executable).parent / "schemathesis"
     argv = [
-        str(schemathesis), "run", f"http://127.0.0.1:{service.http_port}/openapi.json",  # type: ignore[attr-defined]
-        "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
-        "--header", f"Authorization: Bearer {OPERATOR}",
-        "--max-examples", "60", "--seed", "20260101", "--workers", "1", "--generation-database", "none",
-        "--request-timeout", "30", "--no-color", "--report", "junit", "--report-dir", str(tmp_path / "report"),
-    ]  # fmt: skip
+        str(schemathesis),
+        "run",
+        f"http://127.0.0.1:{service.http_port}/openapi.json",  # type: ignore[attr-defined]
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--header",
+        f"Authorization: Bearer {OPERATOR}",
+        "--max-examples",
+        "60",
+        "--seed",
+        "20260101",
+        "--workers",
+        "1",
+        "--generation-database",
+        "none",
+        "--request-timeout",
+        "30",
+        "--no-color",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path / "report"),
+    ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=800, cwd=tmp_path)
     output = result.stdout + result.stderr
     print(output)  # the phase table and, on failure, every finding with a curl line to reproduce it

@@ -380,10 +380,18 @@ ALL_TOKENS = (TOKEN, READ_TOKEN, LEARNER_TOKEN, "alice-token", "grafana-token")
 def locked(redis_url: str) -> Iterator[RunningService]:
     """A service with every kind of token: reads, the learner's calls and mutations all need one."""
     settings = CoefficientSettings(
-        redis_url=redis_url, host="127.0.0.1", grpc_port=0, http_port=0, api_token=TOKEN,
-        api_tokens="alice:alice-token", read_token=READ_TOKEN, read_tokens="grafana:grafana-token",
-        learner_token=LEARNER_TOKEN, watch_poll_seconds=0.2, shutdown_grace_seconds=1.0,
-    )  # fmt: skip
+        redis_url=redis_url,
+        host="127.0.0.1",
+        grpc_port=0,
+        http_port=0,
+        api_token=TOKEN,
+        api_tokens="alice:alice-token",
+        read_token=READ_TOKEN,
+        read_tokens="grafana:grafana-token",
+        learner_token=LEARNER_TOKEN,
+        watch_poll_seconds=0.2,
+        shutdown_grace_seconds=1.0,
+    )
     svc = start(settings)
     try:
         yield svc

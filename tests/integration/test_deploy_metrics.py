@@ -39,9 +39,11 @@ COMPONENTS = ("coefficient", "reward", "generation", "learner")
 def stack(redis_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     # Enough steps that the learner is still training while the pages are read; it is stopped right after.
     stack = start_stack(
-        redis_server.url, tmp_path_factory.mktemp("deploy-stack"), run_id=f"deploy-{uuid.uuid4().hex[:8]}",
+        redis_server.url,
+        tmp_path_factory.mktemp("deploy-stack"),
+        run_id=f"deploy-{uuid.uuid4().hex[:8]}",
         learner_steps=50,
-    )  # fmt: skip
+    )
     try:
         yield stack
     finally:

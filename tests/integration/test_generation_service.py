@@ -113,19 +113,31 @@ class Harness:
         self.client = StreamClient(redis_url, self.run_id)
         self.registry = new_registry()
         self.settings = GenerationSettings(
-            run_id=self.run_id, redis_url=redis_url, backend=backend.name, model=str(tiny), batch_wait_ms=0,
-            consumer="test-0", **overrides,
-        )  # fmt: skip
+            run_id=self.run_id,
+            redis_url=redis_url,
+            backend=backend.name,
+            model=str(tiny),
+            batch_wait_ms=0,
+            consumer="test-0",
+            **overrides,
+        )
         tokenizer = getattr(backend, "tokenizer", None) or _tokenizer(tiny)
         self.worker = GenerationWorker(self.settings, backend, tokenizer, self.client, GenerationMetrics(self.registry))
 
     def request(self, prompt_id: str, *, n: int = 1, policy_version: int = 0, **kw: object) -> None:
         defaults: dict = {"temperature": 0.0, "max_tokens": 8, "seed": 1}
         record = RolloutRequest(
-            run_id=self.run_id, step=policy_version, prompt_id=prompt_id, prompt=kw.pop("prompt", PROMPT),
-            ground_truth="5", task="math", difficulty="easy", num_samples=n, policy_version=policy_version,
+            run_id=self.run_id,
+            step=policy_version,
+            prompt_id=prompt_id,
+            prompt=kw.pop("prompt", PROMPT),
+            ground_truth="5",
+            task="math",
+            difficulty="easy",
+            num_samples=n,
+            policy_version=policy_version,
             **{**defaults, **kw},
-        )  # fmt: skip
+        )
         self.client.publish(ROLLOUT_REQUESTS, record)
 
     def announce(self, version: int, path: Path) -> None:
@@ -158,7 +170,7 @@ def harness(engine: Backend, redis_url: str, tiny: Path) -> Iterator[Harness]:
     h.close()
 
 
-def _tokenizer(path: Path):  # noqa: ANN202
+def _tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
@@ -255,8 +267,14 @@ def test_vllm_seeded_samples_do_not_depend_on_the_rest_of_the_batch(
         harness.request("alone", n=8, temperature=1.0, max_tokens=24, seed=42)
         alone = sorted(harness.run_until(8), key=lambda s: s.sample_index)
         for i in range(6):
-            harness.request(f"other-{i}", n=8, temperature=1.0, max_tokens=24, seed=100 + i,
-                            prompt=PROMPT.replace("2 + 3", f"{i} + {i + 7}"))  # fmt: skip
+            harness.request(
+                f"other-{i}",
+                n=8,
+                temperature=1.0,
+                max_tokens=24,
+                seed=100 + i,
+                prompt=PROMPT.replace("2 + 3", f"{i} + {i + 7}"),
+            )
         harness.request("crowd", n=8, temperature=1.0, max_tokens=24, seed=42)
         crowd = [s for s in harness.run_until(8 + 7 * 8) if s.prompt_id == "crowd"]
         crowd.sort(key=lambda s: s.sample_index)
@@ -314,31 +332,53 @@ def test_missing_weights_are_skipped_and_sampling_goes_on(hf_engine: Backend, re
 # --- the real entrypoint ----------------------------------------------------------------------------------------
 
 
-def _serve(args: list[str], redis_url: str, run_id: str, port: int, tmp_path: Path):  # noqa: ANN202 - a ManagedProcess
+def _serve(args: list[str], redis_url: str, run_id: str, port: int, tmp_path: Path):  # a ManagedProcess
     import os
     import sys
 
     from aerplane.common.process import ManagedProcess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AERPLANE_")}
-    argv = [sys.executable, "-m", "aerplane.cli", "generation", "serve", *args, "--host", "127.0.0.1",
-            "--http-port", str(port), "--redis-url", redis_url, "--run-id", run_id]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "aerplane.cli",
+        "generation",
+        "serve",
+        *args,
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        str(port),
+        "--redis-url",
+        redis_url,
+        "--run-id",
+        run_id,
+    ]
     proc = ManagedProcess(
         "generation", argv, env=env, log_path=tmp_path / "generation.log", ready_url=f"http://127.0.0.1:{port}/readyz"
     )
     return proc.start()
 
 
-def _exercise_service(proc, redis_url: str, run_id: str, port: int) -> None:  # noqa: ANN001
+def _exercise_service(proc, redis_url: str, run_id: str, port: int) -> None:
     proc.wait_ready(timeout=300)
     ready = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).read())
     assert ready["ready"] is True and ready["policy_version"] == 0
     client = StreamClient(redis_url, run_id)
     try:
         req = RolloutRequest(
-            run_id=run_id, step=0, prompt_id="p", prompt=PROMPT, ground_truth="5", task="math", difficulty="easy",
-            num_samples=2, policy_version=0, max_tokens=6,
-        )  # fmt: skip
+            run_id=run_id,
+            step=0,
+            prompt_id="p",
+            prompt=PROMPT,
+            ground_truth="5",
+            task="math",
+            difficulty="easy",
+            num_samples=2,
+            policy_version=0,
+            max_tokens=6,
+        )
         client.publish(ROLLOUT_REQUESTS, req)
         deadline = time.monotonic() + 120
         while client.length(ROLLOUT_GENERATED) < 2:
@@ -408,8 +448,18 @@ def test_serve_starts_and_stops_its_own_vllm(redis_url: str, tiny: Path, port: i
     from aerplane.common.process import free_port, http_ok
 
     run_id, vllm_port = "serve-own-vllm", free_port()
-    args = ["--backend", "vllm", "--model", str(tiny), "--vllm-port", str(vllm_port), "--max-model-len", "512",
-            "--vllm-log", str(tmp_path / "vllm.log")]  # fmt: skip
+    args = [
+        "--backend",
+        "vllm",
+        "--model",
+        str(tiny),
+        "--vllm-port",
+        str(vllm_port),
+        "--max-model-len",
+        "512",
+        "--vllm-log",
+        str(tmp_path / "vllm.log"),
+    ]
     proc = _serve(args, redis_url, run_id, port, tmp_path)
     _exercise_service(proc, redis_url, run_id, port)
     assert not http_ok(f"http://127.0.0.1:{vllm_port}/health", timeout=2)

@@ -34,11 +34,20 @@ def _samples(seed: int = 0):
         std = (sum((r - mean) ** 2 for r in rewards) / (G - 1)) ** 0.5
         for i in range(G):
             response = [rng.randrange(100, 5000) for _ in range(rng.randint(3, 10))]
-            out.append(TrainSample(
-                prompt_index=q, prompt_ids=prompt, response_ids=response, sampler_logprobs=[-10.8] * len(response),
-                reward=rewards[i], advantage=(rewards[i] - mean) / (std + 1e-6), weight=1.0,
-                difficulty="easy" if q < 2 else "hard", policy_version=0, prompt_id=f"q{q}",
-            ))  # fmt: skip
+            out.append(
+                TrainSample(
+                    prompt_index=q,
+                    prompt_ids=prompt,
+                    response_ids=response,
+                    sampler_logprobs=[-10.8] * len(response),
+                    reward=rewards[i],
+                    advantage=(rewards[i] - mean) / (std + 1e-6),
+                    weight=1.0,
+                    difficulty="easy" if q < 2 else "hard",
+                    policy_version=0,
+                    prompt_id=f"q{q}",
+                )
+            )
     return out
 
 

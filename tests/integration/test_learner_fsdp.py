@@ -47,11 +47,20 @@ def _samples(seed: int = 0):
         std = (sum((r - mean) ** 2 for r in rewards) / (g - 1)) ** 0.5
         for i in range(g):
             response = [rng.randrange(100, 5000) for _ in range(rng.randint(3, 10))]
-            out.append(TrainSample(
-                prompt_index=q, prompt_ids=prompt, response_ids=response, sampler_logprobs=[-10.8] * len(response),
-                reward=rewards[i], advantage=(rewards[i] - mean) / (std + 1e-6), weight=1.0 if q != 1 else 0.5,
-                difficulty="easy" if q < 2 else "hard", policy_version=0, prompt_id=f"q{q}",
-            ))  # fmt: skip
+            out.append(
+                TrainSample(
+                    prompt_index=q,
+                    prompt_ids=prompt,
+                    response_ids=response,
+                    sampler_logprobs=[-10.8] * len(response),
+                    reward=rewards[i],
+                    advantage=(rewards[i] - mean) / (std + 1e-6),
+                    weight=1.0 if q != 1 else 0.5,
+                    difficulty="easy" if q < 2 else "hard",
+                    policy_version=0,
+                    prompt_id=f"q{q}",
+                )
+            )
     return out
 
 
@@ -77,11 +86,15 @@ def _job(out_dir: Path, device: str) -> None:
     result: dict = {"rank": ctx.rank, "world_size": ctx.world_size}
 
     def settings(parallel: str, dtype: str, *, gc: bool = False) -> LearnerSettings:
-        return load_settings(LearnerSettings, {
-            "model": {"path": str(path), "parallel": parallel, "dtype": dtype, "gradient_checkpointing": gc},
-            "optim": {"lr": LR, "warmup_steps": 2, "grad_clip": 1.0},
-            "run": {"run_id": "fsdp", "dir": str(out_dir / f"run-{parallel}-{dtype}")},
-        }, section=SECTION)  # fmt: skip
+        return load_settings(
+            LearnerSettings,
+            {
+                "model": {"path": str(path), "parallel": parallel, "dtype": dtype, "gradient_checkpointing": gc},
+                "optim": {"lr": LR, "warmup_steps": 2, "grad_clip": 1.0},
+                "run": {"run_id": "fsdp", "dir": str(out_dir / f"run-{parallel}-{dtype}")},
+            },
+            section=SECTION,
+        )
 
     def build(s: LearnerSettings):
         lm = load_policy(path, MASTER_DTYPE, ctx.device, gradient_checkpointing=s.model.gradient_checkpointing)
@@ -93,10 +106,31 @@ def _job(out_dir: Path, device: str) -> None:
         cfg = LossConfig(kl_coef=0.1 if ref is not None else 0.0)
         out = []
         for _ in range(n):
-            r = train_step(policy, optimizer, scheduler, samples, num_prompts=P, ctx=ctx, alpha=0.01, cfg=cfg,
-                           micro_batch_size=MICRO, pad_id=0, grad_clip=1.0, ref_model=ref)  # fmt: skip
-            out.append({"pg": r.pg_loss, "entropy": r.mean_entropy, "by": r.entropy_by_difficulty,
-                        "tokens": r.num_tokens, "grad_norm": r.grad_norm, "lr": r.lr, "kl": r.kl})  # fmt: skip
+            r = train_step(
+                policy,
+                optimizer,
+                scheduler,
+                samples,
+                num_prompts=P,
+                ctx=ctx,
+                alpha=0.01,
+                cfg=cfg,
+                micro_batch_size=MICRO,
+                pad_id=0,
+                grad_clip=1.0,
+                ref_model=ref,
+            )
+            out.append(
+                {
+                    "pg": r.pg_loss,
+                    "entropy": r.mean_entropy,
+                    "by": r.entropy_by_difficulty,
+                    "tokens": r.num_tokens,
+                    "grad_norm": r.grad_norm,
+                    "lr": r.lr,
+                    "kl": r.kl,
+                }
+            )
         return out
 
     def full_params(lm) -> dict[str, torch.Tensor] | None:
@@ -118,8 +152,13 @@ def _job(out_dir: Path, device: str) -> None:
     for parallel in ("ddp", "fsdp"):  # the frozen KL reference, sharded like the policy under FSDP
         s = settings(parallel, "bfloat16")
         lm, policy, opt, sched = build(s)
-        ref = wrap_policy(load_policy(path, MASTER_DTYPE, ctx.device).requires_grad_(False), ctx, parallel=parallel,
-                          dtype="bfloat16", trainable=False)  # fmt: skip
+        ref = wrap_policy(
+            load_policy(path, MASTER_DTYPE, ctx.device).requires_grad_(False),
+            ctx,
+            parallel=parallel,
+            dtype="bfloat16",
+            trainable=False,
+        )
         result[f"{parallel}-kl"] = steps(policy, opt, sched, 2, ref=ref)
     lm, policy, opt, sched = build(settings("fsdp", "float32", gc=True))
     result["fsdp-float32-gc"] = steps(policy, opt, sched, STEPS)
@@ -154,8 +193,17 @@ def _job(out_dir: Path, device: str) -> None:
 
 
 def run_job(out: Path, device: str, nproc: int) -> list[dict]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), __file__,
-           str(out), device]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        __file__,
+        str(out),
+        device,
+    ]
     env = {**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}  # deterministic cuBLAS (CUDA only)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=800, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-8000:]

@@ -22,25 +22,52 @@ G = 2
 
 def _scored(req: RolloutRequest, index: int, version: int, *, run_id: str | None = None, reward: float = 1.0):
     return ScoredSample(
-        run_id=run_id or req.run_id, step=req.step, prompt_id=req.prompt_id, sample_index=index, num_samples=G,
-        policy_version=version, task=req.task, difficulty=req.difficulty, ground_truth=req.ground_truth,
-        prompt_token_ids=[1, 2], response_token_ids=[3, 4, index + 5], logprobs=[-1.0] * 3, response_text="",
-        finish_reason="stop", reward=reward, reason="match",
-    )  # fmt: skip
+        run_id=run_id or req.run_id,
+        step=req.step,
+        prompt_id=req.prompt_id,
+        sample_index=index,
+        num_samples=G,
+        policy_version=version,
+        task=req.task,
+        difficulty=req.difficulty,
+        ground_truth=req.ground_truth,
+        prompt_token_ids=[1, 2],
+        response_token_ids=[3, 4, index + 5],
+        logprobs=[-1.0] * 3,
+        response_text="",
+        finish_reason="stop",
+        reward=reward,
+        reason="match",
+    )
 
 
 def _requests(step: int, n: int = 2, run_id: str = "r1") -> list[RolloutRequest]:
     slots = [PromptSlot(step, k, f"p{k}", f"prompt {k}", "42", "math", "easy") for k in range(n)]
-    return build_requests(run_id, step, slots, num_samples=G, policy_version=max(0, step - 1), temperature=1.0,
-                          top_p=1.0, max_tokens=8, seed=0)  # fmt: skip
+    return build_requests(
+        run_id,
+        step,
+        slots,
+        num_samples=G,
+        policy_version=max(0, step - 1),
+        temperature=1.0,
+        top_p=1.0,
+        max_tokens=8,
+        seed=0,
+    )
 
 
 @pytest.fixture
 def setup(redis_url):
     client = StreamClient(redis_url, "r1")
     consumer = client.consumer(ROLLOUT_SCORED, LEARNER_GROUP, "learner-0", ScoredSample)
-    collector = RolloutCollector(consumer, lambda reqs: publish_requests(client, reqs), run_id="r1",
-                                 samples_per_prompt=G, staleness=1, rerequest_interval_s=0.0)  # fmt: skip
+    collector = RolloutCollector(
+        consumer,
+        lambda reqs: publish_requests(client, reqs),
+        run_id="r1",
+        samples_per_prompt=G,
+        staleness=1,
+        rerequest_interval_s=0.0,
+    )
     yield client, collector
     client.close()
 
@@ -50,12 +77,18 @@ def test_collects_complete_groups_dropping_duplicates_foreign_and_late_samples(s
     step0, step1 = _requests(0), _requests(1)
     collector.expect(step0 + step1)
     a, b = step0
-    client.publish_many(ROLLOUT_SCORED, [
-        _scored(a, 0, 0), _scored(a, 0, 0),            # a re-delivered duplicate
-        _scored(a, 1, 0, run_id="other"),              # another run's sample
-        _scored(step1[0], 0, 1),                       # early: next step's, kept for later
-        _scored(a, 1, 0), _scored(b, 1, 0), _scored(b, 0, 0),
-    ])  # fmt: skip
+    client.publish_many(
+        ROLLOUT_SCORED,
+        [
+            _scored(a, 0, 0),
+            _scored(a, 0, 0),  # a re-delivered duplicate
+            _scored(a, 1, 0, run_id="other"),  # another run's sample
+            _scored(step1[0], 0, 1),  # early: next step's, kept for later
+            _scored(a, 1, 0),
+            _scored(b, 1, 0),
+            _scored(b, 0, 0),
+        ],
+    )
     groups = collector.collect(0, timeout_s=20)
     assert list(groups) == ["p0", "p1"]
     assert [[s.sample_index for s in g] for g in groups.values()] == [[0, 1], [0, 1]]

@@ -69,13 +69,26 @@ class FakeRollouts:
         for i in range(req.num_samples):
             r = random.Random(f"{req.step}:{req.prompt_id}:{i}")
             response = [r.randrange(100, 5000) for _ in range(r.randint(2, 6))]
-            out.append(ScoredSample(
-                run_id=req.run_id, step=req.step, prompt_id=req.prompt_id, sample_index=i,
-                num_samples=req.num_samples, policy_version=version, task=req.task, difficulty=req.difficulty,
-                ground_truth=req.ground_truth, prompt_token_ids=prompt_ids, response_token_ids=response,
-                logprobs=[-8.0] * len(response), response_text="", finish_reason="stop",
-                reward=1.0 if i < correct else 0.0, reason="match" if i < correct else "mismatch",
-            ))  # fmt: skip
+            out.append(
+                ScoredSample(
+                    run_id=req.run_id,
+                    step=req.step,
+                    prompt_id=req.prompt_id,
+                    sample_index=i,
+                    num_samples=req.num_samples,
+                    policy_version=version,
+                    task=req.task,
+                    difficulty=req.difficulty,
+                    ground_truth=req.ground_truth,
+                    prompt_token_ids=prompt_ids,
+                    response_token_ids=response,
+                    logprobs=[-8.0] * len(response),
+                    response_text="",
+                    finish_reason="stop",
+                    reward=1.0 if i < correct else 0.0,
+                    reason="match" if i < correct else "mismatch",
+                )
+            )
         return out
 
     def _run(self) -> None:
@@ -117,12 +130,43 @@ def learner(
 ) -> ManagedProcess:
     http = free_port()
     argv = [
-        sys.executable, "-m", "aerplane.cli", "learner", "train", "--nproc-per-node", str(nproc),
-        "--run-id", run_id, "--run-dir", str(tmp_path / run_id), "--redis-url", redis_url, "--model", "tiny",
-        "--steps", str(steps), "--prompts-per-step", "4", "--samples-per-prompt", str(G), "--micro-batch-size", "4",
-        "--data-size", "24", "--lr", "1e-3", "--seed", "3", "--http-port", str(http), "--checkpoint-interval", "2",
-        "--max-response-tokens", "8", *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "aerplane.cli",
+        "learner",
+        "train",
+        "--nproc-per-node",
+        str(nproc),
+        "--run-id",
+        run_id,
+        "--run-dir",
+        str(tmp_path / run_id),
+        "--redis-url",
+        redis_url,
+        "--model",
+        "tiny",
+        "--steps",
+        str(steps),
+        "--prompts-per-step",
+        "4",
+        "--samples-per-prompt",
+        str(G),
+        "--micro-batch-size",
+        "4",
+        "--data-size",
+        "24",
+        "--lr",
+        "1e-3",
+        "--seed",
+        "3",
+        "--http-port",
+        str(http),
+        "--checkpoint-interval",
+        "2",
+        "--max-response-tokens",
+        "8",
+        *extra,
+    ]
     proc = ManagedProcess(name, argv, log_path=tmp_path / f"{name}.log", ready_url=f"http://127.0.0.1:{http}/readyz")
     proc.http_port = http  # type: ignore[attr-defined]
     return proc
@@ -172,8 +216,18 @@ def final_params(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
 
 
 def test_kill_and_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, redis_url, tokenizer) -> None:
-    local = ("--coefficient-target", "local", "--strategy", "aer", "--strategy-param", "eta=0.5",
-             "--strategy-param", "alpha_max=0.05", "--strategy-param", "target_entropy=20")  # fmt: skip
+    local = (
+        "--coefficient-target",
+        "local",
+        "--strategy",
+        "aer",
+        "--strategy-param",
+        "eta=0.5",
+        "--strategy-param",
+        "alpha_max=0.05",
+        "--strategy-param",
+        "target_entropy=20",
+    )
 
     # --- uninterrupted run ---
     gen = FakeRollouts(redis_url, "straight", tokenizer).start()
@@ -200,8 +254,15 @@ def test_kill_and_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, r
         proc = learner(tmp_path, "killed", redis_url, "resumed", *local).start()
         run_dir = tmp_path / "resumed"
         wait_for(lambda: len(read_metrics(run_dir)) >= 5, 600, "step 4", proc)
-        wait_for(lambda: ckpt.latest_checkpoint(run_dir / "checkpoints") is not None
-                 and ckpt.latest_checkpoint(run_dir / "checkpoints")[0] == 4, 60, "checkpoint 4", proc)  # fmt: skip
+        wait_for(
+            lambda: (
+                ckpt.latest_checkpoint(run_dir / "checkpoints") is not None
+                and ckpt.latest_checkpoint(run_dir / "checkpoints")[0] == 4
+            ),
+            60,
+            "checkpoint 4",
+            proc,
+        )
         sigkill_learner(proc)
         gen.hold_from_step = None
         again = learner(tmp_path, "resume", redis_url, "resumed", *local, "--resume").start()
@@ -230,12 +291,34 @@ def test_alpha_and_initial_entropy_in_the_coefficient_service_follow_the_run(tmp
     grpc_port, http_port = free_port(), free_port()
     service = ManagedProcess(
         "coefficient",
-        [sys.executable, "-m", "aerplane.cli", "coefficient", "serve", "--grpc-port", str(grpc_port),
-         "--http-port", str(http_port), "--redis-url", redis_url, "--host", "127.0.0.1"],
-        log_path=tmp_path / "coefficient.log", ready_url=f"http://127.0.0.1:{http_port}/readyz",
-    )  # fmt: skip
-    coef = ("--coefficient-target", f"127.0.0.1:{grpc_port}", "--strategy", "aer", "--strategy-param", "eta=0.01",
-            "--strategy-param", "target_entropy=20")  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "aerplane.cli",
+            "coefficient",
+            "serve",
+            "--grpc-port",
+            str(grpc_port),
+            "--http-port",
+            str(http_port),
+            "--redis-url",
+            redis_url,
+            "--host",
+            "127.0.0.1",
+        ],
+        log_path=tmp_path / "coefficient.log",
+        ready_url=f"http://127.0.0.1:{http_port}/readyz",
+    )
+    coef = (
+        "--coefficient-target",
+        f"127.0.0.1:{grpc_port}",
+        "--strategy",
+        "aer",
+        "--strategy-param",
+        "eta=0.01",
+        "--strategy-param",
+        "target_entropy=20",
+    )
     api = f"http://127.0.0.1:{http_port}/v1/runs/svc"
     gen = FakeRollouts(redis_url, "svc", tokenizer).start()
     procs = [service]
@@ -362,13 +445,37 @@ def test_sigkilled_learner_resumes_training_every_group_exactly_once(
     grpc_port, http_port = free_port(), free_port()
     service = ManagedProcess(
         "coefficient-once",
-        [sys.executable, "-m", "aerplane.cli", "coefficient", "serve", "--grpc-port", str(grpc_port),
-         "--http-port", str(http_port), "--redis-url", redis_url, "--host", "127.0.0.1"],
+        [
+            sys.executable,
+            "-m",
+            "aerplane.cli",
+            "coefficient",
+            "serve",
+            "--grpc-port",
+            str(grpc_port),
+            "--http-port",
+            str(http_port),
+            "--redis-url",
+            redis_url,
+            "--host",
+            "127.0.0.1",
+        ],
         env={**os.environ, "AERPLANE_API_TOKEN": operator, "AERPLANE_API_READ_TOKEN": reader},
-        log_path=tmp_path / "coefficient-once.log", ready_url=f"http://127.0.0.1:{http_port}/readyz",
-    )  # fmt: skip
-    coef = ("--coefficient-target", f"127.0.0.1:{grpc_port}", "--strategy", "aer", "--strategy-param", "eta=0.5",
-            "--strategy-param", "alpha_max=0.05", "--strategy-param", "target_entropy=20")  # fmt: skip
+        log_path=tmp_path / "coefficient-once.log",
+        ready_url=f"http://127.0.0.1:{http_port}/readyz",
+    )
+    coef = (
+        "--coefficient-target",
+        f"127.0.0.1:{grpc_port}",
+        "--strategy",
+        "aer",
+        "--strategy-param",
+        "eta=0.5",
+        "--strategy-param",
+        "alpha_max=0.05",
+        "--strategy-param",
+        "target_entropy=20",
+    )
     api = f"http://127.0.0.1:{http_port}/v1/runs"
     procs = [service]
     try:

@@ -27,10 +27,20 @@ AERPLANE = str(Path(sys.executable).parent / "aerplane")
 
 def generated(i: int, text: str, truth: str, task: str = "math") -> m.GeneratedSample:
     return m.GeneratedSample(
-        run_id=RUN, step=1, prompt_id=f"p{i}", sample_index=0, num_samples=1, policy_version=0, task=task,
-        difficulty="easy", ground_truth=truth, prompt_token_ids=[1, 2], response_token_ids=[3],
-        logprobs=[-0.5], response_text=text,
-    )  # fmt: skip
+        run_id=RUN,
+        step=1,
+        prompt_id=f"p{i}",
+        sample_index=0,
+        num_samples=1,
+        policy_version=0,
+        task=task,
+        difficulty="easy",
+        ground_truth=truth,
+        prompt_token_ids=[1, 2],
+        response_token_ids=[3],
+        logprobs=[-0.5],
+        response_text=text,
+    )
 
 
 def start_service(tmp_path: Path, redis_url: str, *extra: str, name: str = "reward") -> tuple[ManagedProcess, str]:
@@ -132,9 +142,18 @@ def test_consumer_sigkilled_mid_batch_is_reclaimed_nothing_lost_nothing_twice(
     n = 16
     samples = [generated(i, SLOW if i in (3, 11) else rf"\boxed{{{i}}}", str(i)) for i in range(n)]
     a, _ = start_service(
-        tmp_path, redis_url, "--consumer", "a", "--batch-size", "64", "--timeout", "3", "--claim-idle-ms", "1000",
+        tmp_path,
+        redis_url,
+        "--consumer",
+        "a",
+        "--batch-size",
+        "64",
+        "--timeout",
+        "3",
+        "--claim-idle-ms",
+        "1000",
         name="reward-a",
-    )  # fmt: skip
+    )
     services.append(a)
     client.publish_many(m.ROLLOUT_GENERATED, samples)
     # `a` holds the whole batch (two items take the full timeout); kill it before it can publish.
@@ -362,11 +381,13 @@ def test_verify_endpoint_forms_and_errors(tmp_path: Path, services: list[Managed
         assert cut.json() == {"reward": 0.0, "reason": "mismatch", "answer": "9", "method": "last_number"}
         batch = c.post(
             "/v1/verify",
-            json={"items": [
-                {"task": "math", "response": r"\boxed{2}", "ground_truth": "3"},
-                {"task": "basic_arithmetic", "response": "= 12", "ground_truth": "12"},
-            ]},
-        )  # fmt: skip
+            json={
+                "items": [
+                    {"task": "math", "response": r"\boxed{2}", "ground_truth": "3"},
+                    {"task": "basic_arithmetic", "response": "= 12", "ground_truth": "12"},
+                ]
+            },
+        )
         assert [(r["reward"], r["reason"], r["method"]) for r in batch.json()["results"]] == [
             (0.0, "mismatch", "boxed"),
             (1.0, "match", "last_number"),
@@ -389,7 +410,9 @@ def test_verify_endpoint_forms_and_errors(tmp_path: Path, services: list[Managed
         assert c.get("/healthz").json() == {"status": "ok"}
         metrics = c.get("/metrics").text
     for name in (
-        "aerplane_reward_verifications_total", "aerplane_reward_verify_seconds_bucket",
-        "aerplane_reward_worker_restarts_total", "aerplane_reward_pool_queue_depth",
-    ):  # fmt: skip
+        "aerplane_reward_verifications_total",
+        "aerplane_reward_verify_seconds_bucket",
+        "aerplane_reward_worker_restarts_total",
+        "aerplane_reward_pool_queue_depth",
+    ):
         assert name in metrics or name.replace("_total", "") in metrics, name

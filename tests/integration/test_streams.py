@@ -21,10 +21,20 @@ RUN = "t1"
 
 def sample(i: int, *, step: int = 0, text: str | None = None) -> m.GeneratedSample:
     return m.GeneratedSample(
-        run_id=RUN, step=step, prompt_id=f"p{i}", sample_index=0, num_samples=1, policy_version=0, task="math",
-        difficulty="easy", ground_truth=str(i), prompt_token_ids=[1, 2], response_token_ids=[3, 4],
-        logprobs=[-0.5, -0.25], response_text=text if text is not None else f"\\boxed{{{i}}}",
-    )  # fmt: skip
+        run_id=RUN,
+        step=step,
+        prompt_id=f"p{i}",
+        sample_index=0,
+        num_samples=1,
+        policy_version=0,
+        task="math",
+        difficulty="easy",
+        ground_truth=str(i),
+        prompt_token_ids=[1, 2],
+        response_token_ids=[3, 4],
+        logprobs=[-0.5, -0.25],
+        response_text=text if text is not None else f"\\boxed{{{i}}}",
+    )
 
 
 def scored(g: m.GeneratedSample) -> m.ScoredSample:
@@ -226,10 +236,20 @@ def test_a_long_run_keeps_stream_memory_bounded(client: StreamClient) -> None:
     consumer = client.consumer(m.ROLLOUT_GENERATED, "reward", "r", m.GeneratedSample, trim_every_s=0)
     learner = client.consumer(m.ROLLOUT_SCORED, "learner", "l", m.ScoredSample, trim_every_s=0)
     big = m.GeneratedSample(
-        run_id=RUN, step=0, prompt_id="p", sample_index=0, num_samples=1, policy_version=0, task="math",
-        difficulty="easy", ground_truth="1", prompt_token_ids=list(range(128)), response_token_ids=list(range(256)),
-        logprobs=[-0.5] * 256, response_text="x" * 1024,
-    )  # fmt: skip
+        run_id=RUN,
+        step=0,
+        prompt_id="p",
+        sample_index=0,
+        num_samples=1,
+        policy_version=0,
+        task="math",
+        difficulty="easy",
+        ground_truth="1",
+        prompt_token_ids=list(range(128)),
+        response_token_ids=list(range(256)),
+        logprobs=[-0.5] * 256,
+        response_text="x" * 1024,
+    )
     peak_bytes = peak_len = 0
     for _ in range(100):
         client.publish_many(m.ROLLOUT_GENERATED, [big] * 200)
@@ -398,8 +418,11 @@ def test_the_stream_metrics_collector_reads_lag_pending_and_counters_at_scrape_t
 
         def values() -> dict[str, float]:
             text = generate_latest(registry).decode()
-            return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
-                    if line.startswith("aerplane_test")}  # fmt: skip
+            return {
+                line.split(" ")[0]: float(line.split(" ")[1])
+                for line in text.splitlines()
+                if line.startswith("aerplane_test")
+            }
 
         labels = '{group="reward",stream="rollout:generated"}'
         v = values()

@@ -302,8 +302,14 @@ def test_override_body_schema_is_the_validator() -> None:
     assert params["properties"]["anchor_steps"]["multipleOf"] == 1
     assert schema["$defs"]["StrategyOptions"]["properties"]["weighting"]["enum"] == ["threshold", "linear", "uniform"]
     assert {b["required"][0] for b in schema["anyOf"]} == {
-        "alpha", "target_entropy", "params", "options", "strategy", "frozen", "release",
-    }  # fmt: skip
+        "alpha",
+        "target_entropy",
+        "params",
+        "options",
+        "strategy",
+        "frozen",
+        "release",
+    }
     body = OverrideBody.model_validate({"params": {"anchor_steps": 2.0, "rho": 1}, "options": {"weighting": "linear"}})
     assert body.to_override().params == {"anchor_steps": 2.0, "rho": 1.0}
 

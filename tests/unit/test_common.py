@@ -19,10 +19,20 @@ from aerplane.common.settings import ServiceSettings, SettingsError, load_settin
 
 def _sample(**kw: object) -> m.GeneratedSample:
     base = dict(
-        run_id="r1", step=3, prompt_id="p7", sample_index=1, num_samples=4, policy_version=2, task="math",
-        difficulty="hard", ground_truth="42", prompt_token_ids=[1, 2, 3], response_token_ids=[70000, 5],
-        logprobs=[-0.25, -1.5], response_text="\\boxed{42}",
-    )  # fmt: skip
+        run_id="r1",
+        step=3,
+        prompt_id="p7",
+        sample_index=1,
+        num_samples=4,
+        policy_version=2,
+        task="math",
+        difficulty="hard",
+        ground_truth="42",
+        prompt_token_ids=[1, 2, 3],
+        response_token_ids=[70000, 5],
+        logprobs=[-0.25, -1.5],
+        response_text="\\boxed{42}",
+    )
     base.update(kw)
     return m.GeneratedSample(**base)  # type: ignore[arg-type]
 
@@ -135,8 +145,10 @@ def test_cli_help_imports_nothing_heavy() -> None:
     assert "aerplane" in out.stdout
     mods = subprocess.run(
         [sys.executable, "-c", "import sys, aerplane.cli as c; c.build_parser(); print(sorted(sys.modules))"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for heavy in ("torch", "vllm", "transformers", "fastapi", "grpc"):
         assert f"'{heavy}'" not in mods, f"{heavy} imported by `aerplane --help`"
 
@@ -193,8 +205,18 @@ def test_one_retry_policy_retries_what_is_retryable_until_its_timeout() -> None:
         return "up"
 
     seen: list[BaseException] = []
-    assert call_with_retry(flaky, retryable=lambda e: isinstance(e, ConnectionError), timeout_s=5, backoff=backoff,
-                           what="dep", log=log, on_retry=seen.append) == "up"  # fmt: skip
+    assert (
+        call_with_retry(
+            flaky,
+            retryable=lambda e: isinstance(e, ConnectionError),
+            timeout_s=5,
+            backoff=backoff,
+            what="dep",
+            log=log,
+            on_retry=seen.append,
+        )
+        == "up"
+    )
     assert len(calls) == 3 and len(seen) == 2
 
     tries: list[int] = []
@@ -212,6 +234,12 @@ def test_one_retry_policy_retries_what_is_retryable_until_its_timeout() -> None:
 
     calls.clear()
     with pytest.raises(PermissionError):
-        call_with_retry(lambda: calls.append(1) or refused(), retryable=lambda e: isinstance(e, ConnectionError),
-                        timeout_s=5, backoff=backoff, what="dep", log=log)  # fmt: skip
+        call_with_retry(
+            lambda: calls.append(1) or refused(),
+            retryable=lambda e: isinstance(e, ConnectionError),
+            timeout_s=5,
+            backoff=backoff,
+            what="dep",
+            log=log,
+        )
     assert calls == [1]  # not retried

@@ -178,10 +178,18 @@ def _fake_run(run_dir: Path, alphas: list[float], entropies: list[float], avg: f
     """A run directory as `aerplane up` leaves it (metrics.jsonl and eval.json), written by hand."""
     run_dir.mkdir(parents=True)
     rows = [
-        {"step": i, "alpha": a, "mean_entropy": h, "target_entropy": 1.0, "initial_entropy": 2.0,
-         "mean_prompt_weight": 1.0, "accuracy": 0.1, "response_length": 50.0}
+        {
+            "step": i,
+            "alpha": a,
+            "mean_entropy": h,
+            "target_entropy": 1.0,
+            "initial_entropy": 2.0,
+            "mean_prompt_weight": 1.0,
+            "accuracy": 0.1,
+            "response_length": 50.0,
+        }
         for i, (a, h) in enumerate(zip(alphas, entropies, strict=True))
-    ]  # fmt: skip
+    ]
     (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     summary = eval_summary({"p": [avg] * 8, "q": [0.0] * 8}, {"p": "easy", "q": "hard"}, 8)
     (run_dir / "eval.json").write_text(json.dumps({"splits": [summary]}))

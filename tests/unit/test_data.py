@@ -149,8 +149,10 @@ def test_parquet(tmp_path: Path) -> None:
         ({"answer": "1"}, r"bad\.jsonl:2: missing 'prompt'"),
         ({"prompt": "", "answer": "1"}, r"bad\.jsonl:2: 'prompt' is empty"),
         ({"prompt": [{"role": "bot", "content": "q"}], "answer": "1"}, r"bad\.jsonl:2: prompt\[0\] must be"),
-        ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "answer": "1"},
-         r"bad\.jsonl:2: the last prompt message is the assistant's"),
+        (
+            {"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "answer": "1"},
+            r"bad\.jsonl:2: the last prompt message is the assistant's",
+        ),
         ({"prompt": "q"}, r"bad\.jsonl:2: missing ground truth"),
         ({"prompt": "q", "answer": ["1", "2"]}, r"bad\.jsonl:2: ground truth is a list of 2 values"),
         ({"prompt": "q", "answer": {"x": 1}}, r"bad\.jsonl:2: ground truth must be a string or a number"),
@@ -158,7 +160,7 @@ def test_parquet(tmp_path: Path) -> None:
         ({"prompt": "q", "answer": "1", "id": "a"}, r"bad\.jsonl:2: prompt_id 'a' repeats line 1"),
         ([1, 2], r"bad\.jsonl:2: expected an object"),
     ],
-)  # fmt: skip
+)
 def test_bad_rows_name_file_and_line(tmp_path: Path, row: object, match: str) -> None:
     path = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok", "answer": "1", "id": "a"}, row])
     with pytest.raises(DataError, match=match):

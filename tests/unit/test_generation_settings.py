@@ -79,12 +79,22 @@ def test_vllm_server_command_line() -> None:
 def test_parse_completion_validates_the_answer() -> None:
     good = {
         "choices": [
-            {"index": 1, "text": "b", "token_ids": [5, 2], "logprobs": {"token_logprobs": [-1.0, -0.5]},
-             "finish_reason": "stop"},
-            {"index": 0, "text": "a", "token_ids": None,
-             "logprobs": {"token_logprobs": [-2.0], "tokens": ["token_id:7"]}, "finish_reason": "length"},
+            {
+                "index": 1,
+                "text": "b",
+                "token_ids": [5, 2],
+                "logprobs": {"token_logprobs": [-1.0, -0.5]},
+                "finish_reason": "stop",
+            },
+            {
+                "index": 0,
+                "text": "a",
+                "token_ids": None,
+                "logprobs": {"token_logprobs": [-2.0], "tokens": ["token_id:7"]},
+                "finish_reason": "length",
+            },
         ]
-    }  # fmt: skip
+    }
     samples = parse_completion(good, 2)
     assert [s.token_ids for s in samples] == [[7], [5, 2]]
     assert [s.finish_reason for s in samples] == ["length", "stop"]

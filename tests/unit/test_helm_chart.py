@@ -27,15 +27,21 @@ TWO_NODES = [
 VARIANTS: dict[str, list[str]] = {
     "1-node": [],
     "2-node": TWO_NODES,
-    "tp-generation": ["generation.gpusPerReplica=2", "generation.vllmExtraArgs[0]=--max-num-seqs",
-                      "generation.vllmExtraArgs[1]=256",
-                      'generation.env.AERPLANE_GENERATION_VLLM_EXTRA_ARGS=["--enable-prefix-caching"]'],
+    "tp-generation": [
+        "generation.gpusPerReplica=2",
+        "generation.vllmExtraArgs[0]=--max-num-seqs",
+        "generation.vllmExtraArgs[1]=256",
+        'generation.env.AERPLANE_GENERATION_VLLM_EXTRA_ARGS=["--enable-prefix-caching"]',
+    ],
     "existing-secret": ["auth.existingSecret=aerplane-api", "auth.apiToken="],
-    "model-huggingface": ["model.source=huggingface", "model.huggingface.repo=Qwen/Qwen2.5-Math-1.5B",
-                          "model.huggingface.tokenSecret.name=hf-token"],
+    "model-huggingface": [
+        "model.source=huggingface",
+        "model.huggingface.repo=Qwen/Qwen2.5-Math-1.5B",
+        "model.huggingface.tokenSecret.name=hf-token",
+    ],
     "model-pvc": ["model.source=pvc", "model.pvc.claimName=models", "model.pvc.subPath=Qwen2.5-Math-1.5B"],
     "model-embedded": ["model.source=embedded", "model.embedded=smollm2-135m"],
-}  # fmt: skip
+}
 
 
 # --- rendering ------------------------------------------------------------------------------------------------------
@@ -270,8 +276,11 @@ def test_variants_pass_kubernetes_validate_strict(
 def test_variant_configmaps_load_through_the_settings_classes(
     variants: dict[str, list[dict[str, Any]]], variant: str
 ) -> None:
-    maps = {d["metadata"]["labels"].get("app.kubernetes.io/component"): d["data"] for d in variants[variant]
-            if d["kind"] == "ConfigMap" and "data" in d}  # fmt: skip
+    maps = {
+        d["metadata"]["labels"].get("app.kubernetes.io/component"): d["data"]
+        for d in variants[variant]
+        if d["kind"] == "ConfigMap" and "data" in d
+    }
     redis = {} if "AERPLANE_REDIS_URL" in maps["learner"] else {"AERPLANE_REDIS_URL": "redis://from-a-secret:6379/0"}
     check_environment("generation", {**maps["generation"], **redis}, f"{variant}: generation")
     learner = check_environment(
@@ -287,12 +296,15 @@ def test_variant_configmaps_load_through_the_settings_classes(
     ("variant", "path", "init_args"),
     [
         ("1-node", "/runs/models/policy", ["wait", "/runs/models/policy"]),
-        ("model-huggingface", "/runs/models/Qwen/Qwen2.5-Math-1.5B",
-         ["huggingface", "Qwen/Qwen2.5-Math-1.5B", "main", "/runs/models/Qwen/Qwen2.5-Math-1.5B"]),
+        (
+            "model-huggingface",
+            "/runs/models/Qwen/Qwen2.5-Math-1.5B",
+            ["huggingface", "Qwen/Qwen2.5-Math-1.5B", "main", "/runs/models/Qwen/Qwen2.5-Math-1.5B"],
+        ),
         ("model-pvc", "/models/policy", ["wait", "/models/policy"]),
         ("model-embedded", "smollm2-135m", ["model", "prepare", "smollm2-135m"]),
     ],
-)  # fmt: skip
+)
 def test_a_model_init_container_puts_the_policy_in_place(
     variants: dict[str, list[dict[str, Any]]], variant: str, path: str, init_args: list[str]
 ) -> None:
@@ -319,7 +331,7 @@ def test_a_model_init_container_puts_the_policy_in_place(
             assert volumes["model-provision"]["configMap"]["name"] == "aer-aerplane-model"
 
 
-def test_the_provisioning_script_waits_for_and_downloads_models(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_the_provisioning_script_waits_for_and_downloads_models(tmp_path: Path, monkeypatch) -> None:
     """The init container's script, run here: `wait` returns once a config.json appears; `huggingface` downloads
     once under a lock (the Hub call is replaced by a fake that writes a model folder)."""
     import importlib.util
@@ -426,8 +438,11 @@ def test_redis_requires_a_password_that_every_component_reads_from_the_secret(
     # An external Redis takes its password in its URL: no password, no requirement.
     external = render("redis.url=redis://:pw@redis.example:6379/0", "auth.redisPassword=")
     assert "redis-password" not in kinds(external)["Secret"]["aer-aerplane-auth"]["data"]
-    assert all("AERPLANE_REDIS_PASSWORD" not in env_of(c) for t in pod_specs(external).values()
-               for c in t["spec"]["containers"])  # fmt: skip
+    assert all(
+        "AERPLANE_REDIS_PASSWORD" not in env_of(c)
+        for t in pod_specs(external).values()
+        for c in t["spec"]["containers"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -24,9 +24,18 @@ from aerplane.learner.rollouts import PromptSchedule, unique_prompt_ids
 
 
 def _sample(q: int, prompt: list[int], response: list[int], adv: float = 1.0, lam: float = 1.0) -> TrainSample:
-    return TrainSample(prompt_index=q, prompt_ids=prompt, response_ids=response,
-                       sampler_logprobs=[-0.5] * len(response), reward=1.0, advantage=adv, weight=lam,
-                       difficulty="easy", policy_version=0, prompt_id=f"p{q}")  # fmt: skip
+    return TrainSample(
+        prompt_index=q,
+        prompt_ids=prompt,
+        response_ids=response,
+        sampler_logprobs=[-0.5] * len(response),
+        reward=1.0,
+        advantage=adv,
+        weight=lam,
+        difficulty="easy",
+        policy_version=0,
+        prompt_id=f"p{q}",
+    )
 
 
 def test_collate_masks_exactly_the_response_predictions() -> None:

@@ -43,10 +43,19 @@ def _samples(prompts: int = 4, group: int = 4) -> list[TrainSample]:
         prompt = [rng.randrange(100, 5000) for _ in range(8)]
         for i in range(group):
             resp = [rng.randrange(100, 5000) for _ in range(rng.randint(4, 12))]
-            out.append(TrainSample(prompt_index=q, prompt_ids=prompt, response_ids=resp,
-                                   sampler_logprobs=[-10.8] * len(resp), reward=float(i % 2),
-                                   advantage=1.0 if i % 2 else -1.0, weight=1.0, difficulty="easy",
-                                   policy_version=0))  # fmt: skip
+            out.append(
+                TrainSample(
+                    prompt_index=q,
+                    prompt_ids=prompt,
+                    response_ids=resp,
+                    sampler_logprobs=[-10.8] * len(resp),
+                    reward=float(i % 2),
+                    advantage=1.0 if i % 2 else -1.0,
+                    weight=1.0,
+                    difficulty="easy",
+                    policy_version=0,
+                )
+            )
     return out
 
 
@@ -65,7 +74,7 @@ def _train(policy: torch.nn.Module, lm: torch.nn.Module, ctx: Dist) -> tuple[dic
             cfg=LossConfig(),
             micro_batch_size=8,
             grad_clip=1.0,
-        )  # fmt: skip
+        )
         for _ in range(STEPS)
     ]
     return {k: v.detach().float().cpu().clone() for k, v in lm.named_parameters()}, results

@@ -31,8 +31,20 @@ def test_environment_and_flags_merge_with_flags_winning(monkeypatch: pytest.Monk
     monkeypatch.setenv("AERPLANE_LEARNER_OPTIM__WEIGHT_DECAY", "0.1")
     monkeypatch.setenv("AERPLANE_LEARNER_OPTIM__LR", "0.5")
     monkeypatch.setenv("AERPLANE_LEARNER_STRATEGY__PARAMS", '{"rho": 0.4}')
-    args = _parse(["learner", "train", "--lr", "3e-6", "--strategy-param", "eta=0.01",
-                   "--strategy-param", "weighting=linear", "--no-normalize-std", "--resume"])  # fmt: skip
+    args = _parse(
+        [
+            "learner",
+            "train",
+            "--lr",
+            "3e-6",
+            "--strategy-param",
+            "eta=0.01",
+            "--strategy-param",
+            "weighting=linear",
+            "--no-normalize-std",
+            "--resume",
+        ]
+    )
     s = load_settings(LearnerSettings, entry.overrides_from_args(args), section=SECTION)
     assert s.optim.lr == 3e-6 and s.optim.weight_decay == 0.1
     assert s.strategy.params == {"rho": 0.4, "eta": 0.01} and s.strategy.options == {"weighting": "linear"}
@@ -94,9 +106,14 @@ def test_the_old_variable_names_still_work_below_the_new_ones_and_say_what_repla
     from aerplane.learner import settings as learner_settings
 
     monkeypatch.setattr(learner_settings, "_warned", set())
-    old = {"AERPLANE_OPTIM__LR": "0.5", "AERPLANE_HTTP_PORT": "9003", "AERPLANE_DEVICE": "cpu",
-           "AERPLANE_MODEL": "tiny", "AERPLANE_STRATEGY__PARAMS": '{"rho": 0.4}',
-           "AERPLANE_COEFFICIENT__TOKEN": "old-token"}  # fmt: skip
+    old = {
+        "AERPLANE_OPTIM__LR": "0.5",
+        "AERPLANE_HTTP_PORT": "9003",
+        "AERPLANE_DEVICE": "cpu",
+        "AERPLANE_MODEL": "tiny",
+        "AERPLANE_STRATEGY__PARAMS": '{"rho": 0.4}',
+        "AERPLANE_COEFFICIENT__TOKEN": "old-token",
+    }
     for name, value in old.items():
         monkeypatch.setenv(name, value)
     with caplog.at_level("WARNING"):
@@ -122,15 +139,33 @@ def test_world_size_check_names_the_full_key() -> None:
 
 
 def test_train_builds_the_torchrun_command_and_checks_the_world_first() -> None:
-    args = _parse(["learner", "train", "--nproc-per-node", "2", "--run-id", "r1", "--steps", "3", "--lr", "1e-5",
-                   "--strategy-param", "rho=0.5"])  # fmt: skip
+    args = _parse(
+        [
+            "learner",
+            "train",
+            "--nproc-per-node",
+            "2",
+            "--run-id",
+            "r1",
+            "--steps",
+            "3",
+            "--lr",
+            "1e-5",
+            "--strategy-param",
+            "rho=0.5",
+        ]
+    )
     cmd = entry.torchrun_argv(args)
     assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in cmd
     assert cmd[cmd.index("--nproc_per_node") + 1] == "2"
     tail = cmd[cmd.index("aerplane.learner") + 1 :]
     pairs = {(tail[i], tail[i + 1]) for i in range(0, len(tail), 2)}
-    assert len(tail) == 8 and pairs == {("--run-id", "r1"), ("--steps", "3"), ("--lr", "1e-05"),
-                                        ("--strategy-param", "rho=0.5")}  # fmt: skip
+    assert len(tail) == 8 and pairs == {
+        ("--run-id", "r1"),
+        ("--steps", "3"),
+        ("--lr", "1e-05"),
+        ("--strategy-param", "rho=0.5"),
+    }
     multi = _parse(["learner", "train", "--nnodes", "2", "--rdzv-endpoint", "h:29400", "--rdzv-id", "x"])
     cmd = entry.torchrun_argv(multi)
     assert "--standalone" not in cmd and cmd[cmd.index("--rdzv_endpoint") + 1] == "h:29400"
@@ -138,16 +173,31 @@ def test_train_builds_the_torchrun_command_and_checks_the_world_first() -> None:
     worker = entry.parse_worker_args(tail)
     assert entry.overrides_from_args(worker) == entry.overrides_from_args(args)
     bools = _parse(["learner", "train", "--resume", "--no-normalize-std", "--data-shuffle"])
-    assert [a for a in entry.worker_argv(bools) if a.startswith("--")] == ["--no-normalize-std", "--data-shuffle",
-                                                                           "--resume"]  # fmt: skip
+    assert [a for a in entry.worker_argv(bools) if a.startswith("--")] == [
+        "--no-normalize-std",
+        "--data-shuffle",
+        "--resume",
+    ]
 
 
 def test_cli_rejects_a_batch_the_world_cannot_split_before_launching() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "aerplane.cli", "learner", "train", "--nproc-per-node", "2", "--prompts-per-step", "3",
-         "--dry-run"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "aerplane.cli",
+            "learner",
+            "train",
+            "--nproc-per-node",
+            "2",
+            "--prompts-per-step",
+            "3",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert "learner.batch.prompts_per_step: must be divisible by world size 2" in out.stderr
 
@@ -156,7 +206,11 @@ def test_lr_schedules() -> None:
     from aerplane.learner.train import lr_factor
 
     assert [lr_factor(u, schedule="constant", warmup=2, total=10, min_ratio=0) for u in (0, 1, 2, 9)] == [
-        0.5, 1.0, 1.0, 1.0]  # fmt: skip
+        0.5,
+        1.0,
+        1.0,
+        1.0,
+    ]
     assert lr_factor(0, schedule="cosine", warmup=0, total=10, min_ratio=0.0) == 1.0
     assert lr_factor(5, schedule="cosine", warmup=0, total=10, min_ratio=0.0) == pytest.approx(0.5)
     assert lr_factor(10, schedule="cosine", warmup=0, total=10, min_ratio=0.1) == pytest.approx(0.1)

@@ -30,10 +30,19 @@ def _samples(prompts: int = 4, group: int = 2) -> list[TrainSample]:
         prompt = [rng.randrange(100, 3000) for _ in range(5)]
         for i in range(group):
             resp = [rng.randrange(100, 3000) for _ in range(rng.randint(2, 6))]
-            out.append(TrainSample(prompt_index=q, prompt_ids=prompt, response_ids=resp,
-                                   sampler_logprobs=[-3.0] * len(resp), reward=float(i == 0),
-                                   advantage=1.0 if i == 0 else -1.0, weight=1.0, difficulty="easy",
-                                   policy_version=0))  # fmt: skip
+            out.append(
+                TrainSample(
+                    prompt_index=q,
+                    prompt_ids=prompt,
+                    response_ids=resp,
+                    sampler_logprobs=[-3.0] * len(resp),
+                    reward=float(i == 0),
+                    advantage=1.0 if i == 0 else -1.0,
+                    weight=1.0,
+                    difficulty="easy",
+                    policy_version=0,
+                )
+            )
     return out
 
 
@@ -57,7 +66,7 @@ def _run(model_path, cfg: LossConfig, *, steps: int = 1, mini_batches: int = 1, 
             mini_batches=mini_batches,
             ref_model=ref_model,
             update=update,
-        )  # fmt: skip
+        )
         for _ in range(steps)
     ]
     changed = any(not torch.equal(a, b) for a, b in zip(before, lm.parameters(), strict=True))
@@ -102,9 +111,10 @@ def test_a_step_without_learning_signal_leaves_the_parameters_alone(model_path) 
     policy = ResponseLogits(lm)
     opt = torch.optim.AdamW(lm.parameters(), lr=1e-2)
 
-    def step(samples: list[TrainSample], alpha: float):  # noqa: ANN202
-        return train_step(policy, opt, None, samples, num_prompts=4, ctx=CTX, alpha=alpha, cfg=LossConfig(),
-                          micro_batch_size=3)  # fmt: skip
+    def step(samples: list[TrainSample], alpha: float):
+        return train_step(
+            policy, opt, None, samples, num_prompts=4, ctx=CTX, alpha=alpha, cfg=LossConfig(), micro_batch_size=3
+        )
 
     first = step(_samples(), alpha=0.0)  # a real update first, so AdamW holds momentum
     assert first.skipped_updates == 0

@@ -171,13 +171,24 @@ def test_alpha_zero_gives_plain_policy_gradient_loss(name, mode):
 
     logp = base.clone().requires_grad_(True)
     ent = entropy_values.clone().requires_grad_(True)
-    loss, _ = compute_loss(logp, old, adv, ent, mask, alpha=alpha, prompt_weights=weights, mode=mode,
-                           generator=torch.Generator().manual_seed(0), **params)  # fmt: skip
+    loss, _ = compute_loss(
+        logp,
+        old,
+        adv,
+        ent,
+        mask,
+        alpha=alpha,
+        prompt_weights=weights,
+        mode=mode,
+        generator=torch.Generator().manual_seed(0),
+        **params,
+    )
     loss.backward()
 
     plain_logp = base.clone().requires_grad_(True)
-    pg, _ = policy_loss_tokens(plain_logp, old, adv.unsqueeze(-1), mode=mode, mask=mask,
-                               generator=torch.Generator().manual_seed(0), **params)  # fmt: skip
+    pg, _ = policy_loss_tokens(
+        plain_logp, old, adv.unsqueeze(-1), mode=mode, mask=mask, generator=torch.Generator().manual_seed(0), **params
+    )
     plain = pg.sum() / mask.sum()
     plain.backward()
     assert loss.item() == pytest.approx(plain.item(), abs=1e-15)

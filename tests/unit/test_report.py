@@ -14,12 +14,22 @@ from aerplane.launcher.report import ReportError, metrics_table, read_metrics, w
 def _run_dir(tmp_path: Path, steps: int = 4) -> Path:
     rows = []
     for s in range(steps):
-        rows.append({
-            "step": s, "alpha": 0.001 * s, "mean_entropy": 2.0 - 0.3 * s, "initial_entropy": 2.0,
-            "target_entropy": 1.0, "mean_prompt_weight": 0.5, "accuracy": 0.1 * s, "response_length": 50.0 + s,
-            "accuracy_by_difficulty": {"easy": 0.2 * s, "hard": 0.0}, "entropy_by_difficulty": {"easy": 1.9},
-            "tokens_per_s": 100.0, "step_seconds": 3.0,
-        })  # fmt: skip
+        rows.append(
+            {
+                "step": s,
+                "alpha": 0.001 * s,
+                "mean_entropy": 2.0 - 0.3 * s,
+                "initial_entropy": 2.0,
+                "target_entropy": 1.0,
+                "mean_prompt_weight": 0.5,
+                "accuracy": 0.1 * s,
+                "response_length": 50.0 + s,
+                "accuracy_by_difficulty": {"easy": 0.2 * s, "hard": 0.0},
+                "entropy_by_difficulty": {"easy": 1.9},
+                "tokens_per_s": 100.0,
+                "step_seconds": 3.0,
+            }
+        )
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "run.json").write_text(json.dumps({"run_id": "r-test", "strategy": "aer", "model": "tiny"}))
     evaluation = {"name": "rg-heldout", "problems": 16, "k": 4, "avg_at_k": 0.25, "pass_at_k": 0.5}

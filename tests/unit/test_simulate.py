@@ -18,8 +18,23 @@ def run_json(capsys, *argv):
 
 def test_synthetic_closed_loop_fixed_alpha(capsys):
     # λ ≡ 1, noise 0: H_{t+1} = 0.5·H_t + 10·0.01 → 1.0, 0.6, 0.4, 0.3
-    rows = run_json(capsys, "--strategy", "fixed", "--alpha", "0.01", "--steps", "4", "--h0", "1.0",
-                    "--decay", "0.5", "--response", "10", "--noise", "0")  # fmt: skip
+    rows = run_json(
+        capsys,
+        "--strategy",
+        "fixed",
+        "--alpha",
+        "0.01",
+        "--steps",
+        "4",
+        "--h0",
+        "1.0",
+        "--decay",
+        "0.5",
+        "--response",
+        "10",
+        "--noise",
+        "0",
+    )
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert [r["entropy"] for r in rows] == pytest.approx([1.0, 0.6, 0.4, 0.3])
     assert all(r["alpha"] == 0.01 and r["mean_weight"] == 1.0 for r in rows)

@@ -47,8 +47,9 @@ def test_policy_rejects_nonsense(kw) -> None:
 
 def test_a_dead_child_is_restarted_after_its_backoff_and_its_recovery_timed(tmp_path: Path) -> None:
     clock, shown = Clock(), []
-    sup = Supervisor(RestartPolicy(backoff_s=2.0), on_event=shown.append, events_path=tmp_path / "events.jsonl",
-                     clock=clock)  # fmt: skip
+    sup = Supervisor(
+        RestartPolicy(backoff_s=2.0), on_event=shown.append, events_path=tmp_path / "events.jsonl", clock=clock
+    )
     svc = sup.add(child(tmp_path, EXIT_3, restart_argv=lambda argv: SLEEP))
     first_pid = svc.process.pid
     wait_exit(svc.process)

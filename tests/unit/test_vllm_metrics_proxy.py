@@ -33,7 +33,7 @@ def vllm_metrics_url() -> Iterator[str]:
     page = _vllm_like_page()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.end_headers()
