@@ -45,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     from transformers import AutoTokenizer
 
-    from aerplane.common.messages import ROLLOUT_GENERATED, ROLLOUT_REQUESTS, GeneratedSample, RolloutRequest, decode
+    from aerplane.common.messages import (
+        ROLLOUT_GENERATED,
+        ROLLOUT_REQUESTS,
+        GeneratedSample,
+        RolloutRequest,
+        decode_entry,
+    )
     from aerplane.common.process import ManagedProcess, free_port
     from aerplane.common.redis_server import LocalRedis
     from aerplane.common.streams import StreamClient
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for i, r in enumerate(requests_for(round_no))
             ]
-            want = before + len(records) * args.samples
+            want = before + len(records)  # entries: a request's samples are one group entry
             t0 = time.perf_counter()
             client.publish_many(ROLLOUT_REQUESTS, records)
             while client.length(ROLLOUT_GENERATED) < want:
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.005)
             seconds = time.perf_counter() - t0
             rows_ = client.entries(ROLLOUT_GENERATED, count=want + 10)[before:]
-            tokens = sum(len(decode(payload, expect=GeneratedSample).response_token_ids) for _, payload in rows_)
+            samples = [g for _, payload in rows_ for g in decode_entry(payload, expect=GeneratedSample)]
+            tokens = sum(len(g.response_token_ids) for g in samples)
             return seconds, tokens
 
         direct(99)  # warm-up: first requests pay one-off costs in both paths

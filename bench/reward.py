@@ -16,14 +16,16 @@ trip (vs redis-benchmark's raw XADD).
    Baseline: the same pool with `boxed_or_last_number` (the old default: the last box, else the last number, cut
    out and handed to math-verify), scoring the same items, the two alternating first. Also counts how many items
    each gets right (every item of the mix has a known right reward).
-3. Stream round trip. Candidate: `StreamClient.publish_many` (batches of 100) of GeneratedSample records (128
-   prompt + 256 response tokens with logprobs, ~2.9 KB each) from a producer process — as generation publishes —
-   while a consumer in this process `read`s (count 100), decodes and `publish_and_ack`s a ScoredSample per message
-   — the reward service's transport path, minus scoring — until every message is acked; the rate is messages over
-   the time from the first publish to the last ack. Baseline: `redis-benchmark -n 20000 -q XADD` (50 clients, no
-   pipelining, a 1-byte field) against the same private redis-server in the same run: Redis' raw XADD rate on this
-   machine. For context (not the baseline): redis-benchmark XADD with a field as large as one record, and the same
-   round trip written with bare redis-py calls (no records, no validation, a MULTI/EXEC instead of the script).
+3. Stream round trip. Candidate: GeneratedSample records (128 prompt + 256 response tokens with logprobs, ~2.9 KB
+   each) published by a producer process as generation publishes them, a prompt's G = 8 samples one group entry
+   (`StreamClient.publish_group`, one call a group), while a consumer in this process `read`s (16 entries, the
+   reward service's default batch), decodes and `publish_and_ack`s a ScoredSample per message, grouped by source
+   entry — the reward service's transport path, minus scoring — until every message is acked; the rate is
+   messages (samples) over the time from the first publish to the last ack. Baseline: `redis-benchmark -n 20000 -q
+   XADD` (50 clients, no pipelining, a 1-byte field) against the same private redis-server in the same run: Redis'
+   raw XADD rate on this machine. For context (not the baseline): redis-benchmark XADD with a field as large as one
+   record, and the same round trip written with bare redis-py calls (pre-encoded group payloads, no validation, a
+   MULTI/EXEC instead of the script).
 
 Rounds alternate candidate and baseline; figures are medians over rounds. Benchmarks report, they never assert.
 """
@@ -185,15 +187,20 @@ def bench_extraction(n_items: int, rounds: int, workers: int) -> dict:
 # --- 3. stream round trip -----------------------------------------------------------------------------------------
 
 
+G = 8  # samples per prompt: one group entry
+READ_ENTRIES = 16  # the reward service's default batch_size
+
+
 def sample(i: int, run_id: str):
+    """Message i: sample i % G of prompt i // G."""
     from aerplane.common.messages import GeneratedSample
 
     return GeneratedSample(
         run_id=run_id,
         step=0,
-        prompt_id=f"p{i}",
-        sample_index=0,
-        num_samples=1,
+        prompt_id=f"p{i // G}",
+        sample_index=i % G,
+        num_samples=G,
         policy_version=0,
         task="math",
         difficulty="easy",
@@ -206,15 +213,15 @@ def sample(i: int, run_id: str):
 
 
 def _produce(url: str, run_id: str, n: int, start: Any) -> None:
-    """The producer process: wait for the go, then publish `n` records in batches of 100."""
+    """The producer process: wait for the go, then publish `n` records, a prompt's G samples per call and entry."""
     from aerplane.common.messages import ROLLOUT_GENERATED
     from aerplane.common.streams import StreamClient
 
     producer = StreamClient(url, run_id, maxlen=max(100_000, 2 * n))
     records = [sample(i, run_id) for i in range(n)]
     start.wait()
-    for first in range(0, n, 100):
-        producer.publish_many(ROLLOUT_GENERATED, records[first : first + 100])
+    for first in range(0, n, G):
+        producer.publish_group(ROLLOUT_GENERATED, records[first : first + G])
     producer.close()
 
 
@@ -235,7 +242,7 @@ def round_trip(url: str, run_id: str, n: int) -> float:
     start.set()
     done = 0
     while done < n:
-        batch = consumer.read(count=100, block_ms=1000)
+        batch = consumer.read(count=READ_ENTRIES, block_ms=1000)
         ids = [d.id for d in batch]
         out = [ScoredSample.from_generated(d.record, 1.0, "match") for d in batch]
         consumer.publish_and_ack(ROLLOUT_SCORED, out, ids, sources=ids)
@@ -248,7 +255,7 @@ def round_trip(url: str, run_id: str, n: int) -> float:
 
 
 def bare_round_trip(url: str, n: int) -> float:
-    """The same traffic with bare redis-py calls: pre-encoded payloads, no validation, MULTI/EXEC (context)."""
+    """The same traffic with bare redis-py calls: pre-encoded group payloads, no validation, MULTI/EXEC (context)."""
     import multiprocessing
 
     import redis
@@ -264,7 +271,7 @@ def bare_round_trip(url: str, n: int) -> float:
     start.set()
     done = 0
     while done < n:
-        resp = client.xreadgroup("g", "c", {"bare:gen": ">"}, count=100, block=1000)
+        resp = client.xreadgroup("g", "c", {"bare:gen": ">"}, count=READ_ENTRIES, block=1000)
         if not resp:
             continue
         entries = resp[0][1] if isinstance(resp, list) else next(iter(resp.values()))[0]
@@ -273,7 +280,7 @@ def bare_round_trip(url: str, n: int) -> float:
             pipe.xadd("bare:scored", {b"d": fields[b"d"]})
         pipe.xack("bare:gen", "g", *[entry_id for entry_id, _ in entries])
         pipe.execute()
-        done += len(entries)
+        done += G * len(entries)
     elapsed = time.perf_counter() - t
     producer.join(60)
     client.close()
@@ -283,14 +290,13 @@ def bare_round_trip(url: str, n: int) -> float:
 def _bare_produce(url: str, n: int, start: Any) -> None:
     import redis
 
+    from aerplane.common.messages import encode_group
+
     client = redis.Redis.from_url(url)
-    payload = sample(0, "bare").encode()
+    payload = encode_group([sample(i, "bare").encode() for i in range(G)])
     start.wait()
-    for _ in range(0, n, 100):
-        pipe = client.pipeline(transaction=False)
-        for _ in range(100):
-            pipe.xadd("bare:gen", {b"d": payload})
-        pipe.execute()
+    for _ in range(0, n, G):
+        client.xadd("bare:gen", {b"d": payload})
     client.close()
 
 
@@ -367,6 +373,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    if args.messages < G or args.messages % G:
+        parser.error(f"--messages: a positive multiple of {G} (whole prompt groups), got {args.messages}")
 
     v = bench_verification(args.items, args.rounds, args.workers)
     e = bench_extraction(args.items, args.rounds, args.workers)
@@ -401,7 +409,7 @@ def main() -> None:
     print(f"stream round trip, {s['messages']} messages of {s['payload_bytes']} B × {args.rounds} rounds (medians)")
     print(f"{'path':<66}{'msgs/s':>12}")
     print(f"{'redis-benchmark XADD, 50 clients, 1-byte field (baseline)':<66}{s['raw_xadd_per_s']:>12.0f}")
-    print(f"{'publish_many → read → publish_and_ack (1 producer, 1 consumer)':<66}{s['roundtrip_msgs_per_s']:>12.0f}")
+    print(f"{'publish_group → read → publish_and_ack (1 producer, 1 consumer)':<66}{s['roundtrip_msgs_per_s']:>12.0f}")
     print(f"{'redis-benchmark XADD, 1 client (context, not the baseline)':<66}{s['raw_xadd_1_client_per_s']:>12.0f}")
     big = f"redis-benchmark XADD, 50 clients, {s['payload_bytes']}-byte field (context)"
     print(f"{big:<66}{s['raw_xadd_record_size_per_s']:>12.0f}")

@@ -33,6 +33,7 @@ from aerplane.common.messages import (
     RolloutRequest,
     WeightsAnnouncement,
     decode,
+    decode_entry,
 )
 from aerplane.common.ops import new_registry
 from aerplane.common.streams import StreamClient
@@ -146,8 +147,7 @@ class Harness:
         )
 
     def generated(self) -> list[GeneratedSample]:
-        rows = self.client.redis.xrange(self.client.key(ROLLOUT_GENERATED))
-        return [decode(fields[b"d"], expect=GeneratedSample) for _, fields in rows]  # type: ignore[misc]
+        return _generated(self.client)
 
     def run_until(self, count: int, timeout: float = 120.0) -> list[GeneratedSample]:
         deadline = time.monotonic() + timeout
@@ -381,7 +381,7 @@ def _exercise_service(proc, redis_url: str, run_id: str, port: int) -> None:
         )
         client.publish(ROLLOUT_REQUESTS, req)
         deadline = time.monotonic() + 120
-        while client.length(ROLLOUT_GENERATED) < 2:
+        while len(_generated(client)) < 2:
             assert proc.alive(), proc.log_tail()
             assert time.monotonic() < deadline, "no samples from the service"
             time.sleep(0.2)
@@ -401,8 +401,9 @@ def _exercise_service(proc, redis_url: str, run_id: str, port: int) -> None:
 
 
 def _generated(client: StreamClient) -> list[GeneratedSample]:
-    rows = client.redis.xrange(client.key(ROLLOUT_GENERATED))
-    return [decode(f[b"d"], expect=GeneratedSample) for _, f in rows]  # type: ignore[misc]
+    """Every sample on the generated stream, in order (a request's samples share one group entry)."""
+    rows = client.entries(ROLLOUT_GENERATED, count=100_000)
+    return [g for _, payload in rows for g in decode_entry(payload, expect=GeneratedSample)]  # type: ignore[misc]
 
 
 def test_serve_transformers_process(redis_url: str, tiny: Path, port: int, tmp_path: Path) -> None:

@@ -123,9 +123,63 @@ def test_publish_and_ack_groups_and_validation(client: StreamClient) -> None:
     with pytest.raises(m.MessageError):  # an invalid record is refused before anything is sent
         c.publish_and_ack(m.ROLLOUT_SCORED, [m.ScoredSample.from_generated(sample(0), float("nan"), "x")], [d.id])
     assert client.pending(m.ROLLOUT_GENERATED, "reward") == 1
-    assert len(c.publish_and_ack(m.ROLLOUT_SCORED, results, [d.id])) == 3
+    published = c.publish_and_ack(m.ROLLOUT_SCORED, results, [d.id])
+    assert len(published) == 3 and len(set(published)) == 1  # one group entry holds the three
     assert len(c.publish_and_ack(m.ROLLOUT_SCORED, results, [d.id])) == 0
-    assert client.length(m.ROLLOUT_SCORED) == 3
+    assert client.length(m.ROLLOUT_SCORED) == 1
+    learner = client.consumer(m.ROLLOUT_SCORED, "learner", "l", m.ScoredSample)
+    got = read_all(learner, 3)
+    assert [g.record for g in got] == results
+    assert {(g.id, g.entry_records, g.deliveries) for g in got} == {(published[0], 3, 1)}
+    with pytest.raises(ValueError, match="holds 3 records"):  # dead-lettering one would drop the other two
+        learner.dead_letter(got[0], "no")
+    learner.ack(*[g.id for g in got])
+    assert client.pending(m.ROLLOUT_SCORED, "learner") == 0
+
+
+def test_each_source_entry_results_are_one_group_entry_and_a_reread_group_is_whole(client: StreamClient) -> None:
+    gen = client.consumer(m.ROLLOUT_GENERATED, "reward", "a", m.GeneratedSample)
+    client.publish_group(m.ROLLOUT_GENERATED, [sample(0, step=s) for s in range(4)])
+    client.publish_group(m.ROLLOUT_GENERATED, [sample(1, step=s) for s in range(4)])
+    assert client.length(m.ROLLOUT_GENERATED) == 2
+    got = read_all(gen, 8)
+    assert [(d.record.prompt_id, d.record.step) for d in got] == [(f"p{i}", s) for i in (0, 1) for s in range(4)]
+    ids = [d.id for d in got]
+    # Scored in a different order: the results are grouped back by source entry, one output entry each.
+    order = [7, 0, 5, 2, 6, 1, 4, 3]
+    published = gen.publish_and_ack(
+        m.ROLLOUT_SCORED,
+        [scored(got[k].record) for k in order],
+        [ids[k] for k in order],
+        sources=[ids[k] for k in order],
+    )
+    assert len(published) == 8 and len(set(published)) == 2
+    assert client.length(m.ROLLOUT_SCORED) == 2 and client.pending(m.ROLLOUT_GENERATED, "reward") == 0
+    out = read_all(client.consumer(m.ROLLOUT_SCORED, "learner", "l", m.ScoredSample), 8)
+    assert sorted((d.record.prompt_id, d.record.step) for d in out) == [(f"p{i}", s) for i in (0, 1) for s in range(4)]
+    by_entry: dict[str, set[str]] = {}
+    for d in out:
+        by_entry.setdefault(d.id, set()).add(d.record.prompt_id)
+    assert sorted(by_entry.values(), key=sorted) == [{"p0"}, {"p1"}]
+
+
+def test_a_group_past_the_message_limit_is_split_and_a_bad_item_dead_letters_its_entry(
+    client: StreamClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = len(sample(0).encode())
+    monkeypatch.setattr(m, "MAX_MESSAGE_BYTES", 3 * one + 64 + 3 * 5)  # room for three records a group
+    assert [len(c) for c in m.entry_chunks([sample(i).encode() for i in range(7)])] == [3, 3, 1]
+    ids = client.publish_group(m.ROLLOUT_GENERATED, [sample(i) for i in range(7)])
+    assert len(ids) == 3 and client.length(m.ROLLOUT_GENERATED) == 3
+    monkeypatch.undo()
+    bad = m.encode_group([sample(0).encode(), b"not msgpack"])
+    client.redis.xadd(client.key(m.ROLLOUT_GENERATED), {b"d": bad})
+    c = client.consumer(m.ROLLOUT_GENERATED, "reward", "a", m.GeneratedSample)
+    got = read_all(c, 7)
+    assert [d.record.prompt_id for d in got] == [f"p{i}" for i in range(7)]
+    assert c.read(count=10, block_ms=0) == []  # the corrupt group went to the dead letters, whole
+    (letter,) = client.dead_letters()
+    assert letter["reason"].startswith("group: items[1]: payload: not msgpack") and letter["d"] == bad
 
 
 def test_extend_keeps_long_work_from_being_reclaimed_but_never_steals_back(client: StreamClient) -> None:
@@ -231,8 +285,9 @@ def test_trimming_keeps_what_any_group_has_not_acknowledged(client: StreamClient
 
 
 def test_a_long_run_keeps_stream_memory_bounded(client: StreamClient) -> None:
-    """20 000 samples of a realistic size through generate → score → learn, with a cap (maxlen 10 000) the run
-    never reaches: acknowledged entries are trimmed as they go, so memory follows the backlog, not the run."""
+    """20 000 samples of a realistic size through generate → score → learn, as the services send them (a prompt's 8
+    samples one group entry), with a cap (maxlen 10 000 entries) the run never reaches: acknowledged entries are
+    trimmed as they go, so memory follows the backlog, not the run."""
     consumer = client.consumer(m.ROLLOUT_GENERATED, "reward", "r", m.GeneratedSample, trim_every_s=0)
     learner = client.consumer(m.ROLLOUT_SCORED, "learner", "l", m.ScoredSample, trim_every_s=0)
     big = m.GeneratedSample(
@@ -252,18 +307,21 @@ def test_a_long_run_keeps_stream_memory_bounded(client: StreamClient) -> None:
     )
     peak_bytes = peak_len = 0
     for _ in range(100):
-        client.publish_many(m.ROLLOUT_GENERATED, [big] * 200)
+        for _ in range(25):  # 25 prompts × G = 8
+            client.publish_group(m.ROLLOUT_GENERATED, [big] * 8)
         batch = read_all(consumer, 200)
-        consumer.publish_and_ack(m.ROLLOUT_SCORED, [scored(d.record) for d in batch], [d.id for d in batch])
+        ids = [d.id for d in batch]
+        consumer.publish_and_ack(m.ROLLOUT_SCORED, [scored(d.record) for d in batch], ids, sources=ids)
         learned = read_all(learner, 200)
+        assert len(learned) == 200
         learner.ack(*[d.id for d in learned])
         for name in (m.ROLLOUT_GENERATED, m.ROLLOUT_SCORED):
             key = client.key(name)
             peak_len = max(peak_len, client.length(name))
             peak_bytes = max(peak_bytes, int(client.redis.memory_usage(key, samples=0) or 0))
-    assert consumer.trimmed + learner.trimmed >= 2 * (20_000 - 200)
-    assert peak_len <= 400  # one round's backlog (200) plus at most one more, never the 10 000 of the cap
-    assert peak_bytes < 400 * 6 * 1024, peak_bytes  # ~4.6 KB an entry: the backlog's worth, not the run's 90 MB
+    assert consumer.trimmed + learner.trimmed >= 2 * (2_500 - 25)  # entries: 2 500 a stream
+    assert peak_len <= 50  # one round's backlog (25 entries) plus at most one more, never the 10 000 of the cap
+    assert peak_bytes < 400 * 6 * 1024, peak_bytes  # ~4.6 KB a sample: the backlog's worth, not the run's 90 MB
 
 
 def test_back_pressure_waits_for_the_downstream_group_then_times_out(client: StreamClient) -> None:

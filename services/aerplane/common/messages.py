@@ -1,9 +1,10 @@
 """Typed records carried on the Redis streams (DESIGN §3), and their compact binary encoding.
 
 Every record carries the run id, the step, and — where it concerns samples — the prompt id, the sample index and
-the policy version, so that consumers can drop duplicates and stale samples. A record travels as one stream field
-`d` holding a msgpack map; token ids and logprobs are packed little-endian arrays (uint32 / float32), never lists
-of numbers. `decode` validates everything (kind, schema version, field types, sizes) and raises `MessageError`
+the policy version, so that consumers can drop duplicates and stale samples. A record travels in the stream field
+`d` as a msgpack map; token ids and logprobs are packed little-endian arrays (uint32 / float32), never lists
+of numbers. Records that belong together (a prompt's G samples) share one entry as a group (`encode_group`,
+`decode_entry`). `decode` validates everything (kind, schema version, field types, sizes) and raises `MessageError`
 with a reason, which the stream consumer puts on the dead-letter stream.
 
 Stream keys are namespaced by run: `stream_key(run_id, "rollout:requests")` → `aerplane:{run_id}:rollout:requests`.
@@ -366,8 +367,7 @@ def _unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=True)
 
 
-def decode(data: bytes, expect: type[_Record] | None = None) -> _Record:
-    """Decode and validate one payload; raise MessageError with the reason."""
+def _body(data: Any) -> dict[str, Any]:
     if not isinstance(data, bytes):
         raise MessageError(f"payload: expected bytes, got {type(data).__name__}")
     if len(data) > MAX_MESSAGE_BYTES:
@@ -378,6 +378,75 @@ def decode(data: bytes, expect: type[_Record] | None = None) -> _Record:
         raise MessageError(f"payload: not msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(body, dict):
         raise MessageError("payload: expected a map")
+    return body
+
+
+def decode(data: bytes, expect: type[_Record] | None = None) -> _Record:
+    """Decode and validate one record's payload; raise MessageError with the reason."""
+    return _record(_body(data), data, expect)
+
+
+# A group entry: several records' payloads in one stream entry, {"k": "group", "v": 1, "items": [bytes, ...]}. A
+# prompt's G samples travel this way (one XADD, one entry to read and ack instead of G); each item is an ordinary
+# record payload, validated as one.
+GROUP_KIND = "group"
+_GROUP_OVERHEAD = 64  # bytes of a group's map around its items (with room to spare)
+_ITEM_OVERHEAD = 5  # msgpack bin header of one item
+
+
+def encode_group(payloads: Sequence[bytes]) -> bytes:
+    """One entry's payload for several encoded records (`_Record.encode()`), in order."""
+    if not payloads:
+        raise MessageError("group: no records")
+    return _pack(GROUP_KIND, {"k": GROUP_KIND, "v": SCHEMA_VERSION, "items": list(payloads)})
+
+
+def entry_chunks(payloads: Sequence[bytes]) -> list[list[bytes]]:
+    """`payloads` cut, in order, into the runs that one entry each carries: all of them, or several runs where one
+    group would pass MAX_MESSAGE_BYTES. `entry_payload` packs a run."""
+    out: list[list[bytes]] = []
+    chunk: list[bytes] = []
+    size = _GROUP_OVERHEAD
+    for payload in payloads:
+        if chunk and size + len(payload) + _ITEM_OVERHEAD > MAX_MESSAGE_BYTES:
+            out.append(chunk)
+            chunk, size = [], _GROUP_OVERHEAD
+        chunk.append(payload)
+        size += len(payload) + _ITEM_OVERHEAD
+    if chunk:
+        out.append(chunk)
+    return out
+
+
+def entry_payload(chunk: Sequence[bytes]) -> bytes:
+    """One entry's payload: a lone record as itself, several as a group."""
+    return chunk[0] if len(chunk) == 1 else encode_group(chunk)
+
+
+def decode_entry(data: bytes, expect: type[_Record] | None = None) -> list[_Record]:
+    """The records of one stream entry, in order: one record, or every item of a group entry. Any item that fails
+    fails the entry (MessageError naming the item)."""
+    body = _body(data)
+    if body.get("k") != GROUP_KIND:
+        return [_record(body, data, expect)]
+    if body.get("v") != SCHEMA_VERSION:
+        raise MessageError(f"v: unsupported schema version {body.get('v')!r} (this build reads {SCHEMA_VERSION})")
+    unknown = body.keys() - {"k", "v", "items"}
+    if unknown:
+        raise MessageError(f"group: unknown fields {sorted(unknown)}")
+    items = body.get("items")
+    if not isinstance(items, list) or not items:
+        raise MessageError("group: items: expected a non-empty list of record payloads")
+    records = []
+    for n, item in enumerate(items):
+        try:
+            records.append(decode(item, expect))
+        except MessageError as exc:
+            raise MessageError(f"group: items[{n}]: {exc}") from None
+    return records
+
+
+def _record(body: dict[str, Any], data: bytes, expect: type[_Record] | None) -> _Record:
     kind = body.pop("k", None)
     version = body.pop("v", None)
     cls = RECORDS.get(kind) if isinstance(kind, str) else None

@@ -8,7 +8,10 @@
     consumer.publish_and_ack(ROLLOUT_SCORED, [scored...], [d.id...], sources=[d.id...])
 
 Stream names are the suffixes from `aerplane.common.messages` (`ROLLOUT_GENERATED`, ...); the client keys them
-by run (`aerplane:{run_id}:{name}`). Each entry has one field `d`, the record's msgpack bytes.
+by run (`aerplane:{run_id}:{name}`). Each entry has one field `d`: one record's msgpack bytes, or a group of
+records that belong together (`publish_group`; `publish_and_ack` groups the records of each source entry), so a
+prompt's G samples cost one XADD, one entry to read and one XACK. A consumer gets one `Delivery` per record; those
+of a group entry share its id and are acked together. Lag, pending and `maxlen` count entries.
 
 Delivery guarantee — at-least-once processing, at-most-once publication per source entry:
 - A message is acked only together with its results: `publish_and_ack` runs one Lua script (atomic like
@@ -58,7 +61,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from aerplane.common.closing import Closing
-from aerplane.common.messages import DEAD_LETTER, MessageError, decode, stream_key
+from aerplane.common.messages import (
+    DEAD_LETTER,
+    MessageError,
+    decode_entry,
+    entry_chunks,
+    entry_payload,
+    stream_key,
+)
 from aerplane.common.redis_server import connect
 from aerplane.common.retry import REDIS_BACKOFF, call_with_retry
 
@@ -72,7 +82,8 @@ T = TypeVar("T")
 
 # KEYS[1] = output stream, KEYS[2] = source stream.
 # ARGV = group, maxlen, n_ids, id_1..id_n, then (source_index, payload) pairs. source_index i > 0: publish only if
-# XACK of id_i removed it just now; 0: publish if any id was removed (or there are no ids).
+# XACK of id_i removed it just now; 0: publish if any id was removed (or there are no ids). Returns, per pair, the
+# new entry id or '' (not published).
 _PUBLISH_AND_ACK = """
 local group = ARGV[1]
 local maxlen = ARGV[2]
@@ -90,6 +101,8 @@ while j <= #ARGV do
   local src = tonumber(ARGV[j])
   if (src == 0 and any) or (src > 0 and acked[src]) then
     out[#out + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'd', ARGV[j + 1])
+  else
+    out[#out + 1] = ''
   end
   j = j + 2
 end
@@ -147,11 +160,14 @@ return redis.call('XTRIM', KEYS[1], 'MINID', floor)
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One decoded stream entry handed to a consumer; `deliveries` counts this delivery (1 = first)."""
+    """One decoded record handed to a consumer: `id` is its stream entry, `deliveries` counts this delivery of the
+    entry (1 = first) and `entry_records` how many records the entry holds (a group entry: the deliveries of one
+    read that share an id; they are acked together)."""
 
     id: str
     record: object
     deliveries: int
+    entry_records: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +209,7 @@ class StreamClient(Closing):
         redis_url: str,
         run_id: str,
         *,
-        maxlen: int = 100_000,
+        maxlen: int = 20_000,
         reconnect_timeout: float = 60.0,
     ) -> None:
         _require(bool(run_id), "run_id: must not be empty")
@@ -279,9 +295,16 @@ class StreamClient(Closing):
         )
         return _s(entry_id)
 
+    def publish_group(self, stream: str, records: Sequence[Any]) -> list[str]:
+        """XADD records that belong together (a prompt's samples) as one group entry (more only past
+        MAX_MESSAGE_BYTES); returns the entry ids."""
+        return self._xadd_payloads(stream, [entry_payload(c) for c in entry_chunks([r.encode() for r in records])])
+
     def publish_many(self, stream: str, records: Sequence[Any]) -> list[str]:
-        """XADD several records in one round trip (a transaction: all or none)."""
-        payloads = [r.encode() for r in records]  # validate every record before sending any
+        """XADD several records, one entry each, in one round trip (a transaction: all or none)."""
+        return self._xadd_payloads(stream, [r.encode() for r in records])  # every record validated before sending
+
+    def _xadd_payloads(self, stream: str, payloads: list[bytes]) -> list[str]:
         key = self.key(stream)
 
         def send() -> list[Any]:
@@ -416,7 +439,8 @@ class StreamClient(Closing):
 
     def entries(self, stream: str, *, count: int, newest: bool = False) -> list[tuple[str, bytes]]:
         """Up to `count` (entry id, payload) pairs of `stream` — the oldest first, or with `newest` the newest first —
-        outside any consumer group (nothing is delivered or acked). Decode payloads with `messages.decode`."""
+        outside any consumer group (nothing is delivered or acked). Decode payloads with `messages.decode_entry` (a
+        group entry holds several records)."""
         key = self.key(stream)
         if newest:
             rows = self._call(self.redis.xrevrange, key, count=count)
@@ -572,16 +596,19 @@ class Consumer:
                 self._dead_letter(entry_id, None, "payload: missing field 'd'", deliveries)
                 continue
             try:
-                record = decode(payload, expect=self.record_type)
+                records = decode_entry(payload, expect=self.record_type)
             except MessageError as exc:
                 self._dead_letter(entry_id, payload, str(exc), deliveries)
                 continue
-            out.append(Delivery(id=entry_id, record=record, deliveries=deliveries))
+            out += [Delivery(entry_id, record, deliveries, len(records)) for record in records]
         return out
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move a delivery this consumer cannot process (e.g. a request too long for the model) to the dead-letter
-        stream with `reason`, acking it in the same transaction."""
+        stream with `reason`, acking it in the same transaction. Only for a record with an entry of its own: acking
+        a group entry would drop its other records (ValueError)."""
+        if delivery.entry_records != 1:
+            raise ValueError(f"dead_letter: entry {delivery.id} holds {delivery.entry_records} records, not one")
         self._dead_letter(delivery.id, delivery.record.encode(), reason, delivery.deliveries)  # type: ignore[attr-defined]
 
     def _dead_letter(self, entry_id: str, payload: bytes | None, reason: str, deliveries: int) -> None:
@@ -617,6 +644,7 @@ class Consumer:
         Returns the ids this consumer still owns; the others were reclaimed already (their results will still be
         published only once, see `publish_and_ack`).
         """
+        ids = tuple(dict.fromkeys(ids))  # the deliveries of a group entry share its id
         if not ids:
             return []
         kept = self.client._call(self.client._extend, keys=[self.key], args=[self.group, self.name, *ids])
@@ -647,12 +675,15 @@ class Consumer:
         `sources[i]` names the entry of `ack_ids` that record i was computed from: record i is added only if that
         entry was still pending (so a result is published once even when two consumers processed its source).
         Without `sources` the records are one group, added if any of `ack_ids` was still pending.
+
+        The records of one source travel as one group entry (`StreamClient.publish_group`). Returns, per record
+        published, the id of the entry that holds it.
         """
         if sources is not None and len(sources) != len(records):
             raise ValueError(f"sources: {len(sources)} ids for {len(records)} records")
-        ids = [str(i) for i in ack_ids]
+        ids = list(dict.fromkeys(str(i) for i in ack_ids))  # the deliveries of a group entry share its id
         position = {entry_id: n + 1 for n, entry_id in enumerate(ids)}
-        args: list[Any] = [self.group, self.client.maxlen, len(ids), *ids]
+        by_source: dict[int, list[bytes]] = {}
         for n, record in enumerate(records):
             if sources is None:
                 src = 0
@@ -660,10 +691,17 @@ class Consumer:
                 src = position.get(str(sources[n]), -1)
                 if src < 0:
                     raise ValueError(f"sources[{n}]: {sources[n]!r} is not one of ack_ids")
-            args += [src, record.encode()]
+            by_source.setdefault(src, []).append(record.encode())
+        args: list[Any] = [self.group, self.client.maxlen, len(ids), *ids]
+        sizes: list[int] = []  # records per entry, in the script's pair order
+        for src, payloads in by_source.items():
+            for chunk in entry_chunks(payloads):
+                args += [src, entry_payload(chunk)]
+                sizes.append(len(chunk))
         out_key = self.client.key(out_stream)
-        published = self.client._call(self.client._publish_and_ack, keys=[out_key, self.key], args=args)
+        added = self.client._call(self.client._publish_and_ack, keys=[out_key, self.key], args=args)
         self._maybe_trim()
+        published = [entry_id for entry_id, size in zip(added, sizes, strict=True) if entry_id for _ in range(size)]
         dropped = len(records) - len(published)
         if dropped:
             self.duplicates_dropped += dropped

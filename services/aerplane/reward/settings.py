@@ -84,7 +84,8 @@ class RewardSettings(ServiceSettings, RedisSettings, HttpSettings):
     """This replica's consumer name in the group (unique per replica; a restart may reuse it)."""
 
     batch_size: int = Field(16, ge=1, le=4096)
-    """Entries read from the stream at once (scored concurrently by the pool)."""
+    """Entries read from the stream at once (scored concurrently by the pool); an entry holds one prompt's G
+    samples."""
 
     block_ms: int = Field(1000, ge=10, le=20_000)
     """How long one stream read waits for new entries."""
@@ -95,14 +96,16 @@ class RewardSettings(ServiceSettings, RedisSettings, HttpSettings):
     max_deliveries: int = Field(5, ge=1, le=1000)
     """Entries delivered more often than this go to the dead-letter stream instead of being scored again."""
 
-    stream_maxlen: int = Field(100_000, ge=100)
-    """Approximate cap of the streams this service writes (XADD MAXLEN ~)."""
+    stream_maxlen: int = Field(20_000, ge=100)
+    """Approximate cap, in entries, of the streams this service writes (XADD MAXLEN ~); an entry holds one prompt's
+    samples. A backstop: acknowledged entries are trimmed long before it."""
 
     downstream_group: str = Field("learner", min_length=1)
     """The group that consumes `rollout:scored`, watched for back-pressure."""
 
-    downstream_max_lag: int = Field(10_000, ge=0)
-    """Stop reading new work while `downstream_group` has more unfinished scored entries than this (0: no limit)."""
+    downstream_max_lag: int = Field(2_000, ge=0)
+    """Stop reading new work while `downstream_group` has more unfinished scored entries (one per prompt group)
+    than this (0: no limit)."""
 
     shutdown_grace_s: float = Field(30.0, ge=0, le=600)
     """On SIGTERM, the batch in flight gets this long to finish and be published; the rest stays pending."""
