@@ -287,28 +287,21 @@ def get_json(url: str):
         return json.loads(resp.read())
 
 
-def test_alpha_and_initial_entropy_in_the_coefficient_service_follow_the_run(tmp_path, redis_url, tokenizer) -> None:
+def coefficient_service(
+    name: str, tmp_path: Path, redis_url: str, env: dict[str, str] | None = None
+) -> tuple[ManagedProcess, int, int]:
+    """A real `aerplane coefficient serve` on free ports (not started): (process, gRPC port, REST port)."""
     grpc_port, http_port = free_port(), free_port()
-    service = ManagedProcess(
-        "coefficient",
-        [
-            sys.executable,
-            "-m",
-            "aerplane.cli",
-            "coefficient",
-            "serve",
-            "--grpc-port",
-            str(grpc_port),
-            "--http-port",
-            str(http_port),
-            "--redis-url",
-            redis_url,
-            "--host",
-            "127.0.0.1",
-        ],
-        log_path=tmp_path / "coefficient.log",
-        ready_url=f"http://127.0.0.1:{http_port}/readyz",
+    argv = [sys.executable, "-m", "aerplane.cli", "coefficient", "serve", "--host", "127.0.0.1"]
+    argv += ["--grpc-port", str(grpc_port), "--http-port", str(http_port), "--redis-url", redis_url]
+    process = ManagedProcess(
+        name, argv, env=env, log_path=tmp_path / f"{name}.log", ready_url=f"http://127.0.0.1:{http_port}/readyz"
     )
+    return process, grpc_port, http_port
+
+
+def test_alpha_and_initial_entropy_in_the_coefficient_service_follow_the_run(tmp_path, redis_url, tokenizer) -> None:
+    service, grpc_port, http_port = coefficient_service("coefficient", tmp_path, redis_url)
     coef = (
         "--coefficient-target",
         f"127.0.0.1:{grpc_port}",
@@ -442,27 +435,11 @@ def test_sigkilled_learner_resumes_training_every_group_exactly_once(
 
     operator, reader, learner_token = "once-operator-token", "once-read-token", "once-learner-token"
     monkeypatch.setenv("AERPLANE_LEARNER_TOKEN", learner_token)  # both ends: the service and the learner
-    grpc_port, http_port = free_port(), free_port()
-    service = ManagedProcess(
+    service, grpc_port, http_port = coefficient_service(
         "coefficient-once",
-        [
-            sys.executable,
-            "-m",
-            "aerplane.cli",
-            "coefficient",
-            "serve",
-            "--grpc-port",
-            str(grpc_port),
-            "--http-port",
-            str(http_port),
-            "--redis-url",
-            redis_url,
-            "--host",
-            "127.0.0.1",
-        ],
+        tmp_path,
+        redis_url,
         env={**os.environ, "AERPLANE_API_TOKEN": operator, "AERPLANE_API_READ_TOKEN": reader},
-        log_path=tmp_path / "coefficient-once.log",
-        ready_url=f"http://127.0.0.1:{http_port}/readyz",
     )
     coef = (
         "--coefficient-target",
