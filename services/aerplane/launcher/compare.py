@@ -523,7 +523,7 @@ def clear_run_state(redis_url: str, run_id: str) -> int:
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    from aerplane.learner.checkpoint import latest_checkpoint
+    from aerplane.common.run_layout import latest_checkpoint
 
     return (run_dir / "run.json").exists() and latest_checkpoint(run_dir / "checkpoints") is not None
 
@@ -536,7 +536,7 @@ def prune_finished_run(run_dir: Path) -> int:
     """
     import shutil
 
-    from aerplane.learner.checkpoint import list_versions
+    from aerplane.common.run_layout import list_versions
 
     doomed = [run_dir / "checkpoints", *(path for _, path in list_versions(run_dir / "weights")[:-1])]
     freed = 0

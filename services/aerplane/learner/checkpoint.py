@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import time
 from pathlib import Path
@@ -42,38 +41,11 @@ from typing import Any
 
 import torch
 
+from aerplane.common.run_layout import latest_checkpoint, list_checkpoints, list_versions, step_dir_name  # noqa: F401 - re-exported
+
 log = logging.getLogger(__name__)
 
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-_VERSION_DIR = re.compile(r"^v(\d+)$")
 SHARDS = "shards"  # the sharded (FSDP) model + optimizer state inside a checkpoint folder
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:06d}"
-
-
-def _numbered_dirs(root: Path, pattern: re.Pattern[str], marker: str | None = None) -> list[tuple[int, Path]]:
-    """(number, folder) of the folders under `root` whose name `pattern` matches (and that hold the file `marker`,
-    when given), lowest number first."""
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = pattern.match(p.name)
-        if m and p.is_dir() and (marker is None or (p / marker).is_file()):
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints under `root` (those with `trainer.pt`, written last), oldest first."""
-    return _numbered_dirs(root, _STEP_DIR, "trainer.pt")
-
-
-def latest_checkpoint(root: Path) -> tuple[int, Path] | None:
-    found = list_checkpoints(root)
-    return found[-1] if found else None
 
 
 def temp_dir(root: Path, step: int) -> Path:
@@ -180,11 +152,6 @@ def load_rank_rng(path: Path, rank: int) -> dict[str, Any] | None:
 
 
 # --- weights for generation ----------------------------------------------------------------------------------------
-
-
-def list_versions(root: Path) -> list[tuple[int, Path]]:
-    """Published weights versions under `root` (`v<N>/`), oldest first."""
-    return _numbered_dirs(root, _VERSION_DIR)
 
 
 def publish_weights(
