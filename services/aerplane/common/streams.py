@@ -676,8 +676,9 @@ class Consumer:
         entry was still pending (so a result is published once even when two consumers processed its source).
         Without `sources` the records are one group, added if any of `ack_ids` was still pending.
 
-        The records of one source travel as one group entry (`StreamClient.publish_group`). Returns, per record
-        published, the id of the entry that holds it.
+        The records of one source travel as one group entry (`StreamClient.publish_group`). Returns the id of the
+        entry that holds each published record, one per record, grouped by source (records of one source in their
+        order); its length is the number of records published.
         """
         if sources is not None and len(sources) != len(records):
             raise ValueError(f"sources: {len(sources)} ids for {len(records)} records")

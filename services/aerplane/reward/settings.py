@@ -83,9 +83,9 @@ class RewardSettings(ServiceSettings, RedisSettings, HttpSettings):
     consumer: str = Field(default_factory=_default_consumer, min_length=1)
     """This replica's consumer name in the group (unique per replica; a restart may reuse it)."""
 
-    batch_size: int = Field(16, ge=1, le=4096)
-    """Entries read from the stream at once (scored concurrently by the pool); an entry holds one prompt's G
-    samples."""
+    batch_size: int = Field(16, ge=1, le=256)
+    """Entries read from the stream at once (scored concurrently by the pool, published in one call); an entry
+    holds one prompt's G samples, so a batch is batch_size × G items."""
 
     block_ms: int = Field(1000, ge=10, le=20_000)
     """How long one stream read waits for new entries."""
