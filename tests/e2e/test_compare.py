@@ -8,7 +8,9 @@ holds both configurations.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -81,27 +83,52 @@ def _assert_no_survivors(out: Path) -> None:
         assert not live_group_members(pid), f"{name} (pid {pid}) outlived aerplane compare"
 
 
+@contextlib.contextmanager
+def _compare(argv: list[str], log: Path, out: Path):
+    """`aerplane compare` in a session of its own; on the way out (a failed assertion, a timeout) it gets SIGINT,
+    then SIGKILL, and every process group it started is killed, so a failing test leaves nothing running."""
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(_aerplane(*argv), stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+        try:
+            started = _pids(out)
+        except (OSError, ValueError):  # nothing started yet, or a file caught mid-write
+            started = {}
+        for pid in started.values():
+            if live_group_members(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+
+
+def _interrupt_mid_second_run(first: subprocess.Popen, out: Path, log: Path) -> None:
+    """SIGINT once the second configuration has trained a step (and checkpointed it); compare exits 130."""
+    second = out / "runs" / "aer-rho-0.9-eta-0.01-s0"
+    deadline = time.monotonic() + 1200
+    while not _rows(second):
+        assert first.poll() is None, f"compare ended before the interrupt:\n{log.read_text()[-4000:]}"
+        assert time.monotonic() < deadline, f"the second run never trained a step:\n{log.read_text()[-4000:]}"
+        time.sleep(0.3)
+    first.send_signal(signal.SIGINT)
+    assert first.wait(120) == 128 + signal.SIGINT, log.read_text()[-4000:]
+
+
 @pytest.mark.slow
 def test_compare_resumes_after_interrupt_without_redoing_finished_runs(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     log1 = tmp_path / "compare-1.log"
-    first = subprocess.Popen(
-        _aerplane("compare", "--strategies", CONFIGS, "--seeds", "0", "--out", str(out), *SETUP),
-        stdout=open(log1, "wb"),  # lives as long as the process
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    # Interrupt once the second configuration has trained a step (and checkpointed it).
-    second = out / "runs" / "aer-rho-0.9-eta-0.01-s0"
-    deadline = time.monotonic() + 1200
-    while not _rows(second):
-        assert first.poll() is None, f"compare ended before the interrupt:\n{log1.read_text()[-4000:]}"
-        assert time.monotonic() < deadline, f"the second run never trained a step:\n{log1.read_text()[-4000:]}"
-        time.sleep(0.3)
-    first.send_signal(signal.SIGINT)
-    assert first.wait(120) == 128 + signal.SIGINT, log1.read_text()[-4000:]
+    with _compare(["compare", "--strategies", CONFIGS, "--seeds", "0", "--out", str(out), *SETUP], log1, out) as first:
+        _interrupt_mid_second_run(first, out, log1)
     _assert_no_survivors(out)
-
+    second = out / "runs" / "aer-rho-0.9-eta-0.01-s0"
     state = _state(out)
     runs = state["runs"]
     assert runs["none-s0"]["status"] == "finished" and runs["none-s0"]["attempts"] == 1
@@ -115,10 +142,8 @@ def test_compare_resumes_after_interrupt_without_redoing_finished_runs(tmp_path:
 
     # Continue with the folder alone: the matrix, setup and command come from compare.json.
     log2 = tmp_path / "compare-2.log"
-    with open(log2, "wb") as f:
-        code = subprocess.run(
-            _aerplane("compare", "--out", str(out), "--no-live"), stdout=f, stderr=subprocess.STDOUT, timeout=1500
-        ).returncode
+    with _compare(["compare", "--out", str(out), "--no-live"], log2, out) as again:
+        code = again.wait(1500)
     assert code == 0, log2.read_text()[-4000:]
     text = log2.read_text()
     assert "1 already finished" in text and "(resuming)" in text
