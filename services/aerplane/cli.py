@@ -16,10 +16,10 @@ import aerplane
 from aerplane.common.commands import SERVICES
 from aerplane.common.flags import add_service_command
 
-# Light modules that register subcommands of their own; the services' `serve` commands come from
-# common.commands.SERVICES.
+# Light modules that register subcommands of their own, listed by `aerplane --help` around the services' `serve`
+# commands (common.commands.SERVICES).
+LAUNCHER_MODULE = "aerplane.launcher.entry"  # up, compare, report, simulate
 COMMAND_MODULES = (
-    "aerplane.launcher.entry",  # up, compare, report, simulate
     "aerplane.generation.entry",  # model prepare|tiny
     "aerplane.learner.entry",  # learner train (under torchrun)
 )
@@ -32,11 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"aerplane {aerplane.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    importlib.import_module(COMMAND_MODULES[0]).register(sub)
+    importlib.import_module(LAUNCHER_MODULE).register(sub)
     for service in SERVICES.values():
         if service.serve is not None:
             add_service_command(sub, service)
-    for name in COMMAND_MODULES[1:]:
+    for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
 

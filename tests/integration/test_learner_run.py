@@ -215,19 +215,13 @@ def final_params(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     return ckpt.load_trainer_state(run_dir / "checkpoints" / ckpt.step_dir_name(step))["model"]
 
 
+def aer_flags(target: str, *params: str) -> tuple[str, ...]:
+    """Learner flags: the coefficient target ("local" or host:port), strategy aer and each `KEY=VALUE` parameter."""
+    return ("--coefficient-target", target, "--strategy", "aer", *(a for p in params for a in ("--strategy-param", p)))
+
+
 def test_kill_and_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, redis_url, tokenizer) -> None:
-    local = (
-        "--coefficient-target",
-        "local",
-        "--strategy",
-        "aer",
-        "--strategy-param",
-        "eta=0.5",
-        "--strategy-param",
-        "alpha_max=0.05",
-        "--strategy-param",
-        "target_entropy=20",
-    )
+    local = aer_flags("local", "eta=0.5", "alpha_max=0.05", "target_entropy=20")
 
     # --- uninterrupted run ---
     gen = FakeRollouts(redis_url, "straight", tokenizer).start()
@@ -302,16 +296,7 @@ def coefficient_service(
 
 def test_alpha_and_initial_entropy_in_the_coefficient_service_follow_the_run(tmp_path, redis_url, tokenizer) -> None:
     service, grpc_port, http_port = coefficient_service("coefficient", tmp_path, redis_url)
-    coef = (
-        "--coefficient-target",
-        f"127.0.0.1:{grpc_port}",
-        "--strategy",
-        "aer",
-        "--strategy-param",
-        "eta=0.01",
-        "--strategy-param",
-        "target_entropy=20",
-    )
+    coef = aer_flags(f"127.0.0.1:{grpc_port}", "eta=0.01", "target_entropy=20")
     api = f"http://127.0.0.1:{http_port}/v1/runs/svc"
     gen = FakeRollouts(redis_url, "svc", tokenizer).start()
     procs = [service]
@@ -441,18 +426,7 @@ def test_sigkilled_learner_resumes_training_every_group_exactly_once(
         redis_url,
         env={**os.environ, "AERPLANE_API_TOKEN": operator, "AERPLANE_API_READ_TOKEN": reader},
     )
-    coef = (
-        "--coefficient-target",
-        f"127.0.0.1:{grpc_port}",
-        "--strategy",
-        "aer",
-        "--strategy-param",
-        "eta=0.5",
-        "--strategy-param",
-        "alpha_max=0.05",
-        "--strategy-param",
-        "target_entropy=20",
-    )
+    coef = aer_flags(f"127.0.0.1:{grpc_port}", "eta=0.5", "alpha_max=0.05", "target_entropy=20")
     api = f"http://127.0.0.1:{http_port}/v1/runs"
     procs = [service]
     try:

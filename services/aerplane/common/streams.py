@@ -289,11 +289,7 @@ class StreamClient(Closing):
         """
         if max_lag is not None:
             self.wait_for_backlog(stream, lag_group, max_lag, timeout=timeout)
-        payload = record.encode()
-        entry_id = self._call(
-            self.redis.xadd, self.key(stream), {PAYLOAD_FIELD: payload}, maxlen=self.maxlen, approximate=True
-        )
-        return _s(entry_id)
+        return self._xadd_payloads(stream, [record.encode()])[0]
 
     def publish_group(self, stream: str, records: Sequence[Any]) -> list[str]:
         """XADD records that belong together (a prompt's samples) as one group entry (more only past
@@ -305,12 +301,20 @@ class StreamClient(Closing):
         return self._xadd_payloads(stream, [r.encode() for r in records])  # every record validated before sending
 
     def _xadd_payloads(self, stream: str, payloads: list[bytes]) -> list[str]:
+        """XADD each payload as an entry (MAXLEN ~) in one round trip: a lone one as a plain XADD, several in
+        MULTI/EXEC (all or none)."""
         key = self.key(stream)
+
+        def xadd(target: Any, payload: bytes) -> Any:
+            return target.xadd(key, {PAYLOAD_FIELD: payload}, maxlen=self.maxlen, approximate=True)
+
+        if len(payloads) == 1:
+            return [_s(self._call(xadd, self.redis, payloads[0]))]
 
         def send() -> list[Any]:
             pipe = self.redis.pipeline(transaction=True)
             for payload in payloads:
-                pipe.xadd(key, {PAYLOAD_FIELD: payload}, maxlen=self.maxlen, approximate=True)
+                xadd(pipe, payload)
             return pipe.execute()
 
         return [_s(i) for i in self._call(send)] if payloads else []
