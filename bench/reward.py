@@ -16,16 +16,21 @@ trip (vs redis-benchmark's raw XADD).
    Baseline: the same pool with `boxed_or_last_number` (the old default: the last box, else the last number, cut
    out and handed to math-verify), scoring the same items, the two alternating first. Also counts how many items
    each gets right (every item of the mix has a known right reward).
-3. Stream round trip. Candidate: GeneratedSample records (128 prompt + 256 response tokens with logprobs, ~2.9 KB
-   each) published by a producer process as generation publishes them, a prompt's G = 8 samples one group entry
-   (`StreamClient.publish_group`, one call a group), while a consumer in this process `read`s (16 entries, the
-   reward service's default batch), decodes and `publish_and_ack`s a ScoredSample per message, grouped by source
-   entry — the reward service's transport path, minus scoring — until every message is acked; the rate is
-   messages (samples) over the time from the first publish to the last ack. Baseline: `redis-benchmark -n 20000 -q
-   XADD` (50 clients, no pipelining, a 1-byte field) against the same private redis-server in the same run: Redis'
-   raw XADD rate on this machine. For context (not the baseline): redis-benchmark XADD with a field as large as one
-   record, and the same round trip written with bare redis-py calls (pre-encoded group payloads, no validation, a
-   MULTI/EXEC instead of the script).
+3. Stream round trip. Candidate: generation's and the reward service's transport paths, minus the engine and the
+   scoring. Rollout requests (G = 8 samples each) wait on their stream before the clock starts. A producer process
+   does what the generation worker does with a wave of requests that finished together: it reads 8 requests, builds
+   each one's 8 GeneratedSample records (128 prompt + 256 response tokens with logprobs, ~2.9 KB each) and
+   `publish_and_ack`s them in one call, a group entry per request, acking the requests. Meanwhile a consumer in
+   this process `read`s 16 entries at a time (the reward service's default batch), decodes them and
+   `publish_and_ack`s a ScoredSample per message, grouped by source entry, until every message is acked. The rate
+   is messages (samples) over the time from the go to the last ack. It comes with the CPU each party spent per
+   sample: producer, consumer and redis-server (INFO cpu). Baseline: `redis-benchmark -n 20000 -q XADD` (50
+   clients, no pipelining, a 1-byte field) against the same private redis-server in the same run, Redis' raw XADD
+   rate on this machine. For context, not the baseline:
+   - the same round trip with every request published alone (a wave of 1);
+   - redis-benchmark XADD with one client, and with a field as large as one record;
+   - the same traffic in bare redis-py calls: pre-encoded group payloads, 8 per pipelined call, no requests, no
+     validation, a MULTI/EXEC instead of the script.
 
 Rounds alternate candidate and baseline; figures are medians over rounds. Benchmarks report, they never assert.
 """
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -188,7 +194,12 @@ def bench_extraction(n_items: int, rounds: int, workers: int) -> dict:
 
 
 G = 8  # samples per prompt: one group entry
+WAVE = 8  # prompts whose samples generation publishes in one call (a wave that finished together)
 READ_ENTRIES = 16  # the reward service's default batch_size
+PROMPT_IDS = list(range(128))
+RESPONSE_IDS = list(range(256))
+LOGPROBS = [-0.5] * 256
+TEXT = r"the answer is \boxed{1}" * 4
 
 
 def sample(i: int, run_id: str):
@@ -205,39 +216,96 @@ def sample(i: int, run_id: str):
         task="math",
         difficulty="easy",
         ground_truth="1",
-        prompt_token_ids=list(range(128)),
-        response_token_ids=list(range(256)),
-        logprobs=[-0.5] * 256,
-        response_text=r"the answer is \boxed{1}" * 4,
+        prompt_token_ids=PROMPT_IDS,
+        response_token_ids=RESPONSE_IDS,
+        logprobs=LOGPROBS,
+        response_text=TEXT,
     )
 
 
-def _produce(url: str, run_id: str, n: int, start: Any) -> None:
-    """The producer process: wait for the go, then publish `n` records, a prompt's G samples per call and entry."""
-    from aerplane.common.messages import ROLLOUT_GENERATED
+def publish_requests(client: Any, prompts: int) -> None:
+    """The learner's part, before the clock: `prompts` rollout requests of G samples each."""
+    from aerplane.common.messages import ROLLOUT_REQUESTS, RolloutRequest
+
+    requests = [
+        RolloutRequest(
+            run_id=client.run_id,
+            step=0,
+            prompt_id=f"p{p}",
+            task="math",
+            difficulty="easy",
+            ground_truth="1",
+            num_samples=G,
+            policy_version=0,
+            prompt="What is 1?",
+        )
+        for p in range(prompts)
+    ]
+    for first in range(0, prompts, 1000):
+        client.publish_many(ROLLOUT_REQUESTS, requests[first : first + 1000])
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process so far."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _redis_cpu_s(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _produce(url: str, run_id: str, wave: int, start: Any, cpu: Any) -> None:
+    """The producer process, generation's transport path without the engine: wait for the go, then read `wave`
+    requests at a time and, as the worker does for a wave of requests that finished together, build each one's G
+    samples and `publish_and_ack` them (a group entry per request, the requests acked in the same call)."""
+    from aerplane.common.messages import ROLLOUT_GENERATED, ROLLOUT_REQUESTS, GeneratedSample, RolloutRequest
     from aerplane.common.streams import StreamClient
 
-    producer = StreamClient(url, run_id, maxlen=max(100_000, 2 * n))
-    records = [sample(i, run_id) for i in range(n)]
+    client = StreamClient(url, run_id, maxlen=1_000_000)
+    requests = client.consumer(ROLLOUT_REQUESTS, "generation", "bench", RolloutRequest)
     start.wait()
-    for first in range(0, n, G):
-        producer.publish_group(ROLLOUT_GENERATED, records[first : first + G])
-    producer.close()
+    began = _cpu_s()
+    while batch := requests.read(count=wave, block_ms=0):
+        records, sources = [], []
+        for d in batch:
+            prompt = d.record.prompt_fields()
+            for k in range(G):
+                records.append(
+                    GeneratedSample(
+                        **prompt,
+                        sample_index=k,
+                        prompt_token_ids=PROMPT_IDS,
+                        response_token_ids=RESPONSE_IDS,
+                        logprobs=LOGPROBS,
+                        response_text=TEXT,
+                    )
+                )
+                sources.append(d.id)
+        requests.publish_and_ack(ROLLOUT_GENERATED, records, [d.id for d in batch], sources=sources)
+    cpu.value = _cpu_s() - began
+    client.close()
 
 
-def round_trip(url: str, run_id: str, n: int) -> float:
+def round_trip(url: str, run_id: str, n: int, wave: int = WAVE) -> dict[str, float]:
+    """Samples/s from the go to the last ack, and the CPU each party spent per sample (µs): the producer, the
+    consumer and redis-server (its INFO cpu), which is where the time goes on a machine with few cores."""
     import multiprocessing
 
     from aerplane.common.messages import ROLLOUT_GENERATED, ROLLOUT_SCORED, GeneratedSample, ScoredSample
     from aerplane.common.streams import StreamClient
 
-    worker = StreamClient(url, run_id, maxlen=max(100_000, 2 * n))
+    worker = StreamClient(url, run_id, maxlen=1_000_000)
+    publish_requests(worker, n // G)
     consumer = worker.consumer(ROLLOUT_GENERATED, "reward", "bench", GeneratedSample)
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()
-    producer = ctx.Process(target=_produce, args=(url, run_id, n, start))
+    producer_cpu = ctx.Value("d", float("nan"))
+    producer = ctx.Process(target=_produce, args=(url, run_id, wave, start, producer_cpu))
     producer.start()
-    time.sleep(1.0)  # let the producer import and build its records; the clock starts at the go
+    time.sleep(1.0)  # let the producer import; the clock starts at the go
+    redis_before, consumer_before = _redis_cpu_s(worker.redis), _cpu_s()
     t = time.perf_counter()
     start.set()
     done = 0
@@ -248,14 +316,22 @@ def round_trip(url: str, run_id: str, n: int) -> float:
         consumer.publish_and_ack(ROLLOUT_SCORED, out, ids, sources=ids)
         done += len(batch)
     elapsed = time.perf_counter() - t
+    consumer_cpu, redis_cpu = _cpu_s() - consumer_before, _redis_cpu_s(worker.redis) - redis_before
     producer.join(60)
     assert worker.pending(ROLLOUT_GENERATED, "reward") == 0
     worker.close()
-    return n / elapsed
+    per_sample = 1e6 / n
+    return {
+        "per_s": n / elapsed,
+        "producer_cpu_us": producer_cpu.value * per_sample,
+        "consumer_cpu_us": consumer_cpu * per_sample,
+        "redis_cpu_us": redis_cpu * per_sample,
+    }
 
 
-def bare_round_trip(url: str, n: int) -> float:
-    """The same traffic with bare redis-py calls: pre-encoded group payloads, no validation, MULTI/EXEC (context)."""
+def bare_round_trip(url: str, n: int) -> dict[str, float]:
+    """The same traffic with bare redis-py calls: pre-encoded group payloads, WAVE of them per pipelined call, no
+    requests, no validation, a MULTI/EXEC instead of the script (context)."""
     import multiprocessing
 
     import redis
@@ -264,9 +340,11 @@ def bare_round_trip(url: str, n: int) -> float:
     client.xgroup_create("bare:gen", "g", id="0", mkstream=True)
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()
-    producer = ctx.Process(target=_bare_produce, args=(url, n, start))
+    producer_cpu = ctx.Value("d", float("nan"))
+    producer = ctx.Process(target=_bare_produce, args=(url, n, start, producer_cpu))
     producer.start()
     time.sleep(1.0)
+    redis_before, consumer_before = _redis_cpu_s(client), _cpu_s()
     t = time.perf_counter()
     start.set()
     done = 0
@@ -282,12 +360,19 @@ def bare_round_trip(url: str, n: int) -> float:
         pipe.execute()
         done += G * len(entries)
     elapsed = time.perf_counter() - t
+    consumer_cpu, redis_cpu = _cpu_s() - consumer_before, _redis_cpu_s(client) - redis_before
     producer.join(60)
     client.close()
-    return n / elapsed
+    per_sample = 1e6 / n
+    return {
+        "per_s": n / elapsed,
+        "producer_cpu_us": producer_cpu.value * per_sample,
+        "consumer_cpu_us": consumer_cpu * per_sample,
+        "redis_cpu_us": redis_cpu * per_sample,
+    }
 
 
-def _bare_produce(url: str, n: int, start: Any) -> None:
+def _bare_produce(url: str, n: int, start: Any, cpu: Any) -> None:
     import redis
 
     from aerplane.common.messages import encode_group
@@ -295,8 +380,13 @@ def _bare_produce(url: str, n: int, start: Any) -> None:
     client = redis.Redis.from_url(url)
     payload = encode_group([sample(i, "bare").encode() for i in range(G)])
     start.wait()
-    for _ in range(0, n, G):
-        client.xadd("bare:gen", {b"d": payload})
+    began = _cpu_s()
+    for _ in range(0, n, G * WAVE):
+        pipe = client.pipeline(transaction=False)
+        for _ in range(WAVE):
+            pipe.xadd("bare:gen", {b"d": payload})
+        pipe.execute()
+    cpu.value = _cpu_s() - began
     client.close()
 
 
@@ -338,7 +428,7 @@ def bench_streams(n: int, rounds: int) -> dict:
 
     from aerplane.common.redis_server import LocalRedis
 
-    rt, raw, raw1, raw_big, bare = [], [], [], [], []
+    rt, rt_alone, raw, raw1, raw_big, bare = [], [], [], [], [], []
     payload = len(sample(0, "bench0").encode())
     with LocalRedis() as server:
         client = redis.Redis.from_url(server.url)
@@ -351,18 +441,24 @@ def bench_streams(n: int, rounds: int) -> dict:
             client.flushall()
             rt.append(round_trip(server.url, f"bench{r}", n))
             client.flushall()
+            rt_alone.append(round_trip(server.url, f"alone{r}", n, wave=1)["per_s"])
+            client.flushall()
             bare.append(bare_round_trip(server.url, n))
         client.close()
     return {
         "messages": n,
         "payload_bytes": payload,
-        "roundtrip_msgs_per_s": statistics.median(rt),
+        "wave_prompts": WAVE,
+        "roundtrip_msgs_per_s": statistics.median(r["per_s"] for r in rt),
         "raw_xadd_per_s": statistics.median(raw),
-        "roundtrip_rounds": rt,
+        "roundtrip_rounds": [r["per_s"] for r in rt],
+        **{f"{k}_per_sample": statistics.median(r[k] for r in rt) for k in rt[0] if k != "per_s"},
+        "roundtrip_wave_1_msgs_per_s": statistics.median(rt_alone),
         "raw_rounds": raw,
         "raw_xadd_1_client_per_s": statistics.median(raw1),
         "raw_xadd_record_size_per_s": statistics.median(raw_big),
-        "bare_redis_py_roundtrip_per_s": statistics.median(bare),
+        "bare_redis_py_roundtrip_per_s": statistics.median(r["per_s"] for r in bare),
+        **{f"bare_{k}_per_sample": statistics.median(r[k] for r in bare) for k in bare[0] if k != "per_s"},
     }
 
 
@@ -409,13 +505,23 @@ def main() -> None:
     print(f"stream round trip, {s['messages']} messages of {s['payload_bytes']} B × {args.rounds} rounds (medians)")
     print(f"{'path':<66}{'msgs/s':>12}")
     print(f"{'redis-benchmark XADD, 50 clients, 1-byte field (baseline)':<66}{s['raw_xadd_per_s']:>12.0f}")
-    print(f"{'publish_group → read → publish_and_ack (1 producer, 1 consumer)':<66}{s['roundtrip_msgs_per_s']:>12.0f}")
+    wave = f"generation → reward → scored, {s['wave_prompts']} prompts a publish (1 producer, 1 consumer)"
+    print(f"{wave:<66}{s['roundtrip_msgs_per_s']:>12.0f}")
+    alone = "the same, every prompt published alone (context)"
+    print(f"{alone:<66}{s['roundtrip_wave_1_msgs_per_s']:>12.0f}")
     print(f"{'redis-benchmark XADD, 1 client (context, not the baseline)':<66}{s['raw_xadd_1_client_per_s']:>12.0f}")
     big = f"redis-benchmark XADD, 50 clients, {s['payload_bytes']}-byte field (context)"
     print(f"{big:<66}{s['raw_xadd_record_size_per_s']:>12.0f}")
     bare = "the round trip in bare redis-py, no records (context)"
     print(f"{bare:<66}{s['bare_redis_py_roundtrip_per_s']:>12.0f}")
     print(f"round trip / raw XADD: {ratio:.2f}")
+    print(
+        "CPU per sample (µs), aerplane / bare redis-py: "
+        + ", ".join(
+            f"{party} {s[f'{party}_cpu_us_per_sample']:.1f} / {s[f'bare_{party}_cpu_us_per_sample']:.1f}"
+            for party in ("producer", "consumer", "redis")
+        )
+    )
     print()
     lines = [
         {

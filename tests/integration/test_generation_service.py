@@ -297,6 +297,38 @@ def test_a_prompt_too_long_for_the_model_is_dead_lettered(harness: Harness) -> N
     assert harness.metric("aerplane_generation_errors_total", {"kind": "rejected"}) == 1
 
 
+def test_requests_that_finish_together_are_published_in_one_call(
+    hf_engine: Backend, redis_url: str, tiny: Path
+) -> None:
+    """transformers samples a batch in one `generate` call: its requests are one wave, published and acked in one
+    `publish_and_ack`, each request's samples still one group entry of their own."""
+    h = Harness(hf_engine, redis_url, tiny)
+    calls: list[tuple[int, int]] = []  # (records, requests acked) of each publish
+    publish = h.worker.consumer.publish_and_ack
+
+    def counted(stream, records, ack_ids, **kw):  # the real call, counted
+        calls.append((len(records), len(ack_ids)))
+        return publish(stream, records, ack_ids, **kw)
+
+    h.worker.consumer.publish_and_ack = counted  # type: ignore[method-assign]
+    try:
+        for i in range(3):
+            h.request(f"p{i}", n=2, temperature=1.0, seed=i)
+        samples = h.run_until(6)
+        assert calls == [(6, 3)]
+        assert h.client.length(ROLLOUT_GENERATED) == 3  # a group entry per request
+        entries = [decode_entry(payload) for _, payload in h.client.entries(ROLLOUT_GENERATED, count=10)]
+        assert [[r.prompt_id for r in e] for e in entries] == [["p0", "p0"], ["p1", "p1"], ["p2", "p2"]]
+        assert sorted((s.prompt_id, s.sample_index) for s in samples) == [
+            (f"p{i}", k) for i in range(3) for k in (0, 1)
+        ]
+        assert h.client.group_info(ROLLOUT_REQUESTS, "generation").backlog == 0
+        assert h.metric("aerplane_generation_requests_total") == 3
+        assert h.metric("aerplane_generation_samples_total") == 6
+    finally:
+        h.close()
+
+
 # --- weights protocol (transformers engine: no engine specifics involved) ---------------------------------------
 
 

@@ -13,7 +13,7 @@ import redis
 
 from aerplane.common import messages as m
 from aerplane.common import streams
-from aerplane.common.redis_server import LocalRedis
+from aerplane.common.redis_server import CommandPacker, LocalRedis
 from aerplane.common.streams import Delivery, StreamClient
 
 RUN = "t1"
@@ -161,6 +161,35 @@ def test_each_source_entry_results_are_one_group_entry_and_a_reread_group_is_who
     for d in out:
         by_entry.setdefault(d.id, set()).add(d.record.prompt_id)
     assert sorted(by_entry.values(), key=sorted) == [{"p0"}, {"p1"}]
+
+
+def test_large_arguments_are_sent_as_they_are_and_arrive_intact(client: StreamClient) -> None:
+    packer = CommandPacker()
+    small = packer.pack("XADD", "k", "*", "d", b"x" * 100)
+    assert len(small) == 1 and isinstance(small[0], bytes)  # hiredis: one buffer
+    big = b"\x00\r\n$*" * 2000  # 12 000 bytes, with the protocol's own markers inside
+    chunks = packer.pack("XADD", "k", "*", "d", big, "n", 3)
+    assert any(chunk is big for chunk in chunks)  # handed over, not copied
+    assert b"".join(bytes(c) for c in chunks) == b"".join(
+        bytes(c) for c in small_pack("XADD", "k", "*", "d", big, "n", 3)
+    )
+    # Through a real server: a group entry far above the cutoff, an EVALSHA carrying it, and small commands.
+    records = [sample(i, text="é" * 3000) for i in range(8)]
+    (entry,) = client.publish_group(m.ROLLOUT_GENERATED, records)
+    gen = client.consumer(m.ROLLOUT_GENERATED, "reward", "a", m.GeneratedSample)
+    got = read_all(gen, 8)
+    assert [d.record for d in got] == records and {d.id for d in got} == {entry}
+    gen.publish_and_ack(m.ROLLOUT_SCORED, [scored(d.record) for d in got], [entry], sources=[entry] * 8)
+    out = read_all(client.consumer(m.ROLLOUT_SCORED, "learner", "l", m.ScoredSample), 8)
+    assert [d.record.response_text for d in out] == [r.response_text for r in records]
+    assert client.pending(m.ROLLOUT_GENERATED, "reward") == 0
+
+
+def small_pack(*args: object) -> list[bytes]:
+    """The same command from redis-py's own Python packer with no cutoff: the reference encoding."""
+    from redis.connection import Encoder, PythonRespSerializer
+
+    return PythonRespSerializer(10**9, Encoder("utf-8", "strict", False).encode).pack(*args)
 
 
 def test_a_group_past_the_message_limit_is_split_and_a_bad_item_dead_letters_its_entry(

@@ -129,9 +129,10 @@ class GenerationWorker:
     # --- generation -------------------------------------------------------------------------------------------------
 
     def _process(self, batch: Sequence[Delivery]) -> int:
-        """Sample one batch of requests and publish each request's samples as its result arrives; returns how many
-        requests were done. A rejected request is dead-lettered; one the engine failed stays pending (reclaimed and
-        retried later) unless the engine itself is down (EngineDied)."""
+        """Sample one batch of requests and publish the samples of each wave of requests that finish together
+        as it arrives (one round trip a wave); returns how many requests were done. A rejected request is
+        dead-lettered; one the engine failed stays pending (reclaimed and retried later) unless the engine itself
+        is down (EngineDied)."""
         version = self.version
         live, requests = self._engine_requests(batch)
         if not requests:
@@ -140,17 +141,21 @@ class GenerationWorker:
         started = time.monotonic()
         response_tokens = done = 0
         engine_error: BackendError | None = None
-        for index, result in self.backend.generate_iter(requests):
-            delivery, prompt_ids = live[index]
-            if isinstance(result, RequestRejected):
-                self._dead_letter(delivery, str(result))
-            elif isinstance(result, BaseException):
-                self.metrics.errors.labels(kind="engine").inc()
-                log.error("request %s (prompt %s) failed: %s", delivery.id, delivery.record.prompt_id, result)  # type: ignore[attr-defined]
-                engine_error = result
-            else:
-                response_tokens += self._publish(delivery, prompt_ids, result, version)
-                done += 1
+        for wave in self.backend.generate_waves(requests):
+            finished: list[tuple[Delivery, list[int], Sequence[Any]]] = []
+            for index, result in wave:
+                delivery, prompt_ids = live[index]
+                if isinstance(result, RequestRejected):
+                    self._dead_letter(delivery, str(result))
+                elif isinstance(result, BaseException):
+                    self.metrics.errors.labels(kind="engine").inc()
+                    log.error("request %s (prompt %s) failed: %s", delivery.id, delivery.record.prompt_id, result)  # type: ignore[attr-defined]
+                    engine_error = result
+                else:
+                    finished.append((delivery, prompt_ids, result))
+            if finished:
+                response_tokens += self._publish(finished, version)
+                done += len(finished)
         seconds = time.monotonic() - started
         self.metrics.batch_seconds.observe(seconds)
         if seconds > 0 and response_tokens:
@@ -198,28 +203,35 @@ class GenerationWorker:
             requests.append(GenerationRequest(prompt_ids, params))
         return live, requests
 
-    def _publish(self, delivery: Delivery, prompt_ids: list[int], samples: Sequence[Any], version: int) -> int:
-        """Publish a request's samples and ack it in one step; returns the response tokens."""
-        request: RolloutRequest = delivery.record  # type: ignore[assignment]
-        prompt = {**request.prompt_fields(), "policy_version": version}
-        records = [
-            GeneratedSample(
-                **prompt,
-                sample_index=k,
-                prompt_token_ids=prompt_ids,
-                response_token_ids=s.token_ids,
-                logprobs=s.logprobs,
-                response_text=s.text,
-                finish_reason=s.finish_reason,
-            )
-            for k, s in enumerate(samples)
-        ]
-        self.consumer.publish_and_ack(ROLLOUT_GENERATED, records, [delivery.id])
-        n_tokens = sum(len(s.token_ids) for s in samples)
-        self.metrics.requests.inc()
+    def _publish(self, finished: Sequence[tuple[Delivery, list[int], Sequence[Any]]], version: int) -> int:
+        """Publish the samples of requests that finished together and ack the requests, in one round trip (each
+        request's samples one group entry, published only with its ack); returns the response tokens."""
+        records: list[GeneratedSample] = []
+        sources: list[str] = []
+        n_tokens = n_prompt_tokens = 0
+        for delivery, prompt_ids, samples in finished:
+            request: RolloutRequest = delivery.record  # type: ignore[assignment]
+            prompt = {**request.prompt_fields(), "policy_version": version}
+            for k, s in enumerate(samples):
+                records.append(
+                    GeneratedSample(
+                        **prompt,
+                        sample_index=k,
+                        prompt_token_ids=prompt_ids,
+                        response_token_ids=s.token_ids,
+                        logprobs=s.logprobs,
+                        response_text=s.text,
+                        finish_reason=s.finish_reason,
+                    )
+                )
+                sources.append(delivery.id)
+                n_tokens += len(s.token_ids)
+            n_prompt_tokens += len(prompt_ids) * len(samples)
+        self.consumer.publish_and_ack(ROLLOUT_GENERATED, records, [d.id for d, _, _ in finished], sources=sources)
+        self.metrics.requests.inc(len(finished))
         self.metrics.samples.inc(len(records))
         self.metrics.response_tokens.inc(n_tokens)
-        self.metrics.prompt_tokens.inc(len(prompt_ids) * len(records))
+        self.metrics.prompt_tokens.inc(n_prompt_tokens)
         return n_tokens
 
     def tokenize(self, prompt: str) -> list[int]:

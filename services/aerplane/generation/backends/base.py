@@ -80,16 +80,20 @@ class Backend(Closing, abc.ABC):
         """Most prompt + response tokens one sequence may have."""
 
     @abc.abstractmethod
-    def generate_iter(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Result]]:
-        """Yield `(index into requests, samples or the error for that request)` as each request finishes."""
+    def generate_waves(self, requests: Sequence[GenerationRequest]) -> Iterator[list[tuple[int, Result]]]:
+        """Yield requests as they finish, in waves: each wave lists `(index into requests, samples or the error
+        for that request)` of the requests that finished together (one engine call, or the ones done by the time
+        the caller came back for more), so the caller publishes a wave in one round trip. Every request appears
+        in exactly one wave."""
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
         """All requests' samples in request order; the first failed request raises its error."""
         out: list[list[Sample] | None] = [None] * len(requests)
-        for index, result in self.generate_iter(requests):
-            if isinstance(result, BaseException):
-                raise result
-            out[index] = result
+        for wave in self.generate_waves(requests):
+            for index, result in wave:
+                if isinstance(result, BaseException):
+                    raise result
+                out[index] = result
         return out  # type: ignore[return-value]
 
     @abc.abstractmethod

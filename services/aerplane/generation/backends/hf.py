@@ -83,16 +83,19 @@ class TransformersBackend(Backend):
 
     # --- sampling ---------------------------------------------------------------------------------------------------
 
-    def generate_iter(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Result]]:
+    def generate_waves(self, requests: Sequence[GenerationRequest]) -> Iterator[list[tuple[int, Result]]]:
+        """Requests of one sampling setting run in chunks of `max_batch_tokens`; a wave is one chunk (one
+        `generate` call), or one refused request."""
         groups: dict[tuple[float, float, int], list[int]] = {}
         for i, req in enumerate(requests):
             req.params.validate()
             total = len(req.prompt_token_ids) + req.params.max_tokens
             if not req.prompt_token_ids:
-                yield i, RequestRejected("empty prompt")
+                yield [(i, RequestRejected("empty prompt"))]
                 continue
             if total > self._max_len:
-                yield i, RequestRejected(f"prompt + max_tokens = {total} exceeds the model's {self._max_len} positions")
+                refusal = f"prompt + max_tokens = {total} exceeds the model's {self._max_len} positions"
+                yield [(i, RequestRejected(refusal))]
                 continue
             key = (float(req.params.temperature), float(req.params.top_p), int(req.params.max_tokens))
             groups.setdefault(key, []).append(i)
@@ -104,10 +107,9 @@ class TransformersBackend(Backend):
                 except Exception as exc:  # one failed call fails its requests, not the whole batch
                     log.exception("generate() failed for %d requests", len(chunk))
                     err = BackendError(f"transformers generate failed: {type(exc).__name__}: {exc}")
-                    for i in chunk:
-                        yield i, err
+                    yield [(i, err) for i in chunk]
                     continue
-                yield from zip(chunk, results, strict=True)
+                yield list(zip(chunk, results, strict=True))
 
     def _chunks(
         self, requests: Sequence[GenerationRequest], indices: list[int], max_tokens: int

@@ -266,7 +266,9 @@ class VLLMBackend(Backend):
 
     # --- sampling ---------------------------------------------------------------------------------------------------
 
-    def generate_iter(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Result]]:
+    def generate_waves(self, requests: Sequence[GenerationRequest]) -> Iterator[list[tuple[int, Result]]]:
+        """One request per HTTP call, run concurrently; a wave is every call done by the time the caller asks for
+        the next one (at least one)."""
         futures: dict[Future[list[Sample]], int] = {}
         for i, req in enumerate(requests):
             req.params.validate()
@@ -274,14 +276,7 @@ class VLLMBackend(Backend):
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                exc = fut.exception()
-                if exc is None:
-                    yield futures[fut], fut.result()
-                elif isinstance(exc, BackendError):
-                    yield futures[fut], exc
-                else:
-                    yield futures[fut], BackendError(f"vLLM request failed: {type(exc).__name__}: {exc}")
+            yield [(futures[fut], _outcome(fut)) for fut in sorted(done, key=futures.__getitem__)]
 
     def completion_body(self, req: GenerationRequest) -> dict[str, Any]:
         """The `/v1/completions` body for one request (also used by the benchmark's direct client)."""
@@ -369,3 +364,13 @@ def _error_text(resp: httpx.Response) -> str:
         return str(message or body.get("detail") or body)[:500]
     except ValueError:
         return resp.text[:500]
+
+
+def _outcome(fut: Future[list[Sample]]) -> Result:
+    """A finished call's samples, or its error as a BackendError."""
+    exc = fut.exception()
+    if exc is None:
+        return fut.result()
+    if isinstance(exc, BackendError):
+        return exc
+    return BackendError(f"vLLM request failed: {type(exc).__name__}: {exc}")
