@@ -505,7 +505,7 @@ def main() -> None:
     print(f"stream round trip, {s['messages']} messages of {s['payload_bytes']} B × {args.rounds} rounds (medians)")
     print(f"{'path':<66}{'msgs/s':>12}")
     print(f"{'redis-benchmark XADD, 50 clients, 1-byte field (baseline)':<66}{s['raw_xadd_per_s']:>12.0f}")
-    wave = f"generation → reward → scored, {s['wave_prompts']} prompts a publish (1 producer, 1 consumer)"
+    wave = f"generation → reward → scored, {s['wave_prompts']} prompts a publish (the candidate)"
     print(f"{wave:<66}{s['roundtrip_msgs_per_s']:>12.0f}")
     alone = "the same, every prompt published alone (context)"
     print(f"{alone:<66}{s['roundtrip_wave_1_msgs_per_s']:>12.0f}")

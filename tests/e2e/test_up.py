@@ -139,8 +139,15 @@ def test_malformed_data_file_and_busy_port_are_refused(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         env = dict(os.environ)
         out = subprocess.run(
-            aerplane_argv(
-                "up", "--run-dir", str(tmp_path / "r2"), "--model", "tiny", "--coefficient-http-port", str(port)
+            aerplane_argv(  # every other port free, so the one held here is the one reported, whatever else runs
+                "up",
+                "--run-dir",
+                str(tmp_path / "r2"),
+                "--model",
+                "tiny",
+                "--free-ports",
+                "--coefficient-http-port",
+                str(port),
             ),
             capture_output=True,
             text=True,
