@@ -288,88 +288,82 @@ def _produce(url: str, run_id: str, wave: int, start: Any, cpu: Any) -> None:
     client.close()
 
 
-def round_trip(url: str, run_id: str, n: int, wave: int = WAVE) -> dict[str, float]:
-    """Samples/s from the go to the last ack, and the CPU each party spent per sample (µs): the producer, the
-    consumer and redis-server (its INFO cpu), which is where the time goes on a machine with few cores."""
+def _measure(redis_client: Any, produce: Any, args: tuple, consume: Any, n: int) -> dict[str, float]:
+    """Start `produce(*args, start, cpu)` in a process; at the go, call `consume()` (it returns the samples it
+    finished) until `n` are done. Returns samples/s from the go to the last one, and the CPU each party spent per
+    sample (µs): the producer, this process and redis-server (its INFO cpu), which is where the time goes on a
+    machine with few cores."""
     import multiprocessing
 
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    producer_cpu = ctx.Value("d", float("nan"))
+    producer = ctx.Process(target=produce, args=(*args, start, producer_cpu))
+    producer.start()
+    time.sleep(1.0)  # let the producer import; the clock starts at the go
+    redis_before, consumer_before = _redis_cpu_s(redis_client), _cpu_s()
+    t = time.perf_counter()
+    start.set()
+    done = 0
+    while done < n:
+        done += consume()
+    elapsed = time.perf_counter() - t
+    consumer_cpu, redis_cpu = _cpu_s() - consumer_before, _redis_cpu_s(redis_client) - redis_before
+    producer.join(60)
+    per_sample = 1e6 / n
+    return {
+        "per_s": n / elapsed,
+        "producer_cpu_us": producer_cpu.value * per_sample,
+        "consumer_cpu_us": consumer_cpu * per_sample,
+        "redis_cpu_us": redis_cpu * per_sample,
+    }
+
+
+def round_trip(url: str, run_id: str, n: int, wave: int = WAVE) -> dict[str, float]:
+    """The candidate: generation's path in a producer process (`_produce`), the reward service's here."""
     from aerplane.common.messages import ROLLOUT_GENERATED, ROLLOUT_SCORED, GeneratedSample, ScoredSample
     from aerplane.common.streams import StreamClient
 
     worker = StreamClient(url, run_id, maxlen=1_000_000)
     publish_requests(worker, n // G)
     consumer = worker.consumer(ROLLOUT_GENERATED, "reward", "bench", GeneratedSample)
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Event()
-    producer_cpu = ctx.Value("d", float("nan"))
-    producer = ctx.Process(target=_produce, args=(url, run_id, wave, start, producer_cpu))
-    producer.start()
-    time.sleep(1.0)  # let the producer import; the clock starts at the go
-    redis_before, consumer_before = _redis_cpu_s(worker.redis), _cpu_s()
-    t = time.perf_counter()
-    start.set()
-    done = 0
-    while done < n:
+
+    def consume() -> int:
         batch = consumer.read(count=READ_ENTRIES, block_ms=1000)
         ids = [d.id for d in batch]
         out = [ScoredSample.from_generated(d.record, 1.0, "match") for d in batch]
         consumer.publish_and_ack(ROLLOUT_SCORED, out, ids, sources=ids)
-        done += len(batch)
-    elapsed = time.perf_counter() - t
-    consumer_cpu, redis_cpu = _cpu_s() - consumer_before, _redis_cpu_s(worker.redis) - redis_before
-    producer.join(60)
+        return len(batch)
+
+    figures = _measure(worker.redis, _produce, (url, run_id, wave), consume, n)
     assert worker.pending(ROLLOUT_GENERATED, "reward") == 0
     worker.close()
-    per_sample = 1e6 / n
-    return {
-        "per_s": n / elapsed,
-        "producer_cpu_us": producer_cpu.value * per_sample,
-        "consumer_cpu_us": consumer_cpu * per_sample,
-        "redis_cpu_us": redis_cpu * per_sample,
-    }
+    return figures
 
 
 def bare_round_trip(url: str, n: int) -> dict[str, float]:
     """The same traffic with bare redis-py calls: pre-encoded group payloads, WAVE of them per pipelined call, no
     requests, no validation, a MULTI/EXEC instead of the script (context)."""
-    import multiprocessing
-
     import redis
 
     client = redis.Redis.from_url(url)
     client.xgroup_create("bare:gen", "g", id="0", mkstream=True)
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Event()
-    producer_cpu = ctx.Value("d", float("nan"))
-    producer = ctx.Process(target=_bare_produce, args=(url, n, start, producer_cpu))
-    producer.start()
-    time.sleep(1.0)
-    redis_before, consumer_before = _redis_cpu_s(client), _cpu_s()
-    t = time.perf_counter()
-    start.set()
-    done = 0
-    while done < n:
+
+    def consume() -> int:
         resp = client.xreadgroup("g", "c", {"bare:gen": ">"}, count=READ_ENTRIES, block=1000)
         if not resp:
-            continue
+            return 0
         entries = resp[0][1] if isinstance(resp, list) else next(iter(resp.values()))[0]
         pipe = client.pipeline(transaction=True)
         for _, fields in entries:
             pipe.xadd("bare:scored", {b"d": fields[b"d"]})
         pipe.xack("bare:gen", "g", *[entry_id for entry_id, _ in entries])
         pipe.execute()
-        done += G * len(entries)
-    elapsed = time.perf_counter() - t
-    consumer_cpu, redis_cpu = _cpu_s() - consumer_before, _redis_cpu_s(client) - redis_before
-    producer.join(60)
+        return G * len(entries)
+
+    figures = _measure(client, _bare_produce, (url, n), consume, n)
     client.close()
-    per_sample = 1e6 / n
-    return {
-        "per_s": n / elapsed,
-        "producer_cpu_us": producer_cpu.value * per_sample,
-        "consumer_cpu_us": consumer_cpu * per_sample,
-        "redis_cpu_us": redis_cpu * per_sample,
-    }
+    return figures
 
 
 def _bare_produce(url: str, n: int, start: Any, cpu: Any) -> None:
