@@ -110,6 +110,34 @@ def test_encode_validates() -> None:
         m.ScoredSample.from_generated(_sample(), float("nan"), "match").encode()
 
 
+@pytest.mark.parametrize(
+    "fields, reason",
+    [
+        ({"response_token_ids": [-1, 5]}, "response_token_ids: .*negative"),
+        ({"prompt_token_ids": [2**32]}, "prompt_token_ids: .*greater than maximum"),
+        ({"prompt_token_ids": [1.5]}, "prompt_token_ids: .*integer"),
+        ({"logprobs": [-0.5, 1e39]}, "logprobs: .*too large"),  # float32 overflows: refused, not stored as inf
+        ({"logprobs": [-0.5, "x"]}, "logprobs: .*not a float"),
+        ({"logprobs": (-0.5, -1.0)}, None),  # a tuple is a list here
+        ({"step": True}, "step: expected a non-negative integer"),
+        ({"ground_truth": 42}, "ground_truth: expected a string"),
+        ({"response_token_ids": "ab"}, "response_token_ids: expected a list"),
+    ],
+)
+def test_encode_refuses_values_the_wire_cannot_hold(fields: dict, reason: str | None) -> None:
+    sample = _sample(**fields)
+    if reason is None:
+        assert m.decode(sample.encode()).logprobs == [-0.5, -1.0]
+        return
+    with pytest.raises(m.MessageError, match=reason):
+        sample.encode()
+
+
+def test_an_event_without_its_defaulted_fields_decodes_with_the_defaults() -> None:
+    back = m.decode(msgpack.packb({"k": "event", "v": 1, "run_id": "r", "kind": "x"}))
+    assert isinstance(back, m.Event) and (back.step, back.detail) == (0, {}) and back.time > 0
+
+
 class _Demo(ServiceSettings):
     port: int = Field(8000, ge=1, le=65535)
     name: str = "x"
