@@ -51,9 +51,26 @@ def test_environment_and_flags_merge_with_flags_winning(monkeypatch: pytest.Monk
     assert s.loss.normalize_std is False and s.run.resume is True
 
 
-def test_strategy_param_none_keeps_the_default_and_bad_text_names_the_flag() -> None:
-    args = _parse(["learner", "train", "--strategy-param", "target_entropy=none", "--strategy-param", "rho=0.25"])
-    assert entry.overrides_from_args(args) == {"strategy": {"params": {"rho": 0.25}}}
+def test_strategy_param_none_restores_the_default_over_the_environment_and_bad_text_names_the_flag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AERPLANE_LEARNER_STRATEGY__PARAMS__TARGET_ENTROPY", "0.3")
+    monkeypatch.setenv("AERPLANE_LEARNER_STRATEGY__OPTIONS__WEIGHTING", "linear")
+    assert load_settings(LearnerSettings, {}, section=SECTION).strategy.params == {"target_entropy": 0.3}
+    args = _parse(
+        [
+            "learner",
+            "train",
+            "--strategy-param",
+            "target_entropy=none",
+            "--strategy-param",
+            "weighting=none",
+            "--strategy-param",
+            "rho=0.25",
+        ]
+    )
+    s = load_settings(LearnerSettings, entry.overrides_from_args(args), section=SECTION)
+    assert s.strategy.params == {"rho": 0.25} and s.strategy.options == {}
     with pytest.raises(SettingsError, match=r"--strategy-param: expected KEY=VALUE, got 'rho'"):
         entry.overrides_from_args(_parse(["learner", "train", "--strategy-param", "rho"]))
 

@@ -62,7 +62,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             name, value = parse_param(item)
         except ValueError as exc:
             raise SettingsError(f"learner.strategy: {STRATEGY_PARAM_FLAG}: {exc}") from None
-        if value is None:  # `none`: the strategy's default
+        if value is None:  # `none`: the strategy's default, over whatever the environment set (either kind)
+            set_dotted(out, f"strategy.params.{name}", None)
+            set_dotted(out, f"strategy.options.{name}", None)
             continue
         group = "options" if isinstance(value, str) else "params"
         set_dotted(out, f"strategy.{group}.{name}", value)

@@ -129,6 +129,13 @@ class StrategySettings(_Group):
     options: dict[str, str] = Field(default_factory=dict)
     """Non-numeric strategy parameters, e.g. {"weighting": "threshold"}."""
 
+    @field_validator("params", "options", mode="before")
+    @classmethod
+    def _drop_defaults(cls, v: Any) -> Any:
+        """A parameter set to None (`--strategy-param KEY=none`) goes back to the strategy's default, also over a
+        value the environment gave."""
+        return {k: x for k, x in v.items() if x is not None} if isinstance(v, dict) else v
+
     @field_validator("params")
     @classmethod
     def _finite(cls, v: dict[str, float]) -> dict[str, float]:
