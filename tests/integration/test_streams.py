@@ -171,7 +171,7 @@ def test_large_arguments_are_sent_as_they_are_and_arrive_intact(client: StreamCl
     chunks = packer.pack("XADD", "k", "*", "d", big, "n", 3)
     assert any(chunk is big for chunk in chunks)  # handed over, not copied
     assert b"".join(bytes(c) for c in chunks) == b"".join(
-        bytes(c) for c in small_pack("XADD", "k", "*", "d", big, "n", 3)
+        bytes(c) for c in reference_pack("XADD", "k", "*", "d", big, "n", 3)
     )
     # Through a real server: a group entry far above the cutoff, an EVALSHA carrying it, and small commands.
     records = [sample(i, text="é" * 3000) for i in range(8)]
@@ -185,7 +185,7 @@ def test_large_arguments_are_sent_as_they_are_and_arrive_intact(client: StreamCl
     assert client.pending(m.ROLLOUT_GENERATED, "reward") == 0
 
 
-def small_pack(*args: object) -> list[bytes]:
+def reference_pack(*args: object) -> list[bytes]:
     """The same command from redis-py's own Python packer with no cutoff: the reference encoding."""
     from redis.connection import Encoder, PythonRespSerializer
 

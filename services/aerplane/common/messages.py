@@ -358,6 +358,10 @@ class GeneratedSample(_PromptRecord):
                 f"logprobs: {len(self.logprobs)} values for {len(self.response_token_ids)} response tokens"
             )
 
+    def _sample_values(self) -> dict[str, Any]:
+        """This record's generated-sample fields by name (a scored sample's, without its verdict)."""
+        return {name: getattr(self, name) for name, _ in GeneratedSample._plan.fields}
+
     @property
     def key(self) -> tuple[str, int, str, int]:
         """Identity for de-duplication: (run, step, prompt, sample)."""
@@ -382,7 +386,7 @@ class ScoredSample(GeneratedSample):
     def from_generated(cls, g: GeneratedSample, reward: float, reason: str) -> ScoredSample:
         """`g` with its verdict. `g`'s fields are taken as they are (a decoded sample was validated, and one built
         here is validated when encoded); reward and reason are checked on `validate`/`encode`."""
-        values = {name: getattr(g, name) for name, _ in GeneratedSample._plan.fields}
+        values = g._sample_values()
         values["reward"] = reward
         values["reason"] = reason
         record = cls._build(values)
@@ -399,8 +403,7 @@ class ScoredSample(GeneratedSample):
         self.validate()
         sample = self._payload
         if sample is None:
-            values = {name: getattr(self, name) for name, _ in GeneratedSample._plan.fields}
-            sample = GeneratedSample(**values).encode()
+            sample = GeneratedSample(**self._sample_values()).encode()
         body = {"k": self.KIND, "v": SCHEMA_VERSION, "sample": sample, "reward": self.reward, "reason": self.reason}
         return _pack(self.KIND, body)
 
