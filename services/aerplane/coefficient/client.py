@@ -29,7 +29,7 @@ from aerplane.common.closing import Closing
 from aerplane.rpc.v1 import coefficient_pb2 as pb
 from aerplane.rpc.v1 import coefficient_pb2_grpc as pb_grpc
 
-_OPTIONAL = ("initial_entropy", "target_entropy", "last_entropy")
+_OPTIONAL = ("initial_entropy", "target_entropy", "last_entropy", "p_term", "i_term", "d_term")
 _RETRY_CONFIG = json.dumps(
     {
         "methodConfig": [

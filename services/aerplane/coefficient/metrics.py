@@ -40,6 +40,9 @@ _RUN_GAUGES = {
     "observations": "Entropy observations applied",
     "alpha_pinned": "1 while α is pinned by an override",
     "frozen": "1 while the controller is frozen",
+    "p_term": "aer: proportional term kp·e of the last update",
+    "i_term": "aer: integral term I after the last update",
+    "d_term": "aer: derivative term D of the last update",
 }
 
 
@@ -126,6 +129,9 @@ class RunCollector:
                 "observations": view["observations"],
                 "alpha_pinned": float(view["alpha_pinned"]),
                 "frozen": float(view["frozen"]),
+                "p_term": view["p_term"],
+                "i_term": view["i_term"],
+                "d_term": view["d_term"],
             }
             batch = batches.get(run.run_id)
             if batch is not None:

@@ -5,11 +5,12 @@ A run is its strategy configuration (name and every parameter, as `build_strateg
 this module only decides which strategy object and state to hand it:
 
 - **Pinned α** (`pin_alpha`): `coefficient()` returns the pin until it is released. While pinned the controller's
-  own α is held at the pin (entropy is still observed: H_0 anchoring and the last entropy keep updating), so on
-  release the controller continues from the pinned value instead of jumping to a value it drifted to unseen.
+  own α (and aer's integral term) is held at the pin (entropy is still observed: H_0 anchoring and the last entropy
+  keep updating), so on release the controller continues from the pinned value instead of jumping to a value it
+  drifted to unseen.
 - **Target override** (`target_override`): H* for strategies that have one (`aer`, `skywork`), passed to the
   strategy as its `target_entropy` parameter, so the core does the rest. Released with the pin.
-- **Frozen**: observations still update H_0 and the last entropy, α does not move.
+- **Frozen**: observations still update H_0 and the last entropy, α does not move (nor aer's integral term).
 - **Parameter / strategy changes** are configuration, not overrides: they stay after a release. A strategy switch
   keeps α, H_0, the last entropy and the observation count, then `reconcile` fits them to the new parameters.
 - **Steps**: `last_step` is the learner's last applied step. Each step's entropy is applied once: a report for a
@@ -178,6 +179,9 @@ class Run:
             "version": self.version,
             "target_overridden": self.target_override is not None,
             "updated_at": self.updated_at,
+            "p_term": self.state.p_term,
+            "i_term": self.state.i_term,
+            "d_term": self.state.d_term,
         }
 
     def overrides(self) -> dict[str, Any]:
@@ -271,9 +275,9 @@ def apply_report(
             )
     state = run.effective().observe(run.state, entropy=h)
     if run.pin_alpha is not None:
-        state = replace(state, alpha=run.pin_alpha)
+        state = state.held_at(run.pin_alpha)
     elif run.frozen:
-        state = replace(state, alpha=run.state.alpha)
+        state = replace(state, alpha=run.state.alpha, integral=run.state.integral)
     return replace(run, state=state, last_step=step, version=run.version + 1, updated_at=now), True
 
 
@@ -336,7 +340,7 @@ def apply_override(run: Run, change: Override, now: float) -> tuple[Run, dict[st
         state = replace(configured.initial_state(), **_carried(run.state))
     state = after.effective().reconcile(state)
     if pin is not None:
-        state = replace(state, alpha=pin)
+        state = state.held_at(pin)
     after = replace(after, state=state)
 
     changes = _diff(before, after)

@@ -144,6 +144,9 @@ class RunStateOut(BaseModel):
     version: int
     target_overridden: bool
     updated_at: float
+    p_term: float | None = Field(None, description="aer: kp·e of the last update (null before one).")
+    i_term: float | None = Field(None, description="aer: the integral term I after the last update.")
+    d_term: float | None = Field(None, description="aer: the derivative term D of the last update.")
 
 
 class OverridesOut(BaseModel):
@@ -169,6 +172,9 @@ class HistoryRow(BaseModel):
     num_prompts: int
     num_tokens: int | None
     alpha_next: float | None = Field(description="α after this step's entropy was applied.")
+    p_term: float | None = Field(None, description="aer: kp·e of this step's update (α_next = clip(P + I + D)).")
+    i_term: float | None = Field(None, description="aer: the integral term I after this step's update.")
+    d_term: float | None = Field(None, description="aer: the derivative term D of this step's update.")
 
 
 class AuditEntry(BaseModel):

@@ -165,6 +165,9 @@ class RunStore:
                     "num_prompts": 0,
                     "num_tokens": None,
                     "alpha_next": None,
+                    "p_term": None,
+                    "i_term": None,
+                    "d_term": None,
                 },
             )
 
@@ -181,6 +184,8 @@ class RunStore:
             r["mean_entropy"] = rec["mean_entropy"]
             r["num_tokens"] = rec["num_tokens"]
             r["alpha_next"] = rec["alpha_next"]
+            for term in ("p_term", "i_term", "d_term"):  # records written before the PID terms have none
+                r[term] = rec.get(term)
             if rec["target_entropy"] is not None:
                 r["target_entropy"] = rec["target_entropy"]  # known once the step anchored H_0
         sums: dict[int, list[float]] = {}
@@ -350,6 +355,9 @@ class RunStore:
                     "alpha_used": run.coefficient(),
                     "alpha_next": new.coefficient(),
                     "target_entropy": new.state.target_entropy,
+                    "p_term": new.state.p_term,
+                    "i_term": new.state.i_term,
+                    "d_term": new.state.d_term,
                     "at": new.updated_at,
                 },
                 allow_nan=False,

@@ -39,25 +39,6 @@ from typing import Any, ClassVar
 
 WEIGHTINGS = ("threshold", "linear", "uniform")
 
-# Every parameter each strategy accepts, with its default. `None` means "not set" (aer's absolute target).
-STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "fixed": {"alpha": 1e-3},
-    "skywork": {"target_entropy": 0.2, "delta": 1e-4, "alpha_min": 0.0, "alpha_max": 5e-3, "alpha_init": 0.0},
-    "aer": {
-        "rho": 0.5,
-        "tau": 0.4,
-        "eta": 1e-3,
-        "alpha_min": 0.0,
-        "alpha_max": 1e-2,
-        "alpha_init": 0.0,
-        "anchor_steps": 1,
-        "weighting": "threshold",
-        "target_entropy": None,
-    },
-}
-STRATEGY_NAMES = tuple(STRATEGY_DEFAULTS)
-
 
 @dataclass(frozen=True)
 class ParamBounds:
@@ -69,36 +50,67 @@ class ParamBounds:
     integer: bool = False
 
 
-# The one declaration of each numeric parameter's range: `build_strategy` checks it, and the coefficient service's
-# REST schema is derived from it (so a request the schema accepts is one these checks accept).
-PARAM_BOUNDS: dict[str, ParamBounds] = {
-    "alpha": ParamBounds(low=0.0),
-    "delta": ParamBounds(low=0.0),
-    "eta": ParamBounds(low=0.0),
-    "alpha_min": ParamBounds(low=0.0),
-    "alpha_max": ParamBounds(low=0.0),
-    "alpha_init": ParamBounds(low=0.0),
-    "rho": ParamBounds(low=0.0, low_open=True, high=1.0),
-    "tau": ParamBounds(low=0.0, high=1.0),
-    "target_entropy": ParamBounds(low=0.0, low_open=True),
-    "anchor_steps": ParamBounds(low=1.0, integer=True),
-}
-# The string parameters and their values.
-OPTION_VALUES: dict[str, tuple[str, ...]] = {"weighting": WEIGHTINGS}
-# One line on each parameter: the help of the command lines that take them as flags (`aerplane up`, `simulate`).
-PARAM_HELP: dict[str, str] = {
-    "rho": "aer: target H* = rho·H_0",
-    "tau": "aer: accuracy threshold of the threshold weighting",
-    "eta": "aer: step size of the α update",
-    "alpha_min": "aer, skywork: lower bound of α",
-    "alpha_max": "aer, skywork: upper bound of α",
-    "alpha_init": "aer, skywork: α_0",
-    "anchor_steps": "aer: observations averaged into H_0",
-    "weighting": "aer: " + " | ".join(WEIGHTINGS),
-    "target_entropy": "skywork: H_target; aer: absolute H*",
-    "alpha": "fixed: the constant α",
-    "delta": "skywork: α step",
-}
+@dataclass(frozen=True)
+class Param:
+    """One strategy parameter: its name, default (None = not set), one line of doc, and either numeric `bounds` or
+    the string `choices` it takes. A strategy declares its parameters as a tuple of these (`Strategy.parameters`)."""
+
+    name: str
+    default: float | str | None
+    doc: str
+    bounds: ParamBounds | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def numeric(self) -> bool:
+        return not self.choices
+
+
+# Parameters more than one strategy takes are declared once, so their bounds and doc cannot drift apart.
+ALPHA_MIN = Param("alpha_min", 0.0, "lower bound of α", ParamBounds(low=0.0))
+TARGET_BOUNDS = ParamBounds(low=0.0, low_open=True)
+ALPHA_INIT = Param("alpha_init", 0.0, "α_0, the coefficient before any observation", ParamBounds(low=0.0))
+
+# Every registered strategy class by name, in registration order (`register`).
+REGISTRY: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: make a strategy buildable by its `name` (`build_strategy`) and list it everywhere strategies
+    are listed — the settings' choices, the REST schema, the Helm schema, the command lines' help and flags."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"strategy {cls.name!r} is registered twice")
+    for param in cls.parameters:
+        twin = next((p for other in REGISTRY.values() for p in other.parameters if p.name == param.name), None)
+        if twin is not None and (twin.bounds, twin.choices) != (param.bounds, param.choices):
+            raise ValueError(f"parameter {param.name!r} of strategy {cls.name!r} has other bounds than elsewhere")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def strategy_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def all_params() -> dict[str, Param]:
+    """Every parameter of every strategy by name (the first declaration of a shared one)."""
+    out: dict[str, Param] = {}
+    for cls in REGISTRY.values():
+        for param in cls.parameters:
+            out.setdefault(param.name, param)
+    return out
+
+
+def param_owners(name: str) -> tuple[str, ...]:
+    """The strategies that take parameter `name`."""
+    return tuple(s for s, cls in REGISTRY.items() if any(p.name == name for p in cls.parameters))
+
+
+def param_help(name: str) -> str:
+    """`aer, skywork: upper bound of α`: the owners and the doc of the first, for command-line help."""
+    owners = param_owners(name)
+    docs = {p.doc for s in owners for p in REGISTRY[s].parameters if p.name == name}
+    return f"{', '.join(owners)}: {' / '.join(sorted(docs))}"
 
 
 def parse_param(text: str) -> tuple[str, float | str | None]:
@@ -135,6 +147,9 @@ class StrategyState:
     target_entropy: H*; None until anchored (aer) or for strategies without a target.
     last_entropy: the latest observation; None before the first.
     anchor_sum: sum of the anchoring observations seen so far (aer with anchor_steps > 1).
+    integral: aer's integral term I_t (DESIGN §1.3); None until the first post-anchor observation (I starts at α_0).
+    filtered_entropy: aer's filtered measurement H̃_t, whose change the derivative term sees; None before it.
+    p_term, i_term, d_term: aer's last update split into kp·e_t, I_t and D_t (α_{t+1} is their clipped sum).
     """
 
     alpha: float
@@ -143,6 +158,23 @@ class StrategyState:
     target_entropy: float | None = None
     last_entropy: float | None = None
     anchor_sum: float = 0.0
+    integral: float | None = None
+    filtered_entropy: float | None = None
+    p_term: float | None = None
+    i_term: float | None = None
+    d_term: float | None = None
+
+    @property
+    def terms(self) -> tuple[float, float, float] | None:
+        """(P, I, D) of the last update, or None before one (or for strategies without them)."""
+        if self.p_term is None or self.i_term is None or self.d_term is None:
+            return None
+        return self.p_term, self.i_term, self.d_term
+
+    def held_at(self, alpha: float) -> StrategyState:
+        """This state with α held at `alpha` (a pin or a freeze), the integral with it where there is one, so that
+        the controller continues from the held value on release without a jump."""
+        return replace(self, alpha=alpha, integral=None if self.integral is None else alpha)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-safe dict (floats, ints and None)."""
@@ -150,7 +182,8 @@ class StrategyState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StrategyState:
-        """Inverse of `to_dict`; raises ValueError naming the bad or unknown field."""
+        """Inverse of `to_dict`; raises ValueError naming the bad or unknown field. A record written before the PID
+        fields existed reads with them unset."""
         if not isinstance(data, Mapping):
             raise ValueError(f"state: expected a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
@@ -167,13 +200,16 @@ class StrategyState:
         values: dict[str, Any] = {"step": step}
         values["alpha"] = _finite("state.alpha", data["alpha"])
         values["anchor_sum"] = _finite("state.anchor_sum", data.get("anchor_sum", 0.0))
-        for key in ("initial_entropy", "target_entropy", "last_entropy"):
+        for key in ("initial_entropy", "target_entropy", "last_entropy", "integral", "filtered_entropy"):
             value = data.get(key)
             if value is not None:
                 value = _finite(f"state.{key}", value)
                 if value < 0:
                     raise ValueError(f"state.{key}: must be >= 0, got {value!r}")
             values[key] = value
+        for key in ("p_term", "i_term", "d_term"):
+            value = data.get(key)
+            values[key] = None if value is None else _finite(f"state.{key}", value)
         return cls(**values)
 
 
@@ -215,12 +251,50 @@ def check_accuracies(accuracies: Iterable[Any]) -> list[float]:
 
 
 class Strategy:
-    """Base class: validated parameters plus the pure update. Build instances with `build_strategy`."""
+    """Base class: validated parameters plus the pure update. Build instances with `build_strategy`.
+
+    A strategy is one subclass with its `name`, its `parameters` and the `@register` decorator; everything that lists
+    strategies or their parameters (settings, REST schema, Helm schema, command lines, `simulate`) derives from the
+    registry."""
 
     name: ClassVar[str]
+    parameters: ClassVar[tuple[Param, ...]] = ()
+    summary: ClassVar[str] = ""
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         self._params = dict(params)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {p.name: p.default for p in cls.parameters}
+
+    @classmethod
+    def validate(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """`params` (every parameter present) checked against the declared bounds and choices, then `_check`."""
+        p = dict(params)
+        for param in cls.parameters:
+            value = p[param.name]
+            if value is None:
+                continue
+            if param.choices:
+                if value not in param.choices:
+                    raise ValueError(f"{param.name}: must be one of {', '.join(param.choices)}, got {value!r}")
+            elif param.bounds is not None and param.bounds.integer:
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                low = param.bounds.low or 0
+                if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                    raise ValueError(f"{param.name}: must be an integer >= {low:g}, got {p[param.name]!r}")
+                p[param.name] = value
+            else:
+                b = param.bounds or ParamBounds()
+                p[param.name] = _number(param.name, value, low=b.low, high=b.high, low_open=b.low_open)
+        cls._check(p)
+        return p
+
+    @classmethod
+    def _check(cls, p: dict[str, Any]) -> None:
+        """Checks across parameters (hook)."""
 
     @property
     def params(self) -> dict[str, Any]:
@@ -255,6 +329,10 @@ class Strategy:
     def initial_state(self) -> StrategyState:
         return StrategyState(alpha=0.0)
 
+    def anchor_steps(self) -> int:
+        """How many first steps only measure the initial policy (no update before the last of them)."""
+        return 1
+
     def coefficient(self, state: StrategyState) -> float:
         """The α the learner uses for its next step."""
         return state.alpha
@@ -279,15 +357,30 @@ class Strategy:
         return replace(state, step=state.step + 1, last_entropy=h, initial_entropy=initial)
 
 
+def _check_alpha_range(p: dict[str, Any]) -> None:
+    if p["alpha_min"] > p["alpha_max"]:
+        raise ValueError(f"alpha_min: must be <= alpha_max ({p['alpha_max']!r}), got {p['alpha_min']!r}")
+    if not p["alpha_min"] <= p["alpha_init"] <= p["alpha_max"]:
+        raise ValueError(
+            f"alpha_init: must be within [alpha_min, alpha_max] = [{p['alpha_min']!r}, {p['alpha_max']!r}], "
+            f"got {p['alpha_init']!r}"
+        )
+
+
+@register
 class NoneStrategy(Strategy):
     name = "none"
+    summary = "α ≡ 0"
 
     def coefficient(self, state: StrategyState) -> float:
         return 0.0
 
 
+@register
 class FixedStrategy(Strategy):
     name = "fixed"
+    summary = "α ≡ alpha, λ ≡ 1"
+    parameters = (Param("alpha", 1e-3, "the constant α", ParamBounds(low=0.0)),)
 
     def initial_state(self) -> StrategyState:
         return StrategyState(alpha=self._params["alpha"])
@@ -299,8 +392,23 @@ class FixedStrategy(Strategy):
         return replace(state, alpha=self._params["alpha"])
 
 
+@register
 class SkyworkStrategy(Strategy):
     name = "skywork"
+    summary = "Skywork-OR1: α ± δ by whether H < H_target, applied only below the target"
+    parameters = (
+        Param("target_entropy", 0.2, "H_target", TARGET_BOUNDS),
+        Param("delta", 1e-4, "the α step", ParamBounds(low=0.0)),
+        ALPHA_MIN,
+        Param("alpha_max", 5e-3, "upper bound of α", ParamBounds(low=0.0)),
+        ALPHA_INIT,
+    )
+
+    @classmethod
+    def _check(cls, p: dict[str, Any]) -> None:
+        if p["target_entropy"] is None:
+            raise ValueError("target_entropy: required for strategy 'skywork'")
+        _check_alpha_range(p)
 
     def initial_state(self) -> StrategyState:
         return StrategyState(alpha=self._params["alpha_init"], target_entropy=self._params["target_entropy"])
@@ -324,11 +432,39 @@ class SkyworkStrategy(Strategy):
         return replace(state, alpha=alpha, target_entropy=p["target_entropy"])
 
 
+@register
 class AERStrategy(Strategy):
     name = "aer"
+    summary = "adaptive entropy regularization: difficulty-weighted λ, anchored H*, PID on α (DESIGN §1)"
+    parameters = (
+        Param("rho", 0.5, "target H* = rho·H_0", ParamBounds(low=0.0, low_open=True, high=1.0)),
+        Param("tau", 0.4, "accuracy threshold of the threshold weighting", ParamBounds(low=0.0, high=1.0)),
+        Param("eta", 1e-3, "integral gain: the step of α per unit relative error", ParamBounds(low=0.0)),
+        Param("kp", 0.0, "proportional gain on the relative error (H* − H̃)/H*", ParamBounds(low=0.0)),
+        Param("kd", 0.0, "derivative gain on the filtered measurement's change, relative to H*", ParamBounds(low=0.0)),
+        Param(
+            "smoothing",
+            0.0,
+            "β of the measurement filter H̃ ← β·H̃ + (1 − β)·H (0: none)",
+            ParamBounds(low=0.0, high=0.99),
+        ),
+        ALPHA_MIN,
+        Param("alpha_max", 1e-2, "upper bound of α", ParamBounds(low=0.0)),
+        ALPHA_INIT,
+        Param("anchor_steps", 1, "observations averaged into H_0", ParamBounds(low=1.0, integer=True)),
+        Param("weighting", "threshold", "per-prompt weight λ_q", choices=WEIGHTINGS),
+        Param("target_entropy", None, "an absolute H* instead of rho·H_0 (unset: anchored)", TARGET_BOUNDS),
+    )
+
+    @classmethod
+    def _check(cls, p: dict[str, Any]) -> None:
+        _check_alpha_range(p)
 
     def initial_state(self) -> StrategyState:
         return StrategyState(alpha=self._params["alpha_init"])
+
+    def anchor_steps(self) -> int:
+        return int(self._params["anchor_steps"])
 
     def prompt_weights(self, state: StrategyState, accuracies: Iterable[Any]) -> list[float]:
         accs = check_accuracies(accuracies)
@@ -349,9 +485,11 @@ class AERStrategy(Strategy):
 
     def reconcile(self, state: StrategyState) -> StrategyState:
         p = self._params
+        integral = None if state.integral is None else _clip(state.integral, p["alpha_min"], p["alpha_max"])
         return replace(
             state,
             alpha=_clip(state.alpha, p["alpha_min"], p["alpha_max"]),
+            integral=integral,
             target_entropy=self.target_for(state.initial_entropy),
         )
 
@@ -374,18 +512,45 @@ class AERStrategy(Strategy):
             )
         target = self.target_for(state.initial_entropy)
         assert target is not None
-        alpha = state.alpha
-        if p["eta"] > 0:
-            # a zero target (H_0 = 0): any positive entropy is infinitely far above it → α goes to α_min
-            relative = (target - h) / target if target > 0 else (0.0 if h == 0 else -math.inf)
-            alpha = alpha + p["eta"] * relative
-        alpha = _clip(alpha, p["alpha_min"], p["alpha_max"])
-        return replace(state, step=step, last_entropy=h, alpha=alpha, target_entropy=target)
+        low, high = p["alpha_min"], p["alpha_max"]
+        # DESIGN §1.3. The integral starts at the controller's α: α_0, or where a pin or a record written before the
+        # PID terms existed left it. With kp = kd = smoothing = 0 this is clip(α + η·e, α_min, α_max), bit for bit.
+        integral = state.alpha if state.integral is None else state.integral
+        previous = state.filtered_entropy
+        beta = p["smoothing"]
+        filtered = h if beta == 0 or previous is None else beta * previous + (1 - beta) * h
+        error = _relative_error(target, filtered)
+        p_term = p["kp"] * error if p["kp"] > 0 else 0.0
+        if p_term == -math.inf:  # a zero target's infinite error: −α_max holds α at its floor and stays storable
+            p_term = -high
+        d_term = 0.0
+        if p["kd"] > 0 and previous is not None and target > 0:
+            d_term = -p["kd"] * (filtered - previous) / target
+        output = p_term + d_term + integral
+        if p["eta"] > 0 and not ((output >= high and error > 0) or (output <= low and error < 0)):
+            integral = _clip(integral + p["eta"] * error, low, high)
+        else:
+            integral = _clip(integral, low, high)
+        alpha = _clip(p_term + integral + d_term, low, high)
+        return replace(
+            state,
+            step=step,
+            last_entropy=h,
+            alpha=alpha,
+            target_entropy=target,
+            integral=integral,
+            filtered_entropy=filtered,
+            p_term=p_term,
+            i_term=integral,
+            d_term=d_term,
+        )
 
 
-_CLASSES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (NoneStrategy, FixedStrategy, SkyworkStrategy, AERStrategy)
-}
+def _relative_error(target: float, h: float) -> float:
+    """(H* − H)/H*; a zero target (H_0 = 0) makes any positive entropy infinitely far above it → α goes to α_min."""
+    if target > 0:
+        return (target - h) / target
+    return 0.0 if h == 0 else -math.inf
 
 
 # --- parameter validation
@@ -401,48 +566,44 @@ def _number(
     return value
 
 
-def _validate(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    p = dict(params)
-    if name == "skywork" and p["target_entropy"] is None:
-        raise ValueError("target_entropy: required for strategy 'skywork'")
-    for key, bounds in PARAM_BOUNDS.items():
-        if p.get(key) is None:
-            continue
-        if bounds.integer:
-            value = p[key]
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (bounds.low or 0):
-                raise ValueError(f"{key}: must be an integer >= {bounds.low:g}, got {p[key]!r}")
-            p[key] = value
-        else:
-            p[key] = _number(key, p[key], low=bounds.low, high=bounds.high, low_open=bounds.low_open)
-    for key, allowed in OPTION_VALUES.items():
-        if key in p and p[key] not in allowed:
-            raise ValueError(f"{key}: must be one of {', '.join(allowed)}, got {p[key]!r}")
-    if "alpha_min" in p and "alpha_max" in p:
-        if p["alpha_min"] > p["alpha_max"]:
-            raise ValueError(f"alpha_min: must be <= alpha_max ({p['alpha_max']!r}), got {p['alpha_min']!r}")
-        if "alpha_init" in p and not p["alpha_min"] <= p["alpha_init"] <= p["alpha_max"]:
-            raise ValueError(
-                f"alpha_init: must be within [alpha_min, alpha_max] = [{p['alpha_min']!r}, {p['alpha_max']!r}], "
-                f"got {p['alpha_init']!r}"
-            )
-    return p
-
-
 def build_strategy(name: str, **params: Any) -> Strategy:
-    """The strategy `name` (none | fixed | skywork | aer) with `params` over its defaults.
+    """The registered strategy `name` (none | fixed | skywork | aer) with `params` over its defaults.
 
     Raises ValueError naming the parameter for an unknown name or parameter, NaN/inf, or an out-of-range value.
     Numeric parameters may be given as int or float (gRPC carries them as floats: anchor_steps=1.0 is fine);
     `weighting` is a string.
     """
-    if name not in STRATEGY_DEFAULTS:
-        raise ValueError(f"strategy: unknown strategy {name!r} (expected one of {', '.join(STRATEGY_NAMES)})")
-    defaults = STRATEGY_DEFAULTS[name]
+    cls = REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"strategy: unknown strategy {name!r} (expected one of {', '.join(REGISTRY)})")
+    defaults = cls.defaults()
     for key in params:
         if key not in defaults:
             allowed = ", ".join(defaults) or "none"
             raise ValueError(f"{key}: unknown parameter for strategy {name!r} (allowed: {allowed})")
-    return _CLASSES[name](_validate(name, {**defaults, **params}))
+    return cls(cls.validate({**defaults, **params}))
+
+
+# --- views derived from the registry --------------------------------------------------------------------------------
+def _views() -> dict[str, Any]:
+    params = all_params()
+    return {
+        # Every parameter each strategy accepts, with its default. `None` means "not set" (aer's absolute target).
+        "STRATEGY_DEFAULTS": {name: cls.defaults() for name, cls in REGISTRY.items()},
+        "STRATEGY_NAMES": strategy_names(),
+        # The range of each numeric parameter: the coefficient service's REST schema is derived from it.
+        "PARAM_BOUNDS": {name: p.bounds or ParamBounds() for name, p in params.items() if p.numeric},
+        # The string parameters and their values.
+        "OPTION_VALUES": {name: p.choices for name, p in params.items() if not p.numeric},
+        # One line on each parameter: the help of the command lines that take them as flags (`up`, `simulate`).
+        "PARAM_HELP": {name: param_help(name) for name in params},
+    }
+
+
+def __getattr__(name: str) -> Any:
+    """STRATEGY_DEFAULTS, STRATEGY_NAMES, PARAM_BOUNDS, OPTION_VALUES and PARAM_HELP, computed from the registry when
+    imported, so a strategy registered before its users import them is in every list they build."""
+    views = _views()
+    if name in views:
+        return views[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

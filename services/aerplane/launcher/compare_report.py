@@ -13,7 +13,7 @@ configuration, over its finished seeds (mean ± sample standard deviation; "±" 
 - the share of those steps within ±20 % of H*;
 - wall time per run.
 
-Plots overlay every run per step, one colour per configuration (seeds share it): entropy with each run's H*
+Plots: one small panel per configuration holding its seeds (a colour per seed), shared axes: entropy with each run's H*
 (dashed), α, mean λ, training accuracy and response length.
 """
 
@@ -25,10 +25,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from aerplane.launcher.report import ReportError, read_metrics, save_figure, series, step_figure
+from aerplane.launcher.report import ReportError, read_metrics, series
 
 PLOTS = {
-    "entropy": ("mean_entropy", "Policy entropy H (dashed: each run's H*)", "mean token entropy (nats)"),
+    "entropy": ("mean_entropy", "Policy entropy H per configuration (dashed: H*, shaded: ±20 %)", "H (nats)"),
     "alpha": ("alpha", "Entropy coefficient α", "α"),
     "prompt_weight": ("mean_prompt_weight", "Mean prompt weight λ", "mean λ"),
     "accuracy": ("accuracy", "Training accuracy", "mean reward"),
@@ -42,28 +42,27 @@ def _finite(value: Any) -> bool:
 
 
 def tracking(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Tracking of H* after α first becomes positive: mean |H − H*|/H*, share within ±20 %, steps counted."""
-    start = next((i for i, r in enumerate(records) if _finite(r.get("alpha")) and r["alpha"] > 0), None)
-    if start is None:
-        return {"first_positive_alpha_step": None, "tracking_error": None, "within_band": None, "tracked_steps": 0}
+    """Tracking of H*, counted two ways: from α's first positive step (`tracking_error`, `within_band`) and from the
+    first step where H ≤ 1.2·H* (`tracking_error_engaged`, `within_band_engaged`), which compares controllers that
+    engage at different steps (one with a floor α_min > 0 has α > 0 from the start). Also the lowest H/H*."""
     errors = [
-        abs(r["mean_entropy"] - r["target_entropy"]) / r["target_entropy"]
-        for r in records[start:]
+        (i, abs(r["mean_entropy"] - r["target_entropy"]) / r["target_entropy"], r["mean_entropy"] / r["target_entropy"])
+        for i, r in enumerate(records)
         if _finite(r.get("mean_entropy")) and _finite(r.get("target_entropy")) and r["target_entropy"] > 0
     ]
-    if not errors:
-        return {
-            "first_positive_alpha_step": records[start]["step"],
-            "tracking_error": None,
-            "within_band": None,
-            "tracked_steps": 0,
-        }
-    return {
-        "first_positive_alpha_step": records[start]["step"],
-        "tracking_error": sum(errors) / len(errors),
-        "within_band": sum(1 for e in errors if e <= TRACK_BAND) / len(errors),
-        "tracked_steps": len(errors),
+    alpha_start = next((i for i, r in enumerate(records) if _finite(r.get("alpha")) and r["alpha"] > 0), None)
+    engaged_start = next((i for i, _, ratio in errors if ratio <= 1.2), None)
+    out: dict[str, Any] = {
+        "first_positive_alpha_step": records[alpha_start]["step"] if alpha_start is not None else None,
+        "engaged_step": records[engaged_start]["step"] if engaged_start is not None else None,
+        "min_entropy_ratio": min((ratio for _, _, ratio in errors), default=None),
     }
+    for suffix, start in (("", alpha_start), ("_engaged", engaged_start)):
+        counted = [e for i, e, _ in errors if start is not None and i >= start]
+        out[f"tracking_error{suffix}"] = sum(counted) / len(counted) if counted else None
+        out[f"within_band{suffix}"] = sum(1 for e in counted if e <= TRACK_BAND) / len(counted) if counted else None
+        out[f"tracked_steps{suffix}"] = len(counted)
+    return out
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
@@ -121,6 +120,9 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "min_entropy",
         "tracking_error",
         "within_band",
+        "tracking_error_engaged",
+        "within_band_engaged",
+        "min_entropy_ratio",
         "wall_seconds",
         "initial_entropy",
         "target_entropy",
@@ -192,7 +194,8 @@ def results_table(results: dict[str, Any]) -> list[str]:
     head = ["configuration", "seeds"]
     for k in ks:
         head += [f"avg@{k}", f"pass@{k}"]
-    head += ["held-out SE", "final H", "min H", "tracking err", "in ±20 %", "min/run"]
+    head += ["held-out SE", "final H", "min H", "min H/H*", "tracking err", "in ±20 %"]
+    head += ["err from H≤1.2H*", "in ±20 % from H≤1.2H*", "min/run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in configs:
         s = c["summary"]
@@ -205,8 +208,11 @@ def results_table(results: dict[str, Any]) -> list[str]:
             f"{se:.3f}" if se is not None else "–",
             _pm(s["final_entropy"]),
             _pm(s["min_entropy"]),
+            _pm(s["min_entropy_ratio"], 2),
             _pm(s["tracking_error"]),
             _pm(s["within_band"], 2),
+            _pm(s["tracking_error_engaged"]),
+            _pm(s["within_band_engaged"], 2),
             _minutes(s["wall_seconds"]),
         ]
         lines.append("| " + " | ".join(row) + " |")
@@ -292,7 +298,8 @@ def write_markdown(results: dict[str, Any], out_dir: Path, plots: list[Path]) ->
         "Mean ± standard deviation over seeds. avg@k: mean reward of each problem's first k samples; pass@k: "
         "unbiased estimate from all samples. Held-out SE: standard error over problems of avg@k (largest k). "
         "Tracking error: mean |H − H*| / H* over the steps after α first becomes positive; in ±20 %: the share of "
-        "those steps within 20 % of H*.",
+        "those steps within 20 % of H*. The same two counted from the first step where H ≤ 1.2·H* (controllers that "
+        "engage at different steps compare fairly there). min H/H*: the lowest entropy relative to the target.",
         "",
         *results_table(results),
         "",
@@ -333,32 +340,53 @@ def write_markdown(results: dict[str, Any], out_dir: Path, plots: list[Path]) ->
 
 
 def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """One figure per quantity, one small panel per configuration holding its seeds (one colour per seed, the same in
+    every panel), shared axes; the entropy panels shade ±20 % around each seed's H* and dash H*."""
     import matplotlib.pyplot as plt
 
     plots_dir = out_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    records = {
-        (c["label"], r["seed"]): read_metrics(out_dir / r["run_dir"]) for c in results["configs"] for r in c["runs"]
-    }
+    configs = [c for c in results["configs"] if c["runs"]] or results["configs"][:1]
+    seeds = sorted({r["seed"] for c in configs for r in c["runs"]})
+    color = {seed: colors[i % len(colors)] for i, seed in enumerate(seeds)}
+    records = {(c["label"], r["seed"]): read_metrics(out_dir / r["run_dir"]) for c in configs for r in c["runs"]}
+    cols = min(3, max(1, len(configs)))
+    rows = (len(configs) + cols - 1) // cols
     paths = []
     for name, (key, title, ylabel) in PLOTS.items():
-        fig, ax = step_figure(title, ylabel, size=(7.2, 4.0))
-        for i, c in enumerate(results["configs"]):
-            color = colors[i % len(colors)]
-            for j, r in enumerate(c["runs"]):
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(3.6 * cols, 2.6 * rows + 0.6), squeeze=False, sharex=True, sharey=True
+        )
+        for ax, c in zip(axes.flat, configs, strict=False):
+            for r in c["runs"]:
                 recs = records[(c["label"], r["seed"])]
-                ax.plot(
-                    *series(recs, key),
-                    color=color,
-                    alpha=0.9 if j == 0 else 0.55,
-                    linewidth=1.3,
-                    label=c["label"] if j == 0 else None,
-                )
-                target = series(recs, "target_entropy") if name == "entropy" else ([], [])
-                if target[0]:
-                    ax.plot(*target, color=color, linestyle="--", linewidth=0.9, alpha=0.7)
-        paths.append(save_figure(fig, ax, plots_dir / f"{name}.png", legend_size=7))
+                ax.plot(*series(recs, key), color=color[r["seed"]], linewidth=1.3, marker=".", markersize=3)
+                xs, ys = series(recs, "target_entropy") if name == "entropy" else ([], [])
+                if xs:
+                    ax.plot(xs, ys, color=color[r["seed"]], linestyle="--", linewidth=0.9)
+                    lo = [y * (1 - TRACK_BAND) for y in ys]
+                    hi = [y * (1 + TRACK_BAND) for y in ys]
+                    ax.fill_between(xs, lo, hi, color=color[r["seed"]], alpha=0.12, linewidth=0)
+            ax.set_title(c["label"], fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+        for ax in axes[-1]:
+            ax.set_xlabel("step", fontsize=8)
+        for ax in axes[:, 0]:
+            ax.set_ylabel(ylabel, fontsize=8)
+        for ax in list(axes.flat)[len(configs) :]:
+            ax.axis("off")
+        handles = [plt.Line2D([], [], color=color[s], label=f"seed {s}") for s in seeds]
+        if name == "entropy":
+            handles.append(plt.Line2D([], [], color="grey", linestyle="--", label="H* (shaded: ±20 %)"))
+        fig.legend(handles=handles, loc="upper right", fontsize=7, ncol=len(handles))
+        fig.suptitle(title, fontsize=10, x=0.01, ha="left")
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
+        path = plots_dir / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
     return paths
 
 

@@ -177,6 +177,31 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
     t = p.add_argument_group("trace")
     t.add_argument("--from-metrics", metavar="PATH", help="replay a recorded run's metrics.jsonl instead")
     p.set_defaults(trace_flags=add_settings_flags(t, SyntheticTrace))
+    f = p.add_argument_group("fitted plant (closed loop, Monte Carlo; docs/results/README.md → 'The fitted plant')")
+    f.add_argument(
+        "--plant",
+        metavar="FILE",
+        help="a plant file written by --fit, or a preset: reference-cpu (fitted on docs/results), synthetic (the toy "
+        "trace above)",
+    )
+    f.add_argument("--fit", nargs="+", metavar="RUN_DIR", help="fit a plant to recorded run directories")
+    f.add_argument("--out", metavar="FILE", help="with --fit: write the fitted plant here")
+    f.add_argument("--description", help="with --fit: a line saved in the plant file")
+    f.add_argument(
+        "--lag-variant",
+        type=float,
+        action="append",
+        metavar="BETA",
+        help="with --fit: one more variant per seed refitted at this input lag β (repeatable)",
+    )
+    f.add_argument("--draws", type=int, default=400, help="noise draws per variant (default 400)")
+    f.add_argument("--horizons", default="20,200", help="comma-separated run lengths in steps (default 20,200)")
+    f.add_argument("--variant", action="append", metavar="NAME", help="only this variant (repeatable)")
+    f.add_argument("--baseline", metavar="SPEC", help="a strategy to compare against, e.g. aer:eta=0.01:alpha_max=0.03")
+    f.add_argument("--sweep", action="append", metavar="KEY=LO:HI:N", help="sweep a parameter (repeatable: a grid)")
+    f.add_argument("--max-error", type=float, help="with --sweep: the worst-variant error a point must not exceed")
+    f.add_argument("--top", type=int, default=20, help="with --sweep: rows to print (default 20)")
+    f.add_argument("--plot", metavar="PNG", help="percentile bands of H per variant over the last horizon")
     o = p.add_argument_group("output")
     o.add_argument("--every", type=int, default=1, help="print every N-th step (and the last)")
     o.add_argument("--json", action="store_true", help="one JSON object per step instead of a table")

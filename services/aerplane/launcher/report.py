@@ -22,6 +22,8 @@ from typing import Any
 from aerplane.launcher.view import fmt
 
 PLOTS = ("entropy", "alpha", "prompt_weight", "accuracy", "response_length")
+# aer's PID terms of the next α (metrics.jsonl keys), as the α plot and the step table show them.
+TERMS = (("p_term", "P (kp·e)", ":"), ("i_term", "I (integral)", "--"), ("d_term", "D (derivative)", "-."))
 
 
 class ReportError(RuntimeError):
@@ -129,6 +131,10 @@ def write_plots(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
     fig, ax, path = figure("alpha", "Entropy coefficient α", "α")
     ax.plot(*series(records, "alpha"), marker=".", label="α_t")
+    for key, label, style in TERMS:  # the controller's terms of α_{t+1} = clip(P + I + D), drawn at t + 1
+        xs, ys = series(records, key)
+        if xs:
+            ax.plot([x + 1 for x in xs], ys, linestyle=style, label=label)
     save(fig, ax, path)
 
     fig, ax, path = figure("prompt_weight", "Mean per-prompt weight λ", "mean λ")
@@ -150,13 +156,16 @@ def write_plots(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
 
 def metrics_table(records: list[dict[str, Any]], max_rows: int = 20) -> str:
-    """The per-step table of report.md (first and last rows when the run is long)."""
+    """The per-step table of report.md (first and last rows when the run is long); the controller's P, I and D
+    terms of the next α where the strategy reported them."""
+    terms = [(key, label.split(" ")[0]) for key, label, _ in TERMS if any(r.get(key) is not None for r in records)]
     cols = [
         ("step", "step"),
         ("accuracy", "acc"),
         ("mean_entropy", "H"),
         ("target_entropy", "H*"),
         ("alpha", "α"),
+        *terms,
         ("mean_prompt_weight", "mean λ"),
         ("response_length", "resp len"),
         ("tokens_per_s", "tok/s"),

@@ -18,6 +18,7 @@ from pydantic_settings import SettingsConfigDict
 
 from aerplane.common.flags import Flag
 from aerplane.common.settings import RunId, ServiceSettings
+from aerplane.core.strategies import STRATEGY_NAMES
 
 SECTION = "up"
 _PORT = {"ge": 1, "le": 65535}
@@ -63,7 +64,7 @@ class UpSettings(ServiceSettings):
     or a reasoning-gym dataset name."""
     data: str | None = None
     """A verl-style jsonl/parquet file of prompts and answers, instead of `task`."""
-    strategy: Annotated[Literal["none", "fixed", "skywork", "aer"], Flag(hidden=True)] = "aer"
+    strategy: Annotated[Literal[STRATEGY_NAMES], Flag(hidden=True)] = "aer"  # type: ignore[valid-type]
     """Entropy-control strategy (set with --strategy)."""
     params: dict[str, float] = Field(default_factory=dict)
     """Numeric strategy parameters (set with the strategy flags)."""

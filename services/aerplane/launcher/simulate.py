@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 from dataclasses import asdict, dataclass
@@ -222,14 +223,274 @@ def strategy_from_args(args: argparse.Namespace) -> Strategy:
     return build_strategy(args.strategy, **params)
 
 
+def parse_spec(text: str, flag: str) -> Strategy:
+    """`aer:eta=0.01:alpha_max=0.03` (compare's spelling) as a strategy."""
+    name, *pairs = text.strip().split(":")
+    try:
+        return build_strategy(name, **dict(parse_param(pair) for pair in pairs))
+    except ValueError as exc:
+        raise SimulateError(f"{flag} {text!r}: {exc}") from None
+
+
+def parse_sweep(text: str) -> tuple[str, list[float]]:
+    """`KEY=LO:HI:N` → (key, N evenly spaced values from LO to HI)."""
+    key, sep, spec = text.partition("=")
+    parts = spec.split(":")
+    try:
+        if not sep or len(parts) != 3:
+            raise ValueError
+        lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise SimulateError(f"--sweep: expected KEY=LO:HI:N, got {text!r}") from None
+    if n < 1 or (n == 1 and lo != hi):
+        raise SimulateError(f"--sweep {text!r}: N must be >= 1 (and 1 only with LO = HI)")
+    values = [lo] if n == 1 else [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+    return key.strip().replace("-", "_"), [round(v, 12) for v in values]
+
+
+def parse_horizons(text: str) -> list[int]:
+    try:
+        horizons = [int(h) for h in text.split(",") if h.strip()]
+    except ValueError:
+        raise SimulateError(f"--horizons: expected comma-separated step counts, got {text!r}") from None
+    if not horizons or any(h < 2 for h in horizons):
+        raise SimulateError(f"--horizons: every horizon must be >= 2 steps, got {text!r}")
+    return horizons
+
+
+def fit_main(args: argparse.Namespace) -> int:
+    from aerplane.launcher.plant import fit_plant
+
+    plant = fit_plant(
+        [Path(d) for d in args.fit], description=args.description or "", lag_variants=args.lag_variant or ()
+    )
+    f = plant.fit
+    print(f"fitted on {len(f['runs'])} runs, {f['transitions']} transitions (z = log H, m = lagged α·λ̄)")
+    print(f"  k = {plant.k:.4f}  (drift toward each seed's floor exp(a/k))")
+    print(f"  g = {plant.g:.3f}  (Δ log H per unit of lagged α·λ̄)")
+    print(f"  β = {plant.beta:g}   (input lag; residual by β: {f['beta_profile']})")
+    print(f"  noise σ(z) = max({plant.sigma0:.4f} + {plant.sigma1:.4f}·z, 0.02) at {plant.reference_samples} samples")
+    print(f"  residual SD {f['residual_sd']:.4f}, explained variance of Δ log H {f['explained_variance']:.3f}")
+    for v in plant.variants:
+        own = f" (k {v.k:.3f}, g {v.g:.2f}, β {v.beta:g})" if v.beta is not None else ""
+        floor = math.exp(v.a / (v.k or plant.k)) if (v.k or plant.k) > 0 else math.nan
+        print(f"  {v.name}: a = {v.a:.4f}, floor H = {floor:.3f}, H_0 = {v.h0:.3f}, accuracy {v.accuracy:.2f}{own}")
+    if args.out:
+        plant.save(Path(args.out))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def plant_main(args: argparse.Namespace, strategy: Strategy, seed: int) -> int:
+    """Closed loop on a fitted plant: Monte Carlo table per variant and horizon, with the baseline beside it."""
+    from aerplane.launcher.plant import PlantModel, evaluate, with_variants
+
+    plant = PlantModel.load(Path(args.plant))
+    if args.variant:
+        plant = with_variants(plant, args.variant)
+    horizons = parse_horizons(args.horizons)
+    if args.draws < 1:
+        raise SimulateError(f"--draws: must be >= 1, got {args.draws}")
+    baseline = parse_spec(args.baseline, "--baseline") if args.baseline else None
+    if args.sweep:
+        return sweep_main(args, plant, strategy, baseline, horizons, seed)
+    rows = []
+    traces = {}
+    for horizon in horizons:
+        mine, traces[horizon] = evaluate(plant, strategy, horizon, draws=args.draws, seed=seed)
+        base = evaluate(plant, baseline, horizon, draws=args.draws, seed=seed)[0] if baseline else None
+        rows.append((horizon, mine, base))
+    if args.json:
+        for _, mine, base in rows:
+            for i, score in enumerate(mine):
+                record = {"strategy": repr(strategy), **asdict(score)}
+                if base:
+                    record["baseline"] = asdict(base[i])
+                print(json.dumps(record))
+    else:
+        print_plant_table(plant, strategy, baseline, rows, args.draws)
+    if args.plot:
+        plot_bands(traces[horizons[-1]], Path(args.plot), f"{strategy!r} on {args.plant}")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def print_plant_table(plant: Any, strategy: Strategy, baseline: Strategy | None, rows: list[Any], draws: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=200)
+    title = f"{strategy!r} on the fitted plant ({draws} noise draws per variant)"
+    table = Table(title=title, caption=f"baseline: {baseline!r}" if baseline else None)
+    cols = ["steps", "variant", "track err (p10–p90)", "in ±20 %", "err / in ±20 % from α>0", "min H/H*"]
+    if baseline:
+        cols += ["baseline err", "baseline in ±20 %", "err ratio"]
+    for col in cols:
+        table.add_column(col, justify="right")
+    for horizon, mine, base in rows:
+        for i, s in enumerate(mine):
+            cells = [
+                str(horizon),
+                s.variant,
+                f"{s.error:.3f} ({s.error_p10:.2f}–{s.error_p90:.2f})",
+                f"{s.in_band:.2f}",
+                f"{s.error_alpha:.3f} / {s.in_band_alpha:.2f}",
+                f"{s.min_ratio:.2f}",
+            ]
+            if base:
+                b = base[i]
+                cells += [f"{b.error:.3f}", f"{b.in_band:.2f}", f"{s.error / b.error:.2f}"]
+            table.add_row(*cells)
+        worst_mine = max(s.error for s in mine)
+        cells = [str(horizon), "worst variant", f"{worst_mine:.3f}", f"{min(s.in_band for s in mine):.2f}", "", ""]
+        if base:
+            worst_base = max(b.error for b in base)
+            cells += [f"{worst_base:.3f}", f"{min(b.in_band for b in base):.2f}", f"{worst_mine / worst_base:.2f}"]
+        table.add_row(*cells, style="bold")
+    console.print(table)
+    console.print(
+        "track err: mean |H − H*|/H* from the first step where H ≤ 1.2·H*; 'from α>0': the compare report's "
+        "definition (from α's first positive step)."
+    )
+
+
+def sweep_main(
+    args: argparse.Namespace,
+    plant: Any,
+    strategy: Strategy,
+    baseline: Strategy | None,
+    horizons: list[int],
+    seed: int,
+) -> int:
+    """Every point of the product of the `--sweep` ranges on every variant; a point *works* when its worst-variant
+    tracking error is at most `--max-error` at every horizon, or, without it, the baseline's worst-variant error."""
+    import itertools
+
+    from aerplane.launcher.plant import evaluate, worst
+
+    grid = [parse_sweep(text) for text in args.sweep]
+    keys = [k for k, _ in grid]
+    bound: dict[int, float] = {}
+    for horizon in horizons:
+        if args.max_error is not None:
+            bound[horizon] = args.max_error
+        elif baseline is not None:
+            bound[horizon] = worst(evaluate(plant, baseline, horizon, draws=args.draws, seed=seed)[0])
+        else:
+            raise SimulateError("--sweep: give --baseline or --max-error (what a point must beat to work)")
+    results = []
+    points = list(itertools.product(*(values for _, values in grid)))
+    for n, values in enumerate(points, start=1):
+        changes = dict(zip(keys, values, strict=True))
+        if "alpha_min" in changes and "alpha_init" not in changes:  # α_0 follows a floor swept above it
+            changes["alpha_init"] = max(strategy.params.get("alpha_init", 0.0), changes["alpha_min"])
+        try:
+            candidate = strategy.with_params(**changes)
+        except ValueError as exc:
+            raise SimulateError(f"--sweep {changes}: {exc}") from None
+        errors = {h: worst(evaluate(plant, candidate, h, draws=args.draws, seed=seed)[0]) for h in horizons}
+        works = all(errors[h] <= bound[h] for h in horizons)
+        score = max(errors[h] / bound[h] for h in horizons)
+        results.append({"params": changes, "worst_error": errors, "works": works, "score": score})
+        if not args.json and sys.stderr.isatty():
+            print(f"\r{n}/{len(points)}", end="", file=sys.stderr, flush=True)
+    results.sort(key=lambda r: r["score"])
+    if args.json:
+        for r in results:
+            print(json.dumps({**r, "worst_error": {str(h): e for h, e in r["worst_error"].items()}}))
+        return 0
+    print_sweep(results, keys, horizons, bound, baseline, args)
+    return 0
+
+
+def print_sweep(
+    results: list[dict[str, Any]],
+    keys: list[str],
+    horizons: list[int],
+    bound: dict[int, float],
+    baseline: Strategy | None,
+    args: argparse.Namespace,
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=200)
+    against = f"--max-error {args.max_error}" if args.max_error is not None else f"the baseline {baseline!r}"
+    table = Table(
+        title=f"sweep: {len(results)} points × every variant, {args.draws} draws; works = worst-variant tracking error "
+        f"≤ {against}'s at every horizon ({', '.join(f'{h}: {bound[h]:.3f}' for h in horizons)})"
+    )
+    for col in [*keys, *(f"worst err {h}" for h in horizons), "score", "works"]:
+        table.add_column(col, justify="right")
+    for r in results[: args.top]:
+        table.add_row(
+            *(f"{r['params'][k]:g}" for k in keys),
+            *(f"{r['worst_error'][h]:.3f}" for h in horizons),
+            f"{r['score']:.3f}",
+            "yes" if r["works"] else "no",
+        )
+    console.print(table)
+    working = [r for r in results if r["works"]]
+    console.print(f"{len(working)} of {len(results)} points work on every variant.")
+    for k in keys:
+        values = sorted({r["params"][k] for r in working})
+        if values:
+            console.print(f"  {k}: works from {values[0]:g} to {values[-1]:g} ({', '.join(f'{v:g}' for v in values)})")
+    console.print("score: the largest ratio of worst-variant error to the bound over the horizons (lower is better).")
+
+
+def plot_bands(traces: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    """H per step with its 10–90 % and 25–75 % bands over the draws, one panel per variant, H* dashed."""
+    import numpy as np
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SimulateError("--plot needs matplotlib (pip install 'aerplane[train]')") from None
+    names = list(traces)
+    cols = min(3, len(names))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=True)
+    for ax, name in zip(axes.flat, names, strict=False):
+        h, target = traces[name]["H"], traces[name]["target"]
+        steps = np.arange(h.shape[1])
+        p10, p25, p50, p75, p90 = np.nanpercentile(h, [10, 25, 50, 75, 90], axis=0)
+        ax.fill_between(steps, p10, p90, alpha=0.2, color="C0", label="10–90 %")
+        ax.fill_between(steps, p25, p75, alpha=0.35, color="C0", label="25–75 %")
+        ax.plot(steps, p50, color="C0", label="median H")
+        star = np.nanmedian(target, axis=0)
+        ax.plot(steps, star, "k--", lw=1, label="H*")
+        ax.fill_between(steps, 0.8 * star, 1.2 * star, color="k", alpha=0.08, label="±20 % of H*")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("H (nats)")
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(args: argparse.Namespace) -> int:
     from aerplane.common.flags import settings_from_args
+    from aerplane.launcher.plant import PlantError
 
     trace = settings_from_args(SyntheticTrace, args, args.trace_flags, section="simulate")
     try:
+        if args.fit:
+            return fit_main(args)
         strategy = strategy_from_args(args)
         if args.every < 1:
             raise SimulateError(f"--every: must be >= 1, got {args.every}")
+        if args.sweep and not args.plant:
+            raise SimulateError("--sweep: runs on a fitted plant; give --plant FILE (or the preset reference-cpu)")
+        if args.plant and args.plant != "synthetic":
+            return plant_main(args, strategy, trace.seed)
         if args.from_metrics:
             steps, entropies, accuracies, per_prompt = load_metrics(Path(args.from_metrics))
             rows = replay(strategy, entropies, accuracies, steps)
@@ -239,10 +500,11 @@ def main(args: argparse.Namespace) -> int:
         else:
             rows = run_synthetic(strategy, trace)
             title = (
-                f"{args.strategy} on a synthetic trace "
-                f"(H0={trace.initial_entropy}, decay={trace.decay}, seed={trace.seed})"
+                f"{args.strategy} on the synthetic toy trace (H0={trace.initial_entropy}, decay={trace.decay}, "
+                f"seed={trace.seed}; immediate, additive and far less noisy than real runs: for intuition, not a "
+                "prediction — use --plant reference-cpu for the plant fitted to real runs)"
             )
-    except ValueError as exc:  # SimulateError and the strategy's own parameter errors
+    except (ValueError, PlantError) as exc:  # SimulateError, PlantError and the strategy's own parameter errors
         print(f"aerplane simulate: {exc}", file=sys.stderr)
         return 2
     if args.json:

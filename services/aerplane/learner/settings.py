@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from aerplane.common.flags import Flag, group_model
 from aerplane.common.settings import HttpSettings, RedisSettings, RunId, ServiceSettings, SettingsError
+from aerplane.core.strategies import STRATEGY_NAMES
 
 SECTION = "learner"
 
@@ -122,7 +123,7 @@ class LossSettings(_Group):
 
 
 class StrategySettings(_Group):
-    name: Annotated[Literal["none", "fixed", "skywork", "aer"], Flag("--strategy")] = "aer"
+    name: Annotated[Literal[STRATEGY_NAMES], Flag("--strategy")] = "aer"  # type: ignore[valid-type]
     """Entropy-control strategy (DESIGN §1)."""
     params: dict[str, float] = Field(default_factory=dict)
     """Numeric strategy parameters by their `build_strategy` names, e.g. {"rho": 0.5, "eta": 0.001}."""

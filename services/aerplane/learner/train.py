@@ -585,9 +585,10 @@ class Driver:
 
     def _measure_only(self, step: int) -> bool:
         """AER anchors H_0 on the first `anchor_steps` steps of the *initial* policy: no update before the last."""
+        from aerplane.core.strategies import build_strategy
+
         s = self.settings.strategy
-        anchor = int(s.params.get("anchor_steps", 1)) if s.name == "aer" else 1
-        return step < anchor - 1
+        return step < build_strategy(s.name, **s.params, **s.options).anchor_steps() - 1
 
     def report(self, step: int, result: StepResult, phases: dict[str, float]) -> dict[str, Any]:
         """After the step's update: report H_t to the coefficient service, record the consumed groups."""
@@ -650,6 +651,7 @@ class Driver:
             "policy_version": self.version,
             "alpha": plan_info["alpha"],
             "next_alpha": coef.get("alpha"),
+            **{term: coef.get(term) for term in ("p_term", "i_term", "d_term")},  # next_alpha's PID terms (aer)
             "mean_entropy": result.mean_entropy,
             "entropy_by_difficulty": result.entropy_by_difficulty,
             "target_entropy": coef.get("target_entropy"),
