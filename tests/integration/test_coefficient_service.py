@@ -319,6 +319,9 @@ def test_rest_reads_runs_state_history_and_audit(client: CoefficientClient, http
             "num_prompts": 2,
             "num_tokens": 100,
             "alpha_next": 0.0,
+            "p_term": None,  # the anchoring step: no update, no terms
+            "i_term": None,
+            "d_term": None,
         }
     ]
     assert http.get("/docs").status_code == 200
@@ -769,3 +772,71 @@ def test_watchers_cannot_take_every_handler_thread(redis_url: str) -> None:
                 w.close()
     finally:
         svc.stop()
+
+
+# --- the PID terms (DESIGN §1.3) through every surface
+
+
+PID = {"rho": 0.5, "eta": 0.005, "kp": 0.06, "kd": 0.05, "smoothing": 0.5, "alpha_max": 0.05}
+
+
+def test_pid_terms_show_in_grpc_rest_history_and_metrics_and_replay_across_a_restart(redis_url: str) -> None:
+    """The terms of every update are visible per step; a second service process on the same Redis continues the
+    controller (integral and filtered measurement) exactly where the first left it."""
+    core = build_strategy("aer", **PID)
+    cs = core.initial_state()
+    entropies = [1.0, 0.7, 0.35, 0.3, 0.45, 0.6, 0.52]
+    settings = CoefficientSettings(redis_url=redis_url, host="127.0.0.1", grpc_port=0, http_port=0, api_token=TOKEN)
+    for half in (entropies[:4], entropies[4:]):  # a restart between the halves
+        svc = start(settings)
+        try:
+            with CoefficientClient(f"127.0.0.1:{svc.grpc_port}", timeout=10.0) as c:
+                if cs.step == 0:
+                    c.start_run("run-pid", "aer", PID, {}, resume=False)
+                for h in half:
+                    step = cs.step
+                    assert c.get_coefficients("run-pid", step, [("q", 0.0, 8)])[0] == core.coefficient(cs)
+                    st = c.report_entropy("run-pid", step, h, num_tokens=100)
+                    cs = core.observe(cs, entropy=h)
+                    assert (st["alpha"], st["p_term"], st["i_term"], st["d_term"]) == (
+                        cs.alpha,
+                        *(cs.terms or (None,) * 3),
+                    )
+            with httpx.Client(base_url=f"http://127.0.0.1:{svc.http_port}", timeout=10.0) as h:
+                state = h.get("/v1/runs/run-pid").json()
+                assert (state["p_term"], state["i_term"], state["d_term"]) == cs.terms
+                samples = _samples(h.get("/metrics").text)
+                assert samples['aerplane_coefficient_p_term{run_id="run-pid"}'] == cs.p_term
+                assert samples['aerplane_coefficient_i_term{run_id="run-pid"}'] == cs.i_term
+                assert samples['aerplane_coefficient_d_term{run_id="run-pid"}'] == cs.d_term
+                rows = h.get("/v1/runs/run-pid/history").json()
+        finally:
+            svc.stop()
+    assert cs.d_term != 0 and cs.p_term != 0  # the run exercised every term
+    replay = core.initial_state()
+    for row, h in zip(rows, entropies, strict=True):
+        replay = core.observe(replay, entropy=h)
+        assert (row["p_term"], row["i_term"], row["d_term"]) == (replay.terms or (None, None, None))
+        assert row["alpha_next"] == replay.alpha == pytest.approx(min(max(sum(replay.terms or (0.0,)), 0.0), 0.05))
+    assert rows[0]["p_term"] is None  # the anchoring step has no update
+
+
+def test_pid_gains_change_mid_run_through_patch(client: CoefficientClient, http: httpx.Client) -> None:
+    client.start_run("run-gains", "aer", {"eta": 0.01, "alpha_max": 0.1}, {})
+    client.report_entropy("run-gains", 0, 1.0, 100)
+    r = http.patch(
+        "/v1/runs/run-gains/coefficients",
+        json={"params": {"kp": 0.1, "kd": 0.02, "smoothing": 0.3}, "reason": "add P and D"},
+        headers=AUTH,
+    )
+    assert r.status_code == 200, r.text
+    assert {k: r.json()["params"][k] for k in ("kp", "kd", "smoothing")} == {"kp": 0.1, "kd": 0.02, "smoothing": 0.3}
+    st = client.report_entropy("run-gains", 1, 0.25, 100)  # e = 0.5: P = 0.05, I = 0.005
+    assert st["p_term"] == pytest.approx(0.05) and st["i_term"] == pytest.approx(0.005)
+    assert st["alpha"] == pytest.approx(0.055) and st["d_term"] == 0.0  # no derivative on the first update
+    audit = http.get("/v1/runs/run-gains/audit").json()
+    assert audit[-1]["changes"]["params.kp"] == {"old": 0.0, "new": 0.1}
+    bad = http.patch(
+        "/v1/runs/run-gains/coefficients", json={"params": {"smoothing": 1.0}, "reason": "x"}, headers=AUTH
+    )
+    assert bad.status_code == 422 and "smoothing" in bad.text
