@@ -1,17 +1,24 @@
-"""`aerplane simulate`: replay an entropy-control strategy over an entropy trace, before spending GPU hours.
+"""`aerplane simulate`: run an entropy-control strategy against a model of entropy, before spending GPU hours.
 
-    aerplane simulate                                          # AER defaults on a synthetic collapsing-entropy run
-    aerplane simulate --strategy aer --rho 0.6 --eta 2e-3 --steps 80
-    aerplane simulate --strategy skywork --param target_entropy=0.4 --param delta=5e-4
-    aerplane simulate --from-metrics runs/r1/metrics.jsonl --strategy aer --tau 0.5
+    aerplane simulate --plant reference-cpu --strategy aer --kp 0.06 --eta 0.002 --kd 0.05 --smoothing 0.5 \
+        --alpha-max 0.05 --baseline aer:eta=0.01:alpha_max=0.03          # Monte Carlo on the fitted plant
+    aerplane simulate --plant reference-cpu --strategy aer --alpha-max 0.05 \
+        --baseline aer:eta=0.01:alpha_max=0.03 --sweep kp=0:0.1:6          # the gains that work on every variant
+    aerplane simulate --fit runs/r1 runs/r2 --out plant.json                # fit a plant to recorded runs
+    aerplane simulate --strategy skywork --param target_entropy=0.4        # the synthetic toy trace
+    aerplane simulate --from-metrics runs/r1/metrics.jsonl --strategy aer  # a recorded run, open loop
 
-Per step it prints the measured entropy H_t, the target H*, the coefficient α_t the learner would use for that step
-and the mean prompt weight λ. The strategy code is the one the coefficient service runs (`aerplane.core.strategies`).
+The strategy code is the one the coefficient service runs (`aerplane.core.strategies`).
 
-Synthetic trace: the policy's entropy collapses geometrically, H_{t+1} = H_t·(1 − decay) + response·α_t·mean λ_t
-+ noise·ε_t (ε ~ N(0, 1), H floored at 0), so a positive α visibly slows the collapse and the controller's
-effect shows; per-prompt accuracies come from prompts of random difficulty p ~ U(0, 1), each with G samples.
-This toy model is for intuition about the controller, not a prediction of a real run.
+Fitted plant (`--plant FILE` or a preset, `--fit`): the log-entropy model of `aerplane.launcher.plant`, closed loop,
+`--draws` noise draws on every variant, a table per horizon with the tracking error (and its 10–90 % range), the
+share within ±20 % of H*, the lowest H/H* and the ratio to `--baseline`; `--sweep KEY=LO:HI:N` (repeatable: a grid)
+reports the points whose worst-variant error beats the baseline's (or `--max-error`) at every horizon.
+
+Synthetic trace (the default, or `--plant synthetic`): a toy model, H_{t+1} = H_t·(1 − decay) + response·α_t·mean
+λ_t + noise·ε_t (ε ~ N(0, 1), H floored at 0), with per-prompt accuracies from prompts of random difficulty
+p ~ U(0, 1), G samples each. It is immediate, additive and 10–40× less noisy than real runs: it shows every
+controller in band, so it is for intuition about the controller, not a prediction of a real run.
 
 Recorded trace (`--from-metrics`): each line's `mean_entropy` is H_t and the per-prompt accuracies come from
 `prompt_accuracies` (a list) when the learner recorded them, else the step's mean `accuracy` stands in for every
@@ -268,7 +275,12 @@ def fit_main(args: argparse.Namespace) -> int:
     print(f"fitted on {len(f['runs'])} runs, {f['transitions']} transitions (z = log H, m = lagged α·λ̄)")
     print(f"  k = {plant.k:.4f}  (drift toward each seed's floor exp(a/k))")
     print(f"  g = {plant.g:.3f}  (Δ log H per unit of lagged α·λ̄)")
-    print(f"  β = {plant.beta:g}   (input lag; residual by β: {f['beta_profile']})")
+    profile = f["beta_profile"]
+    worst_beta = max(profile, key=profile.get)
+    print(
+        f"  β = {plant.beta:g}   (input lag; residual sum of squares {profile[f'{plant.beta:g}']:.3f}, against "
+        f"{profile[worst_beta]:.3f} at the worst β on the grid, {worst_beta}: the closer, the less the runs say)"
+    )
     print(f"  noise σ(z) = max({plant.sigma0:.4f} + {plant.sigma1:.4f}·z, 0.02) at {plant.reference_samples} samples")
     print(f"  residual SD {f['residual_sd']:.4f}, explained variance of Δ log H {f['explained_variance']:.3f}")
     for v in plant.variants:
