@@ -37,16 +37,16 @@ class Dist:
 
 
 def init(device_kind: str = "auto", timeout_s: float = 1800.0) -> Dist:
-    """Join (or create) the default process group and pick this rank's device."""
-    if "RANK" not in os.environ:  # a single process without torchrun
-        from aerplane.common.process import free_port
+    """Join (or create) the default process group and pick this rank's device.
 
-        os.environ.update(
-            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
-        )
-    rank = int(os.environ["RANK"])
-    world = int(os.environ["WORLD_SIZE"])
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    Under torchrun the rendezvous comes from its environment. A single process without torchrun gets a one-member
+    group on a free loopback port, passed to `init_process_group` directly: nothing is written into `os.environ`,
+    so a child process this one starts (bench/learner.py's memory probe) cannot inherit a rendezvous that is
+    already taken."""
+    single = "RANK" not in os.environ
+    rank = 0 if single else int(os.environ["RANK"])
+    world = 1 if single else int(os.environ["WORLD_SIZE"])
+    local = 0 if single else int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_kind == "cuda" or (device_kind == "auto" and torch.cuda.is_available())
     if use_cuda:
         if not torch.cuda.is_available():
@@ -56,7 +56,15 @@ def init(device_kind: str = "auto", timeout_s: float = 1800.0) -> Dist:
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if single:
+            from aerplane.common.process import free_port
+
+            dist.init_process_group(
+                backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1, timeout=timeout
+            )
+        else:
+            dist.init_process_group(backend, timeout=timeout)
     return Dist(rank=rank, world_size=world, local_rank=local, device=device, backend=backend)
 
 
