@@ -174,6 +174,23 @@ def test_tracking_error_counts_from_the_first_positive_alpha() -> None:
     assert tracking(recs[:2])["tracking_error"] is None
 
 
+def test_tracking_from_engagement_counts_from_the_first_step_near_the_target() -> None:
+    """α > 0 from the first step (a floor α_min) would count the approach from H_0; H ≤ 1.2·H* does not."""
+    recs = [
+        {"step": 0, "alpha": 0.01, "mean_entropy": 2.0, "target_entropy": 1.0},
+        {"step": 1, "alpha": 0.01, "mean_entropy": 1.5, "target_entropy": 1.0},
+        {"step": 2, "alpha": 0.01, "mean_entropy": 1.1, "target_entropy": 1.0},
+        {"step": 3, "alpha": 0.02, "mean_entropy": 0.6, "target_entropy": 1.0},
+    ]
+    t = tracking(recs)
+    assert t["tracking_error"] == pytest.approx((1.0 + 0.5 + 0.1 + 0.4) / 4) and t["within_band"] == 0.25
+    assert t["engaged_step"] == 2 and t["tracked_steps_engaged"] == 2
+    assert t["tracking_error_engaged"] == pytest.approx(0.25) and t["within_band_engaged"] == 0.5
+    assert t["min_entropy_ratio"] == pytest.approx(0.6)
+    never = tracking([{"step": 0, "alpha": 0.0, "mean_entropy": 3.0, "target_entropy": 1.0}])
+    assert (never["engaged_step"], never["tracking_error_engaged"], never["min_entropy_ratio"]) == (None, None, 3.0)
+
+
 def _fake_run(run_dir: Path, alphas: list[float], entropies: list[float], avg: float) -> None:
     """A run directory as `aerplane up` leaves it (metrics.jsonl and eval.json), written by hand."""
     run_dir.mkdir(parents=True)
@@ -222,6 +239,12 @@ def test_compare_report_aggregates_seeds(tmp_path: Path) -> None:
     # The runs table counts each run's steps (3), whatever the tracking counted after α moved (2 steps for aer).
     assert "| `aer` | 0 | [aer-s0](runs/aer-s0/report.md) | 3 |" in report
     assert (out / "plots" / "entropy.png").stat().st_size > 1000
+    assert "err from H≤1.2H*" in report and aer["tracking_error_engaged"]["mean"] == pytest.approx(0.1)
+    # one small panel per configuration: two configurations side by side, one row
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(out / "plots" / "entropy.png").shape[:2]
+    assert (width, height) == (round(3.6 * 2 * 110), round((2.6 + 0.6) * 110))
 
 
 # --- CPU split between vLLM and the learner (aerplane up on a CPU-only machine) --------------------------------------

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -593,7 +592,3 @@ def _split_strategies(text: str) -> list[str]:
     if not items:
         raise CompareError("--strategies: expected a comma-separated list such as none,fixed:alpha=1e-3,aer")
     return items
-
-
-def quote_command(command: list[str]) -> str:
-    return shlex.join(command)

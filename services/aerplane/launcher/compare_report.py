@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import statistics
 from pathlib import Path
 from typing import Any
@@ -260,29 +261,25 @@ def spread_notes(results: dict[str, Any]) -> list[str]:
 def _continued(history: list[dict[str, Any]], command: list[str], revision: str) -> list[str]:
     """A line naming the latest invocation when it differs from the first (a resumed comparison may have been
     continued with another matrix file name or at another revision)."""
-    from aerplane.launcher.compare import quote_command
-
     if not history:
         return []
     last = history[-1]
     if last.get("command") == command and last.get("git_revision") == revision:
         return []
     return [
-        f"- last continued ({len(history)} invocations) with `{quote_command(last['command'])}` at revision "
+        f"- last continued ({len(history)} invocations) with `{shlex.join(last['command'])}` at revision "
         f"`{str(last.get('git_revision', '?'))[:12]}`"
     ]
 
 
 def write_markdown(results: dict[str, Any], out_dir: Path, plots: list[Path]) -> Path:
-    from aerplane.launcher.compare import quote_command
-
     setup = results["setup"]
     finished = sum(len(c["runs"]) for c in results["configs"])
     pending = sum(len(c["not_finished"]) for c in results["configs"])
     lines = [
         "# aerplane compare",
         "",
-        f"- command: `{quote_command(results['command'])}`",
+        f"- command: `{shlex.join(results['command'])}`",
         f"- git revision: `{results['git_revision']}`",
         *_continued(results.get("history", []), results["command"], results["git_revision"]),
         f"- machine: {results['machine'].get('cpus', '?')} CPUs, {results['machine'].get('platform', '?')}"
