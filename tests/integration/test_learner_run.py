@@ -296,7 +296,15 @@ def coefficient_service(
 
 def test_alpha_and_initial_entropy_in_the_coefficient_service_follow_the_run(tmp_path, redis_url, tokenizer) -> None:
     service, grpc_port, http_port = coefficient_service("coefficient", tmp_path, redis_url)
-    coef = aer_flags(f"127.0.0.1:{grpc_port}", "eta=0.01", "target_entropy=20")
+    coef = aer_flags(
+        f"127.0.0.1:{grpc_port}",
+        "eta=0.01",
+        "target_entropy=20",
+        "kp=0.002",
+        "kd=0.01",
+        "smoothing=0.5",
+        "alpha_max=0.1",
+    )
     api = f"http://127.0.0.1:{http_port}/v1/runs/svc"
     gen = FakeRollouts(redis_url, "svc", tokenizer).start()
     procs = [service]
@@ -318,6 +326,9 @@ def test_alpha_and_initial_entropy_in_the_coefficient_service_follow_the_run(tmp
         assert [r["alpha"] for r in rows] == pytest.approx([h["alpha"] for h in history], abs=1e-12)
         assert [r["next_alpha"] for r in rows] == pytest.approx([h["alpha_next"] for h in history], abs=1e-12)
         assert [r["mean_prompt_weight"] for r in rows] == pytest.approx([h["mean_prompt_weight"] for h in history])
+        for term in ("p_term", "i_term", "d_term"):  # the controller's terms of each next α, in metrics.jsonl too
+            assert [r[term] for r in rows] == [h[term] for h in history]
+        assert rows[0]["p_term"] is None and rows[2]["p_term"] > 0 and rows[2]["d_term"] != 0
 
         # A resumed learner continues the same coefficient run (H_0 kept, α keeps moving).
         second = learner(tmp_path, "svc-b", redis_url, "svc", *coef, "--resume", steps=5)
