@@ -13,7 +13,8 @@ coefficient service runs without the training extras.
     lam = s.prompt_weights(st, [0.0, 0.5, 1.0])     # λ_q per prompt accuracy
     st = s.observe(st, entropy=1.7)                 # after the step: its token-mean entropy
 
-Strategies (parameters and defaults in `STRATEGY_DEFAULTS`):
+Strategies, each one class with its `parameters` and `@register` (the registry `REGISTRY`; `STRATEGY_DEFAULTS`,
+`STRATEGY_NAMES`, `PARAM_BOUNDS`, `OPTION_VALUES` and `PARAM_HELP` are derived from it):
 
 - ``none``: α ≡ 0, λ ≡ 1.
 - ``fixed``: α ≡ ``alpha``, λ ≡ 1.
@@ -21,9 +22,11 @@ Strategies (parameters and defaults in `STRATEGY_DEFAULTS`):
   is α while the last measured H < H_target, 0 otherwise, and α_0 before any measurement. λ ≡ 1.
 - ``aer``: H_0 = mean entropy of the first ``anchor_steps`` observations (the initial policy); target
   H* = ρ·H_0, or the absolute ``target_entropy`` when that parameter is set (the anchoring observations are then
-  still recorded as H_0 and α still waits for them); after anchoring each observation moves
-  α ← clip(α + η·(H* − H_t)/H*, α_min, α_max). λ_q from the prompt accuracy: ``threshold`` (1 if acc ≤ τ else 0),
-  ``linear`` (1 − acc) or ``uniform`` (1).
+  still recorded as H_0 and α still waits for them); after anchoring each observation updates α by DESIGN §1.3:
+  the integral α ← clip(α + η·(H* − H_t)/H*, α_min, α_max) when ``kp`` = ``kd`` = ``smoothing`` = 0 (the defaults,
+  bit for bit), and with them P = kp·e, D = −kd·ΔH̃/H* on the filtered measurement H̃, conditional integration,
+  α = clip(P + I + D). λ_q from the prompt accuracy: ``threshold`` (1 if acc ≤ τ else 0), ``linear`` (1 − acc) or
+  ``uniform`` (1).
 
 For strategies without anchoring, ``initial_entropy`` is the first observation (for display); ``target_entropy``
 is the strategy's target where it has one (skywork's H_target), else None. A target of 0 (an initial policy with

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -410,8 +411,8 @@ def evaluate(
         traces[v.name] = out
         err, band = tracking(out["H"], out["target"], out["alpha"], start="engaged")
         err_a, band_a = tracking(out["H"], out["target"], out["alpha"], start="alpha")
-        with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
-            sup.filter(RuntimeWarning)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a draw with no target (all NaN) gives NaN, said so
             ratio = np.nanmin(out["H"] / out["target"], axis=1)
             scores.append(
                 Score(
