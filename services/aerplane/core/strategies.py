@@ -110,10 +110,13 @@ def param_owners(name: str) -> tuple[str, ...]:
 
 
 def param_help(name: str) -> str:
-    """`aer, skywork: upper bound of α`: the owners and the doc of the first, for command-line help."""
+    """`skywork, aer: upper bound of α`: the owners and their docs (and a string parameter's choices), for
+    command-line help."""
     owners = param_owners(name)
-    docs = {p.doc for s in owners for p in REGISTRY[s].parameters if p.name == name}
-    return f"{', '.join(owners)}: {' / '.join(sorted(docs))}"
+    declared = [p for s in owners for p in REGISTRY[s].parameters if p.name == name]
+    docs = " / ".join(dict.fromkeys(p.doc for p in declared))
+    choices = f" ({' | '.join(declared[0].choices)})" if declared and declared[0].choices else ""
+    return f"{', '.join(owners)}: {docs}{choices}"
 
 
 def parse_param(text: str) -> tuple[str, float | str | None]:
