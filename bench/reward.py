@@ -1,5 +1,5 @@
 """Reward verification throughput (pool vs one process; math-verify's extraction vs our old cut-out) and stream round
-trip (vs redis-benchmark's raw XADD).
+trip (vs the same traffic in bare redis-py).
 
     .venv/bin/python bench/reward.py                          # 120 items × 3 rounds; 5000 stream messages × 3
     .venv/bin/python bench/reward.py --items 60 --messages 2000 --rounds 2 --workers 4
@@ -24,13 +24,14 @@ trip (vs redis-benchmark's raw XADD).
    this process `read`s 16 entries at a time (the reward service's default batch), decodes them and
    `publish_and_ack`s a ScoredSample per message, grouped by source entry, until every message is acked. The rate
    is messages (samples) over the time from the go to the last ack. It comes with the CPU each party spent per
-   sample: producer, consumer and redis-server (INFO cpu). Baseline: `redis-benchmark -n 20000 -q XADD` (50
-   clients, no pipelining, a 1-byte field) against the same private redis-server in the same run, Redis' raw XADD
-   rate on this machine. For context, not the baseline:
+   sample: producer, consumer and redis-server (INFO cpu). Baseline: the same traffic in bare redis-py calls
+   (pre-encoded group payloads, 8 per pipelined call, no requests, no validation, a MULTI/EXEC instead of the
+   script) against the same private redis-server in the same run. Headlines: round trip / bare ≥ 0.25, and
+   ≥ 10 000 samples/s (the transport must not bound training). For context, not the baseline:
    - the same round trip with every request published alone (a wave of 1);
-   - redis-benchmark XADD with one client, and with a field as large as one record;
-   - the same traffic in bare redis-py calls: pre-encoded group payloads, 8 per pipelined call, no requests, no
-     validation, a MULTI/EXEC instead of the script.
+   - `redis-benchmark -n 20000 -q XADD` (50 clients, no pipelining, a 1-byte field): Redis' raw XADD rate, the
+     old baseline (0.5 × it was the target until issue 23 replaced it: it compared 2.9 KB records with 1 byte);
+     also with one client, and with a field as large as one record.
 
 Rounds alternate candidate and baseline; figures are medians over rounds. Benchmarks report, they never assert.
 """
@@ -195,6 +196,10 @@ def bench_extraction(n_items: int, rounds: int, workers: int) -> dict:
 
 G = 8  # samples per prompt: one group entry
 WAVE = 8  # prompts whose samples generation publishes in one call (a wave that finished together)
+# The stream round trip's targets (issue 23's decision, replacing 0.5 × a 1-byte raw XADD, which compared 2.9 KB
+# records with a 1-byte field): it must not bound training.
+BARE_TARGET = 0.25  # of bare redis-py moving the same bytes
+RATE_TARGET = 10_000  # samples/s on this project's 2-core machine
 READ_ENTRIES = 16  # the reward service's default batch_size
 PROMPT_IDS = list(range(128))
 RESPONSE_IDS = list(range(256))
@@ -474,6 +479,7 @@ def main() -> None:
     of_ceiling = v["pool_per_s"] / v["ceiling_per_s"]
     extraction_ratio = e["math_verify_per_s"] / e["cut_out_per_s"]
     ratio = s["roundtrip_msgs_per_s"] / s["raw_xadd_per_s"]
+    of_bare = s["roundtrip_msgs_per_s"] / s["bare_redis_py_roundtrip_per_s"]
 
     print(f"reward verification, {v['items']} items × {args.rounds} rounds (medians)")
     print(f"{'path':<66}{'items/s':>12}")
@@ -508,7 +514,11 @@ def main() -> None:
     print(f"{big:<66}{s['raw_xadd_record_size_per_s']:>12.0f}")
     bare = "the round trip in bare redis-py, no records (context)"
     print(f"{bare:<66}{s['bare_redis_py_roundtrip_per_s']:>12.0f}")
-    print(f"round trip / raw XADD: {ratio:.2f}")
+    print(
+        f"round trip / bare redis-py moving the same bytes: {of_bare:.2f} (target ≥ {BARE_TARGET}); "
+        f"{s['roundtrip_msgs_per_s']:.0f} samples/s (target ≥ {RATE_TARGET}); round trip / raw XADD: {ratio:.2f} "
+        "(context: a 1-byte XADD)"
+    )
     print(
         "CPU per sample (µs), aerplane / bare redis-py: "
         + ", ".join(
@@ -538,12 +548,21 @@ def main() -> None:
         },
         {
             "bench": "reward",
-            "metric": "stream_roundtrip_ratio",
-            "value": round(ratio, 3),
-            "baseline": "redis-benchmark XADD (50 clients, no pipelining, 1-byte field) on the same redis-server",
-            "target": 0.5,
+            "metric": "stream_roundtrip_vs_bare_redis_py",
+            "value": round(of_bare, 3),
+            "baseline": "the same traffic in bare redis-py (pre-encoded group payloads, no records), same redis-server",
+            "target": BARE_TARGET,
             "better": "higher",
-            "figures": s,
+            "figures": {**s, "raw_xadd_ratio": ratio},
+        },
+        {
+            "bench": "reward",
+            "metric": "stream_roundtrip_samples_per_s",
+            "value": round(s["roundtrip_msgs_per_s"]),
+            "baseline": "none: an absolute floor, so that the transport never bounds training",
+            "target": RATE_TARGET,
+            "better": "higher",
+            "figures": {"raw_xadd_per_s": s["raw_xadd_per_s"], "raw_xadd_ratio": ratio},
         },
     ]
     for line in lines:
