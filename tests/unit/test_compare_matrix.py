@@ -19,6 +19,7 @@ from aerplane.launcher.compare import (
     plan,
 )
 from aerplane.launcher.compare_report import tracking, write_compare_report
+from aerplane.launcher.report import ReportError
 from aerplane.launcher.up import eval_summary, pass_at_k
 
 # --- the matrix -----------------------------------------------------------------------------------------------------
@@ -274,3 +275,24 @@ def test_cpu_split_gives_vllm_and_the_learner_their_own_cores(monkeypatch: pytes
     monkeypatch.setattr(up, "_has_cuda", lambda: False)
     monkeypatch.setattr(up.os, "sched_getaffinity", lambda _pid: {0})
     assert up.cpu_split("vllm") == {}
+
+
+def test_seed_table_spans_comparison_folders(tmp_path: Path) -> None:
+    from aerplane.launcher.compare_report import seed_table
+
+    folders = []
+    for name, seed, entropies in (("a", 1, [2.0, 0.9, 1.1]), ("b", 3, [2.0, 1.0, 0.7])):
+        out = tmp_path / name
+        out.mkdir()
+        state = plan(out, build_setup({}), [ConfigSpec("aer", "aer", {}, (seed,))], ["aerplane", "compare"])
+        _fake_run(out / "runs" / f"aer-s{seed}", [0, 0.001, 0.002], entropies, 1.0)
+        state.runs[f"aer-s{seed}"].status = "finished"
+        state.save()
+        folders.append(out)
+    lines = seed_table(folders, ["aer"])
+    assert lines[2].startswith("| `aer` | 1 | 0.100 | 1.00 |") and lines[2].endswith("| a |")
+    assert lines[3].startswith("| `aer` | 3 | 0.150 | 0.50 |") and lines[3].endswith("| b |")
+    assert lines[4].startswith("| **`aer`, mean of 2** | | 0.125 ± 0.035 |")
+    assert "0.500 ± 0.000 (SE 0.500)" in lines[4]  # avg@8 of p (1.0) and q (0.0) on both seeds
+    with pytest.raises(ReportError, match="no finished run of 'PID'"):
+        seed_table(folders, ["aer", "PID"])

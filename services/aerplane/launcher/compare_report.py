@@ -220,6 +220,57 @@ def results_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+SEED_COLUMNS = (
+    ("tracking_error", "tracking err"),
+    ("within_band", "in ±20 %"),
+    ("tracking_error_engaged", "err from H≤1.2H*"),
+    ("within_band_engaged", "in ±20 % from H≤1.2H*"),
+    ("min_entropy_ratio", "min H/H*"),
+)
+
+
+def seed_table(folders: list[Path], labels: list[str]) -> list[str]:
+    """Markdown: each named configuration's finished runs across comparison folders, one row per seed, then the
+    mean ± standard deviation over all its seeds: both tracking definitions, the lowest H/H*, and held-out avg@k
+    (largest k) with its standard error over problems."""
+    found: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    for folder in folders:
+        for c in collect(folder)["configs"]:
+            if c["label"] in found:
+                found[c["label"]] += [{**r, "folder": folder.name} for r in c["runs"]]
+    missing = [label for label, runs in found.items() if not runs]
+    if missing:
+        raise ReportError(f"no finished run of {', '.join(map(repr, missing))} in {', '.join(map(str, folders))}")
+    head = ["configuration", "seed", *(title for _, title in SEED_COLUMNS), "avg@k ± SE", "folder"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def held_out(run: dict[str, Any]) -> tuple[float | None, float | None]:
+        by_k = run["eval"]["by_k"]
+        if not by_k:
+            return None, None
+        top = by_k[max(by_k, key=int)]
+        return top.get("avg"), top.get("avg_se")
+
+    def num(value: Any, digits: int = 3) -> str:
+        return f"{value:.{digits}f}" if _finite(value) else "–"
+
+    for label, runs in found.items():
+        for r in sorted(runs, key=lambda r: r["seed"]):
+            avg, se = held_out(r)
+            cells = [num(r.get(key), 2 if "band" in key or "ratio" in key else 3) for key, _ in SEED_COLUMNS]
+            score = f"{num(avg)} ± {num(se)}" if avg is not None else "–"
+            lines.append(f"| `{label}` | {r['seed']} | " + " | ".join(cells) + f" | {score} | {r['folder']} |")
+        cells = [
+            _pm(_mean_std([r.get(key) for r in runs]), 2 if "band" in key or "ratio" in key else 3)
+            for key, _ in SEED_COLUMNS
+        ]
+        avgs, ses = zip(*(held_out(r) for r in runs), strict=True)
+        mean_se = _mean_std(list(ses))["mean"]
+        score = f"{_pm(_mean_std(list(avgs)))} (SE {num(mean_se)})"
+        lines.append(f"| **`{label}`, mean of {len(runs)}** | | " + " | ".join(cells) + f" | {score} | |")
+    return lines
+
+
 def difficulty_table(results: dict[str, Any]) -> list[str]:
     configs = [c for c in results["configs"] if c["summary"]]
     buckets = sorted({b for c in configs for b in c["summary"]["by_difficulty"]})

@@ -122,7 +122,18 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
         "RUN_DIR/report.md. Needs no running service.",
     )
     p.add_argument(
-        "run_dir", metavar="RUN_DIR", help="a run directory (`aerplane up`) or a comparison folder (`aerplane compare`)"
+        "run_dir",
+        metavar="RUN_DIR",
+        nargs="+",
+        help="a run directory (`aerplane up`) or a comparison folder (`aerplane compare`); with --config, one or more "
+        "comparison folders",
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        metavar="LABEL",
+        help="print, instead, the per-seed tracking and held-out table of these configurations across the given "
+        "comparison folders, with the mean over every seed (repeatable)",
     )
     p.set_defaults(func=_report)
 
@@ -134,12 +145,20 @@ def _report(args: argparse.Namespace) -> int:
     from aerplane.launcher.report import ReportError, write_report
 
     try:
-        if (Path(args.run_dir) / "compare.json").exists():
+        if args.config:
+            from aerplane.launcher.compare_report import seed_table
+
+            print("\n".join(seed_table([Path(d) for d in args.run_dir], args.config)))
+            return 0
+        if len(args.run_dir) > 1:
+            raise ReportError("one RUN_DIR at a time (several comparison folders go with --config)")
+        run_dir = Path(args.run_dir[0])
+        if (run_dir / "compare.json").exists():
             from aerplane.launcher.compare_report import write_compare_report
 
-            path = write_compare_report(Path(args.run_dir))
+            path = write_compare_report(run_dir)
         else:
-            path = write_report(Path(args.run_dir))
+            path = write_report(run_dir)
     except ReportError as exc:
         print(f"aerplane report: {exc}", file=sys.stderr)
         return 2
