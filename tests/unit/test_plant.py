@@ -204,6 +204,7 @@ def test_sweep_reports_the_working_range():
         (["--plant", "reference-cpu", "--variant", "seed 9"], "no variant 'seed 9'"),
         (["--sweep", "kp=0:1:3"], "--plant"),
         (["--fit", "/nonexistent"], "/nonexistent"),
+        (["--plant", "reference-cpu", "--strategy", "none"], "has no target entropy to track"),
     ],
 )
 def test_bad_simulate_input_gets_one_clear_line(args, message):

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from aerplane.common.flags import Flag
 from aerplane.core.strategies import (
     PARAM_HELP,
+    STRATEGY_DEFAULTS,
     Strategy,
     StrategyState,
     build_strategy,
@@ -230,6 +231,15 @@ def strategy_from_args(args: argparse.Namespace) -> Strategy:
     return build_strategy(args.strategy, **params)
 
 
+def describe(strategy: Strategy | None) -> str:
+    """`aer(eta=0.002, kp=0.06)`: the strategy with the parameters that differ from its defaults."""
+    if strategy is None:
+        return "none given"
+    defaults = STRATEGY_DEFAULTS[strategy.name]
+    changed = [f"{k}={v!r}" for k, v in strategy.params.items() if v != defaults.get(k)]
+    return f"{strategy.name}({', '.join(changed)})"
+
+
 def parse_spec(text: str, flag: str) -> Strategy:
     """`aer:eta=0.01:alpha_max=0.03` (compare's spelling) as a strategy."""
     name, *pairs = text.strip().split(":")
@@ -297,6 +307,11 @@ def plant_main(args: argparse.Namespace, strategy: Strategy, seed: int) -> int:
     """Closed loop on a fitted plant: Monte Carlo table per variant and horizon, with the baseline beside it."""
     from aerplane.launcher.plant import PlantModel, evaluate, with_variants
 
+    if "target_entropy" not in STRATEGY_DEFAULTS[strategy.name]:
+        raise SimulateError(
+            f"--plant: strategy {strategy.name!r} has no target entropy to track; use aer or skywork (for the "
+            "uncontrolled plant: --strategy aer --alpha-max 0)"
+        )
     plant = PlantModel.load(Path(args.plant))
     if args.variant:
         plant = with_variants(plant, args.variant)
@@ -315,14 +330,14 @@ def plant_main(args: argparse.Namespace, strategy: Strategy, seed: int) -> int:
     if args.json:
         for _, mine, base in rows:
             for i, score in enumerate(mine):
-                record = {"strategy": repr(strategy), **asdict(score)}
+                record = {"strategy": strategy.name, "params": strategy.params, **asdict(score)}
                 if base:
                     record["baseline"] = asdict(base[i])
                 print(json.dumps(record))
     else:
         print_plant_table(plant, strategy, baseline, rows, args.draws)
     if args.plot:
-        plot_bands(traces[horizons[-1]], Path(args.plot), f"{strategy!r} on {args.plant}")
+        plot_bands(traces[horizons[-1]], Path(args.plot), f"{describe(strategy)} on {args.plant}")
         print(f"wrote {args.plot}")
     return 0
 
@@ -332,8 +347,8 @@ def print_plant_table(plant: Any, strategy: Strategy, baseline: Strategy | None,
     from rich.table import Table
 
     console = Console(width=200)
-    title = f"{strategy!r} on the fitted plant ({draws} noise draws per variant)"
-    table = Table(title=title, caption=f"baseline: {baseline!r}" if baseline else None)
+    title = f"{describe(strategy)} on the fitted plant ({draws} noise draws per variant)"
+    table = Table(title=title, caption=f"baseline: {describe(baseline)}" if baseline else None)
     cols = ["steps", "variant", "track err (p10–p90)", "in ±20 %", "err / in ±20 % from α>0", "min H/H*"]
     if baseline:
         cols += ["baseline err", "baseline in ±20 %", "err ratio"]
@@ -427,7 +442,7 @@ def print_sweep(
     from rich.table import Table
 
     console = Console(width=200)
-    against = f"--max-error {args.max_error}" if args.max_error is not None else f"the baseline {baseline!r}"
+    against = f"--max-error {args.max_error}" if args.max_error is not None else f"the baseline {describe(baseline)}"
     table = Table(
         title=f"sweep: {len(results)} points × every variant, {args.draws} draws; works = worst-variant tracking error "
         f"≤ {against}'s at every horizon ({', '.join(f'{h}: {bound[h]:.3f}' for h in horizons)})"
