@@ -11,11 +11,11 @@ log space, with the structure the recorded runs show (docs/results/README.md →
 α_t is the coefficient the learner used in step t, λ̄_t that step's mean prompt weight and n_t its sample count.
 `a` differs between seeds (the prompts each seed draws collapse at their own pace: this is what makes the α that
 holds H* differ between seeds), so a fitted plant has one *variant* per seed: its own `a`, H_0 and accuracy, with
-k, g, β and the noise shared.
+k, g, β and the noise shared. Lag variants (`--lag-variant`) repeat each seed with k, g, a refitted at another β.
 
-`fit_plant` estimates it from run directories (`metrics.jsonl` and `run.json`): for each β on a grid, ordinary least
-squares of Δz on (one intercept per seed, z, m); the β with the smallest residual wins, and the noise model is a
-regression of the residuals' size on z. `PlantModel.run` closes the loop with a strategy; `monte_carlo` runs many noise
+`fit_plant` estimates it from run directories (`metrics.jsonl` and `run.json`): for each β on a grid (0 … 0.9),
+ordinary least squares of Δz on (one intercept per seed, z, m); the β with the smallest residual wins, and the noise
+model is a regression of the residuals' size on z. `PlantModel.run` closes the loop with a strategy; `monte_carlo` runs many noise
 draws. Pure numpy; no torch.
 """
 
