@@ -15,8 +15,8 @@ k, g, β and the noise shared. Lag variants (`--lag-variant`) repeat each seed w
 
 `fit_plant` estimates it from run directories (`metrics.jsonl` and `run.json`): for each β on a grid (0 … 0.9),
 ordinary least squares of Δz on (one intercept per seed, z, m); the β with the smallest residual wins, and the noise
-model is a regression of the residuals' size on z. `PlantModel.run` closes the loop with a strategy; `monte_carlo` runs many noise
-draws. Pure numpy; no torch.
+model is a regression of the residuals' size on z. `PlantModel.run` closes the loop with a strategy over many noise
+draws, and `evaluate` scores it on every variant. Pure numpy; no torch.
 """
 
 from __future__ import annotations
