@@ -86,3 +86,18 @@ def test_a_comparison_continued_with_another_command_says_so() -> None:
     history = [{"command": first, "git_revision": "a" * 40}, {"command": again, "git_revision": "b" * 40}]
     (line,) = _continued(history, first, "a" * 40)
     assert "new.toml" in line and "2 invocations" in line and "b" * 12 in line
+
+
+def test_the_step_table_shows_the_controllers_terms_only_where_reported(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path)
+    assert "next P" not in metrics_table(read_metrics(run))  # a strategy without terms: no empty columns
+    rows = read_metrics(run)
+    for i, r in enumerate(rows):  # the anchoring step has no update; later ones split the next α
+        r.update(p_term=None, i_term=None, d_term=None) if i == 0 else r.update(
+            p_term=0.01, i_term=0.002, d_term=-0.005
+        )
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    table = metrics_table(read_metrics(run)).splitlines()
+    assert table[0] == "| step | acc | H | H* | α | next P | next I | next D | mean λ | resp len | tok/s | step s |"
+    assert "| 0.0010 | 0.0100 | 0.0020 | -0.0050 |" in table[3] and "| – | – | – |" in table[2]
+    assert main(["report", str(run)]) == 0 and (run / "plots" / "alpha.png").stat().st_size > 1000

@@ -158,7 +158,9 @@ def write_plots(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 def metrics_table(records: list[dict[str, Any]], max_rows: int = 20) -> str:
     """The per-step table of report.md (first and last rows when the run is long); the controller's P, I and D
     terms of the next α where the strategy reported them."""
-    terms = [(key, label.split(" ")[0]) for key, label, _ in TERMS if any(r.get(key) is not None for r in records)]
+    terms = [  # the terms the step's report produced: they make the next row's α
+        (key, f"next {label.split(' ')[0]}") for key, label, _ in TERMS if any(r.get(key) is not None for r in records)
+    ]
     cols = [
         ("step", "step"),
         ("accuracy", "acc"),
