@@ -93,9 +93,8 @@ def test_the_step_table_shows_the_controllers_terms_only_where_reported(tmp_path
     assert "next P" not in metrics_table(read_metrics(run))  # a strategy without terms: no empty columns
     rows = read_metrics(run)
     for i, r in enumerate(rows):  # the anchoring step has no update; later ones split the next α
-        r.update(p_term=None, i_term=None, d_term=None) if i == 0 else r.update(
-            p_term=0.01, i_term=0.002, d_term=-0.005
-        )
+        terms = (None, None, None) if i == 0 else (0.01, 0.002, -0.005)
+        r.update(zip(("p_term", "i_term", "d_term"), terms, strict=True))
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     table = metrics_table(read_metrics(run)).splitlines()
     assert table[0] == "| step | acc | H | H* | α | next P | next I | next D | mean λ | resp len | tok/s | step s |"
