@@ -136,6 +136,16 @@ def parse_param(text: str) -> tuple[str, float | str | None]:
         return key, raw
 
 
+def parse_spec(text: str) -> tuple[str, dict[str, float | str | None]]:
+    """A strategy and its parameters as `compare --strategies` and `simulate --baseline` spell them:
+    `aer:rho=0.8:weighting=uniform` → ("aer", {"rho": 0.8, "weighting": "uniform"}). Raises ValueError for an empty
+    name or a bad `KEY=VALUE` (the strategy itself is checked by `build_strategy`)."""
+    name, *pairs = text.strip().split(":")
+    if not name:
+        raise ValueError(f"empty strategy name in {text!r}")
+    return name, dict(parse_param(pair) for pair in pairs)
+
+
 def format_param(key: str, value: float | str | None) -> str:
     """The `KEY=VALUE` text that `parse_param` reads back as (key, value), floats exactly (repr)."""
     if value is None:

@@ -77,14 +77,11 @@ class ConfigSpec:
 
 def parse_spec(text: str) -> ConfigSpec:
     """`aer`, `fixed:alpha=1e-3`, `aer:rho=0.8:weighting=uniform` → a ConfigSpec labelled with the text itself."""
-    from aerplane.core.strategies import parse_param
+    from aerplane.core.strategies import parse_spec as parse_strategy
 
     text = text.strip()
-    name, *pairs = text.split(":")
-    if not name:
-        raise CompareError(f"--strategies: empty strategy name in {text!r}")
     try:
-        params = dict(parse_param(pair) for pair in pairs)
+        name, params = parse_strategy(text)
     except ValueError as exc:
         raise CompareError(f"--strategies {text!r}: {exc}") from None
     spec = ConfigSpec(label=text, strategy=name, params=params)

@@ -49,6 +49,7 @@ from aerplane.core.strategies import (
     check_entropy,
     parse_param,
 )
+from aerplane.core.strategies import parse_spec as parse_strategy
 
 
 class SimulateError(ValueError):
@@ -242,9 +243,9 @@ def describe(strategy: Strategy | None) -> str:
 
 def parse_spec(text: str, flag: str) -> Strategy:
     """`aer:eta=0.01:alpha_max=0.03` (compare's spelling) as a strategy."""
-    name, *pairs = text.strip().split(":")
     try:
-        return build_strategy(name, **dict(parse_param(pair) for pair in pairs))
+        name, params = parse_strategy(text)
+        return build_strategy(name, **params)
     except ValueError as exc:
         raise SimulateError(f"{flag} {text!r}: {exc}") from None
 
