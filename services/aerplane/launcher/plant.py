@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from aerplane.core.strategies import Strategy
+from aerplane.launcher.compare_report import TRACK_BAND
 
 PLANT_FORMAT = 1
 PRESETS_DIR = Path(__file__).with_name("plants")
@@ -204,7 +205,7 @@ def tracking(
     if start == "alpha":
         began = alpha > 0
     elif start == "engaged":
-        began = valid & (h <= 1.2 * np.where(valid, target, np.inf))
+        began = valid & (h <= (1 + TRACK_BAND) * np.where(valid, target, np.inf))
     else:
         raise ValueError(f"start: expected alpha or engaged, got {start!r}")
     first = np.where(began.any(axis=1), began.argmax(axis=1), h.shape[1])
@@ -213,7 +214,7 @@ def tracking(
     count = valid.sum(axis=1)
     with np.errstate(invalid="ignore"):
         error = np.where(count > 0, np.nansum(rel, axis=1) / np.maximum(count, 1), np.nan)
-        inband = np.where(count > 0, np.nansum(rel <= 0.2, axis=1) / np.maximum(count, 1), np.nan)
+        inband = np.where(count > 0, np.nansum(rel <= TRACK_BAND, axis=1) / np.maximum(count, 1), np.nan)
     return error, inband
 
 
@@ -232,31 +233,22 @@ class RecordedRun:
 
 
 def read_run(run_dir: Path) -> RecordedRun:
-    """A run directory's per-step H, α, λ̄, sample count and accuracy (the last record of a step wins)."""
-    metrics, meta = run_dir / "metrics.jsonl", run_dir / "run.json"
+    """A run directory's per-step H, α, λ̄, sample count and accuracy (`report.read_metrics`: the last record of a
+    step wins)."""
+    from aerplane.launcher.report import ReportError, read_metrics
+
     try:
-        info = json.loads(meta.read_text())
-        lines = metrics.read_text().splitlines()
+        info = json.loads((run_dir / "run.json").read_text())
+        rows = read_metrics(run_dir)
     except OSError as exc:
         raise PlantError(f"--fit {run_dir}: {exc.strerror or exc} ({exc.filename})") from None
     except json.JSONDecodeError:
         raise PlantError(f"--fit {run_dir}: run.json is not JSON") from None
-    by_step: dict[int, dict[str, Any]] = {}
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines):
-                continue  # a last line cut short by a crash
-            raise PlantError(f"{metrics}:{n}: not JSON") from None
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            by_step[record["step"]] = record
-    steps = sorted(by_step)
+    except ReportError as exc:
+        raise PlantError(f"--fit {exc}") from None
+    steps = [r["step"] for r in rows]
     if len(steps) < 3 or steps != list(range(steps[0], steps[0] + len(steps))):
         raise PlantError(f"--fit {run_dir}: needs at least 3 consecutive steps in metrics.jsonl, found {len(steps)}")
-    rows = [by_step[s] for s in steps]
     try:
         entropy = [float(r["mean_entropy"]) for r in rows]
         alpha = [float(r.get("alpha") or 0.0) for r in rows]

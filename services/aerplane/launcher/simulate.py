@@ -347,6 +347,8 @@ def print_plant_table(plant: Any, strategy: Strategy, baseline: Strategy | None,
     from rich.console import Console
     from rich.table import Table
 
+    from aerplane.launcher.plant import worst
+
     console = Console(width=200)
     title = f"{describe(strategy)} on the fitted plant ({draws} noise draws per variant)"
     table = Table(title=title, caption=f"baseline: {describe(baseline)}" if baseline else None)
@@ -369,10 +371,10 @@ def print_plant_table(plant: Any, strategy: Strategy, baseline: Strategy | None,
                 b = base[i]
                 cells += [f"{b.error:.3f}", f"{b.in_band:.2f}", f"{s.error / b.error:.2f}"]
             table.add_row(*cells)
-        worst_mine = max(s.error for s in mine)
+        worst_mine = worst(mine)
         cells = [str(horizon), "worst variant", f"{worst_mine:.3f}", f"{min(s.in_band for s in mine):.2f}", "", ""]
         if base:
-            worst_base = max(b.error for b in base)
+            worst_base = worst(base)
             cells += [f"{worst_base:.3f}", f"{min(b.in_band for b in base):.2f}", f"{worst_mine / worst_base:.2f}"]
         table.add_row(*cells, style="bold")
     console.print(table)
