@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from aerplane.common.process import ManagedProcess, free_port
     from aerplane.common.redis_server import LocalRedis
     from aerplane.common.streams import StreamClient
-    from aerplane.data.models import resolve_model
+    from aerplane.data.embedded_models import resolve_model
     from aerplane.data.tasks import chat_prompt, load_training_tasks
     from aerplane.generation.backends import GenerationRequest, SamplingParams
     from aerplane.generation.backends.vllm_server import VLLMBackend

@@ -113,7 +113,8 @@ def throughput(args: argparse.Namespace, model_path: Path) -> dict:
     from aerplane.learner.batching import collate
     from aerplane.learner.distributed import Dist
     from aerplane.learner.policy import ResponseLogits, load_policy
-    from aerplane.learner.step import LossConfig, train_step
+    from aerplane.learner.settings import LossSettings
+    from aerplane.learner.step import train_step
 
     torch.manual_seed(0)
     samples = make_samples(args.prompts, args.group, args.prompt_len, args.response_len)
@@ -127,7 +128,7 @@ def throughput(args: argparse.Namespace, model_path: Path) -> dict:
     opt_b = torch.optim.AdamW(lm_b.parameters(), lr=1e-6)
     opt_c = torch.optim.AdamW(lm_c.parameters(), lr=1e-6)
     mb_plain = collate(samples, 0)
-    cfg = LossConfig()
+    loss = LossSettings()
 
     def learner() -> float:
         t = time.perf_counter()
@@ -139,7 +140,8 @@ def throughput(args: argparse.Namespace, model_path: Path) -> dict:
             num_prompts=args.prompts,
             ctx=ctx,
             alpha=1e-3,
-            cfg=cfg,
+            loss=loss,
+            temperature=1.0,
             micro_batch_size=args.micro_batch_size,
             grad_clip=1.0,
         )
@@ -327,7 +329,7 @@ MEMORY_TARGET = 0.75  # FSDP over 2 ranks: per-rank peak at most this fraction o
 def bench_model(name: str) -> Path:
     """A model folder: the embedded ones by name, or the random-init 0.5B Llama (written once into the cache; it
     needs no tokenizer and no model wheel, so a bare GPU machine can build it)."""
-    from aerplane.data.models import cache_dir, resolve_model
+    from aerplane.data.embedded_models import cache_dir, resolve_model
 
     if name != RANDOM_05B:
         return resolve_model(name)
@@ -380,7 +382,8 @@ def memory_worker(spec: dict) -> None:
     from aerplane.learner import distributed
     from aerplane.learner.parallel import MASTER_DTYPE, wrap_policy
     from aerplane.learner.policy import load_policy
-    from aerplane.learner.step import LossConfig, train_step
+    from aerplane.learner.settings import LossSettings
+    from aerplane.learner.step import train_step
 
     if spec["device"] == "cpu":
         torch.set_num_threads(1)
@@ -397,7 +400,7 @@ def memory_worker(spec: dict) -> None:
     opt = torch.optim.AdamW(lm.parameters(), lr=1e-6)
     prompts, group, prompt_len, response_len = spec["batch"]
     samples = make_samples(prompts, group, prompt_len, response_len)
-    cfg = LossConfig()
+    loss = LossSettings()
 
     def step() -> float:
         if cuda:
@@ -411,7 +414,8 @@ def memory_worker(spec: dict) -> None:
             num_prompts=prompts,
             ctx=ctx,
             alpha=1e-3,
-            cfg=cfg,
+            loss=loss,
+            temperature=1.0,
             micro_batch_size=spec["micro_batch"],
             grad_clip=1.0,
         )
@@ -637,7 +641,7 @@ def main() -> None:
 
     import transformers
 
-    from aerplane.data.models import resolve_model
+    from aerplane.data.embedded_models import resolve_model
 
     logging.basicConfig(level=logging.WARNING)
     transformers.utils.logging.disable_progress_bar()

@@ -44,8 +44,8 @@ SETTINGS_CLASSES = {
 # that the code still reads each of them. (AERPLANE_LOG_LEVEL, _LOG_STREAM and _CACHE_DIR are fields of every
 # service's settings: common.settings.ServiceSettings.)
 PROCESS_VARIABLES = {
-    "AERPLANE_REDIS_PASSWORD": "aerplane/common/redis_server.py",
-    "AERPLANE_REDIS_PASSWORD_FILE": "aerplane/common/redis_server.py",
+    "AERPLANE_REDIS_PASSWORD": "aerplane/common/redis_client.py",
+    "AERPLANE_REDIS_PASSWORD_FILE": "aerplane/common/redis_client.py",
 }
 
 

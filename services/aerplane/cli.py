@@ -1,29 +1,25 @@
 """The `aerplane` console script: one subcommand per service, heavy imports late.
 
-Each command lives in a light `entry` module with `register(subparsers)`: its flags come from the service's settings
-class (pydantic, `aerplane.common.flags`), and the handler it sets imports torch / vLLM / FastAPI only when that
-command runs, so `aerplane --help` answers at once.
+Every command comes from a light module imported here: the services' `serve` commands from
+`aerplane.launcher.services.SERVICES` (each service's app.py `serve`; flags from each service's settings class, by
+`aerplane.common.flags`), `up`, `compare`, `report` and `simulate` from `aerplane.launcher.entry`, `model
+prepare|tiny` from `aerplane.data.model_commands` and `learner train` from `aerplane.learner.entry`. The handlers
+import torch / vLLM / FastAPI only when their command runs, so `aerplane --help` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
 
 import aerplane
-from aerplane.common.commands import SERVICES
 from aerplane.common.flags import add_service_command
-
-# Light modules that register subcommands of their own, listed by `aerplane --help` around the services' `serve`
-# commands (common.commands.SERVICES).
-LAUNCHER_MODULE = "aerplane.launcher.entry"  # up, compare, report, simulate
-COMMAND_MODULES = (
-    "aerplane.generation.entry",  # model prepare|tiny
-    "aerplane.learner.entry",  # learner train (under torchrun)
-)
+from aerplane.data import model_commands
+from aerplane.launcher import entry as launcher_commands
+from aerplane.launcher.services import SERVICES
+from aerplane.learner import entry as learner_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,12 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"aerplane {aerplane.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    importlib.import_module(LAUNCHER_MODULE).register(sub)
+    launcher_commands.register(sub)  # up, compare, report, simulate
     for service in SERVICES.values():
-        if service.serve is not None:
+        if service.serve is not None:  # coefficient, reward, generation serve
             add_service_command(sub, service)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    model_commands.register(sub)  # model prepare|tiny
+    learner_commands.register(sub)  # learner train (under torchrun)
     return parser
 
 

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from aerplane.coefficient.app import RunningService, start
 from aerplane.coefficient.client import CoefficientClient, StaleStepError
 from aerplane.coefficient.runs import Override
-from aerplane.coefficient.server import RunningService, start
 from aerplane.coefficient.settings import CoefficientSettings
 from aerplane.coefficient.store import RunStore
 from aerplane.core.strategies import build_strategy

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
 
+from aerplane.coefficient.app import RunningService, start
 from aerplane.coefficient.client import (
     AuthError,
     CoefficientClient,
@@ -25,7 +26,6 @@ from aerplane.coefficient.client import (
     RunNotFoundError,
     StaleStepError,
 )
-from aerplane.coefficient.server import RunningService, start
 from aerplane.coefficient.settings import CoefficientSettings
 from aerplane.common.redis_server import LocalRedis
 from aerplane.core.strategies import build_strategy

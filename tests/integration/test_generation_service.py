@@ -37,7 +37,7 @@ from aerplane.common.messages import (
 )
 from aerplane.common.ops import new_registry
 from aerplane.common.streams import StreamClient
-from aerplane.data.models import tiny_model
+from aerplane.data.embedded_models import tiny_model
 from aerplane.generation.backends import Backend
 from aerplane.generation.metrics import GenerationMetrics
 from aerplane.generation.settings import GenerationSettings

@@ -57,11 +57,12 @@ def _job(out_dir: Path) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from aerplane.data.models import tiny_model
+    from aerplane.data.embedded_models import tiny_model
     from aerplane.learner import distributed
     from aerplane.learner.batching import collate
     from aerplane.learner.policy import ResponseLogits, load_policy, token_stats
-    from aerplane.learner.step import LossConfig, train_step
+    from aerplane.learner.settings import LossSettings
+    from aerplane.learner.step import train_step
 
     class RecordingSGD(torch.optim.SGD):
         """SGD that keeps a copy of the gradients it was given (lr 0: the parameters stay put)."""
@@ -79,8 +80,7 @@ def _job(out_dir: Path) -> None:
     ref_lm = load_policy(path, "float32", ctx.device)
     reference = ResponseLogits(ref_lm)
     samples = _samples()
-    cfg = LossConfig()
-    common = dict(num_prompts=P, cfg=cfg, pad_id=0, grad_clip=0.0)
+    common = dict(num_prompts=P, loss=LossSettings(), temperature=1.0, pad_id=0, grad_clip=0.0)
     result: dict = {"rank": ctx.rank}
 
     # gradients after one step (micro-batches of 3: accumulation over several passes), vs one process, one pass

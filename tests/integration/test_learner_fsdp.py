@@ -3,7 +3,7 @@
 One torchrun job (this file run as a script: `python -m torch.distributed.run --nproc_per_node 2 <this file> OUT
 DEVICE`) trains the tiny model with `aerplane.learner.step.train_step`, the function the learner's loop calls, in
 several set-ups from the same start, and checkpoints and publishes with the loop's own functions
-(`train.save_checkpoint`, `train.resume_from`, `train.serving_weights`, `checkpoint.publish_weights`):
+(`Checkpointer.save`, `Checkpointer.resume`, `trainable.serving_weights`, `checkpoint.publish_weights`):
 
 - DDP and FSDP in float32, and in bf16 mixed precision, 3 AdamW steps each (with gradient clipping);
 - FSDP with gradient checkpointing; DDP and FSDP with a frozen KL reference (sharded too under FSDP);
@@ -69,14 +69,15 @@ def _job(out_dir: Path, device: str) -> None:
     import torch
 
     from aerplane.common.settings import load_settings
-    from aerplane.data.models import tiny_model
+    from aerplane.data.embedded_models import tiny_model
     from aerplane.learner import checkpoint as ckpt
     from aerplane.learner import distributed
+    from aerplane.learner.checkpointer import Checkpointer
     from aerplane.learner.parallel import MASTER_DTYPE, serving_state_dict, wrap_policy
     from aerplane.learner.policy import load_policy
-    from aerplane.learner.settings import SECTION, LearnerSettings
-    from aerplane.learner.step import LossConfig, train_step
-    from aerplane.learner.train import build_optimizer, build_scheduler, resume_from, save_checkpoint, serving_weights
+    from aerplane.learner.settings import SECTION, LearnerSettings, LossSettings
+    from aerplane.learner.step import train_step
+    from aerplane.learner.trainable import Trainable, build_optimizer, build_scheduler, serving_weights
 
     ctx = distributed.init(device)
     if ctx.device.type == "cuda":  # the resume check compares bits: no atomics-ordered kernels (embedding backward)
@@ -99,11 +100,11 @@ def _job(out_dir: Path, device: str) -> None:
     def build(s: LearnerSettings):
         lm = load_policy(path, MASTER_DTYPE, ctx.device, gradient_checkpointing=s.model.gradient_checkpointing)
         policy = wrap_policy(lm, ctx, parallel=s.model.parallel, dtype=s.model.dtype)
-        optimizer = build_optimizer(lm, s)
-        return lm, policy, optimizer, build_scheduler(optimizer, s)
+        optimizer = build_optimizer(lm, s.optim)
+        return lm, policy, optimizer, build_scheduler(optimizer, s.optim, s.run.steps * s.batch.mini_batches)
 
     def steps(policy, optimizer, scheduler, n: int, *, ref=None) -> list[dict]:
-        cfg = LossConfig(kl_coef=0.1 if ref is not None else 0.0)
+        loss = LossSettings(kl_coef=0.1 if ref is not None else 0.0)
         out = []
         for _ in range(n):
             r = train_step(
@@ -114,7 +115,8 @@ def _job(out_dir: Path, device: str) -> None:
                 num_prompts=P,
                 ctx=ctx,
                 alpha=0.01,
-                cfg=cfg,
+                loss=loss,
+                temperature=1.0,
                 micro_batch_size=MICRO,
                 pad_id=0,
                 grad_clip=1.0,
@@ -168,18 +170,19 @@ def _job(out_dir: Path, device: str) -> None:
     s = settings("fsdp", "bfloat16")
     lm, policy, opt, sched = build(s)
     first = steps(policy, opt, sched, 2)
-    save_checkpoint(2, lm, opt, sched, ctx, s, None)
+    checkpointer = Checkpointer(s.checkpoint_dir, s.checkpoint, s.run.run_id, s.model.parallel, ctx)
+    checkpointer.save(2, Trainable(lm, policy, None, opt, sched), None)
     at_checkpoint = full_params(lm)
     straight = steps(policy, opt, sched, 2)
     params["straight"] = full_params(lm)
-    published = serving_weights(lm, s, ctx)
+    published = serving_weights(lm, s.model, ctx)
     if ctx.is_main:
         ckpt.publish_weights(lm, out_dir / "weights", 4, keep=2, state_dict=published)
 
     lm2, policy2, opt2, sched2 = build(s)
     latest = ckpt.latest_checkpoint(s.checkpoint_dir)
     assert latest is not None and latest[0] == 2
-    start, _, _ = resume_from(latest[1], lm2, opt2, sched2, ctx, s)
+    start = checkpointer.resume(Trainable(lm2, policy2, None, opt2, sched2), resume=True).step
     resumed = steps(policy2, opt2, sched2, 2)
     params["resumed"] = full_params(lm2)
     result.update(first=first, straight=straight, resumed=resumed, resume_start=start)

@@ -120,7 +120,7 @@ class FakeRollouts:
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from aerplane.data.models import tiny_model
+    from aerplane.data.embedded_models import tiny_model
 
     return AutoTokenizer.from_pretrained(str(tiny_model()))
 

@@ -13,7 +13,8 @@ import redis
 
 from aerplane.common import messages as m
 from aerplane.common import streams
-from aerplane.common.redis_server import CommandPacker, LocalRedis
+from aerplane.common.redis_client import CommandPacker
+from aerplane.common.redis_server import LocalRedis
 from aerplane.common.streams import Delivery, StreamClient
 
 RUN = "t1"

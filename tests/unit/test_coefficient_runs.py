@@ -319,6 +319,6 @@ def test_the_service_imports_without_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, aerplane.coefficient.server, aerplane.coefficient.client; print('torch' in sys.modules)"
+    code = "import sys, aerplane.coefficient.app, aerplane.coefficient.client; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"

@@ -184,7 +184,7 @@ def test_bad_files(tmp_path: Path) -> None:
 def test_chat_prompt_renders_the_models_template() -> None:
     from transformers import AutoTokenizer
 
-    from aerplane.data.models import tiny_model
+    from aerplane.data.embedded_models import tiny_model
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model()))
     item = load_training_tasks("mixed", size=1, seed=0)[0]

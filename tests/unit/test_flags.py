@@ -33,8 +33,10 @@ def _help(command: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> str:
 
 @pytest.mark.parametrize("command", list(SERVICES), ids=lambda c: c[0])
 def test_help_shows_every_option_with_the_doc_of_its_settings_field(command, capsys) -> None:
+    from aerplane.learner.entry import FLAGS
+
     text = _help(command, capsys)
-    specs = settings_flags(SERVICES[command])
+    specs = settings_flags(SERVICES[command], FLAGS)  # the learner's strategy: its one spelling
     assert len(specs) >= 4
     for spec, kwargs in specs:
         assert spec.flag in text, spec.flag
@@ -145,9 +147,15 @@ def test_a_bad_value_is_refused_by_argparse_with_the_flag_named(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["reward", "serve", "--workers", "many"])
     assert "--workers: invalid int value: 'many'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["learner", "train", "--strategy", "bogus"])
-    assert "--strategy: invalid choice: 'bogus'" in capsys.readouterr().err
+    # A strategy is checked with its parameters, when the settings are built: one line naming the flag.
+    args = build_parser().parse_args(["learner", "train", "--strategy", "bogus:rho=0.5"])
+    from aerplane.common.settings import SettingsError
+    from aerplane.learner.entry import overrides_from_args
+
+    with pytest.raises(SettingsError, match=r"--strategy \(learner\.strategy\.name\): Input should be 'none'"):
+        load_settings(
+            LearnerSettings, overrides_from_args(args), section="learner", labels={"strategy.name": "--strategy"}
+        )
 
 
 def test_shared_options_read_one_variable_in_every_service(monkeypatch: pytest.MonkeyPatch) -> None:

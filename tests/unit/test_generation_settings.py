@@ -1,4 +1,4 @@
-"""Generation settings: environment names, CLI flags on top, errors that name the key; the light entry module."""
+"""Generation settings: environment names, CLI flags on top, errors that name the key; the light command module."""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ from aerplane.learner.batching import TrainSample, collate
 from aerplane.learner.distributed import Dist
 from aerplane.learner.parallel import MASTER_DTYPE, serving_state_dict, wrap_policy
 from aerplane.learner.policy import ResponseLogits, load_policy, token_stats
-from aerplane.learner.step import LossConfig, train_step
+from aerplane.learner.settings import LossSettings
+from aerplane.learner.step import train_step
 
 LR = 1e-6  # the deployed learning rate
 STEPS = 3
@@ -31,7 +32,7 @@ def _ctx(device: str) -> Dist:
 
 @pytest.fixture(scope="module")
 def model_path():
-    from aerplane.data.models import tiny_model
+    from aerplane.data.embedded_models import tiny_model
 
     return tiny_model()
 
@@ -71,7 +72,8 @@ def _train(policy: torch.nn.Module, lm: torch.nn.Module, ctx: Dist) -> tuple[dic
             num_prompts=4,
             ctx=ctx,
             alpha=1e-3,
-            cfg=LossConfig(),
+            loss=LossSettings(),
+            temperature=1.0,
             micro_batch_size=8,
             grad_clip=1.0,
         )

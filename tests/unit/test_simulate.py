@@ -50,7 +50,7 @@ def test_synthetic_none_collapses(capsys):
 def test_aer_slows_the_collapse_compared_to_none(capsys):
     common = ["--steps", "80", "--noise", "0", "--seed", "3"]
     none = run_json(capsys, "--strategy", "none", *common)
-    aer = run_json(capsys, "--strategy", "aer", "--eta", "2e-3", *common)
+    aer = run_json(capsys, "--strategy", "aer:eta=2e-3", *common)
     assert aer[0]["target_entropy"] == pytest.approx(0.75)  # 0.5 · H_0 = 0.5 · 1.5
     assert aer[-1]["entropy"] > none[-1]["entropy"]
     assert max(r["alpha"] for r in aer) > 0.0
@@ -92,7 +92,7 @@ def test_replay_uses_mean_accuracy_last_record_per_step_and_skips_cut_line(tmp_p
 
 
 def test_table_output(capsys):
-    assert main(["simulate", "--steps", "5", "--strategy", "skywork", "--param", "target_entropy=2.0"]) == 0
+    assert main(["simulate", "--steps", "5", "--strategy", "skywork:target_entropy=2.0"]) == 0
     out = capsys.readouterr().out
     assert "H*" in out and "mean λ" in out and "skywork" in out
     assert "1.000e-04" in out  # H = 1.5 < 2.0 after step 0: α = δ = 1e-4 from step 1 on
@@ -101,7 +101,10 @@ def test_table_output(capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--eta", "-1"], "eta: must be >= 0"),
+        (["--strategy", "aer:eta=-1"], "eta: must be >= 0"),
+        (["--strategy", "aer:rho"], "--strategy (simulate.strategy): expected KEY=VALUE, got 'rho'"),
+        (["--strategy", "skywork:rho=0.5"], "rho: unknown parameter for strategy 'skywork'"),
+        (["--eta", "-1"], "eta: must be >= 0"),  # the old spellings, still read
         (["--strategy", "skywork", "--rho", "0.5"], "rho: unknown parameter for strategy 'skywork'"),
         (["--param", "rho=abc"], "rho: must be a number"),
         (["--param", "rho"], "--param: expected KEY=VALUE"),

@@ -19,6 +19,7 @@ from aerplane.core.strategies import (
     Strategy,
     all_params,
     build_strategy,
+    format_param,
     register,
 )
 
@@ -59,18 +60,22 @@ def test_helm_values_schema_enum_is_the_registry():
 
 
 def test_command_line_help_lists_every_strategy_and_parameter():
-    for command in (["up", "--help"], ["simulate", "--help"]):
+    """Every command that takes `--strategy NAME[:KEY=VALUE...]` lists each strategy and each of its parameters with
+    its default, range and doc (`core.strategies.parameter_table`)."""
+    for command in (["up"], ["simulate"], ["learner", "train"]):
         out = subprocess.run(
-            [str(Path(sys.executable).parent / "aerplane"), *command],
+            [str(Path(sys.executable).parent / "aerplane"), *command, "--help"],
             capture_output=True,
             text=True,
             check=True,
             timeout=120,
         ).stdout
-        for name in STRATEGY_NAMES:
-            assert name in out
-        for name in all_params():
-            assert "--" + name.replace("_", "-") in out
+        assert "--strategy NAME[:KEY=VALUE...]" in out
+        for name, cls in REGISTRY.items():
+            assert f"  {name}: {cls.summary}" in out
+            for p in cls.parameters:
+                line = next(x for x in out.splitlines() if x.strip().startswith(format_param(p.name, p.default)))
+                assert p.doc in line and "(" in line, line
 
 
 def test_a_shared_parameter_cannot_drift_between_strategies():

@@ -2,7 +2,7 @@
 
 `status_of(exc)` gives the gRPC code and the HTTP status of an exception (the first row it is an instance of), and
 the message to send, or None for an exception that is not in the table (an internal error: gRPC INTERNAL, REST
-500, never with the exception's own text). REST is `api.py`'s handlers, gRPC is `service.py`'s servicer.
+500, never with the exception's own text). REST is http.py's handlers, gRPC is grpc.py's servicer.
 """
 
 from __future__ import annotations

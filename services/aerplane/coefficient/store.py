@@ -52,7 +52,7 @@ from aerplane.coefficient.runs import (
     new_run,
     strategy_for,
 )
-from aerplane.common.redis_server import connect
+from aerplane.common.redis_client import connect
 from aerplane.common.retry import REDIS_BACKOFF
 
 log = logging.getLogger(__name__)

@@ -16,19 +16,29 @@ A field's flag is `--<name>` with `-` for `_` (`--<group>-<name>` inside a neste
 back into flags (a launcher passing them on, e.g. to torchrun's workers).
 
 Types: `bool` is `--x` / `--no-x`; `Literal[...]` gives choices; `int`, `float`, `str` and `Path` (or any of them
-`| None`) one value; `list[str]` a repeatable flag. Fields of other types (maps, tuples) have no flag: they are set
-through the environment or a dedicated flag of the entrypoint.
+`| None`) one value; `list[str]` (or of `int`, `float`, `Path`) a repeatable flag, or with `Flag(nargs="+")` one flag
+followed by its values. A `Flag` name without a leading `-` is a positional argument (`Flag("RUN_DIR", nargs="+")`).
+Fields of other types (maps, tuples) have no flag: they are set through the environment or a dedicated flag of the
+entrypoint.
+
+A strategy is spelled one way on every command line, `--strategy NAME[:KEY=VALUE...]` (`STRATEGY_FLAG`, read by
+`core.strategies.parse_spec`); `strategy_epilog` lists every strategy's parameters for `--help`, and
+`warn_old_spelling` is the one line an old spelling (`--eta X`, `--param`, `--strategy-param`) logs.
+
+A service's `aerplane <service> <command>` is a `ServiceCommand` (declared in
+`aerplane.launcher.services.SERVICES`) that `add_service_command` turns into a subcommand with these flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import importlib
+import logging
 import re
+import textwrap
 import types
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -38,19 +48,49 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
-from aerplane.common.commands import ServiceCommand
 from aerplane.common.settings import load_settings
 
 S = TypeVar("S", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceCommand:
+    """`aerplane <service> <command>`: the settings class its flags come from and the function it runs. The
+    service's `serve` (its app.py) imports its servers and engines only when it runs."""
+
+    service: str
+    command: str
+    settings: type[BaseModel]
+    serve: Callable[[Any], int | None] | None  # None where an entry module registers it (the learner: torchrun)
+    help: str = ""
+    command_help: str = ""
+    description: str = ""
+
+    @property
+    def argv(self) -> tuple[str, str]:
+        return self.service, self.command
+
+    def settings_class(self) -> type[BaseModel]:
+        """`settings` (the launcher's spelling: launcher.up.service_args)."""
+        return self.settings
+
+
+@dataclass(frozen=True, slots=True)
 class Flag:
-    """`Annotated` metadata of a settings field: its flag name (default `--<field-name>`), or `hidden`."""
+    """`Annotated` metadata of a settings field: how its flag is spelled, or `hidden`.
+
+    `name` defaults to `--<field-name>` (a name without a leading `-` is a positional argument); `metavar` names its
+    value in `--help`; `nargs="+"` takes a list as one flag and its values; `parse` is argparse's `type`, for a value
+    with a syntax of its own (a `Literal` field then has no argparse choices: the settings check the value); `note`
+    follows the field's doc in `--help` (how such a value is spelled)."""
 
     name: str | None = None
     hidden: bool = False
     aliases: tuple[str, ...] = ()  # more spellings, e.g. ("-G",)
+    metavar: str | None = None
+    nargs: str | None = None
+    parse: Callable[[str], Any] | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +102,11 @@ class FlagSpec:
     dest: str
     kind: str  # "value" | "bool" | "list"
     aliases: tuple[str, ...] = ()
+    nargs: str | None = None
+
+    @property
+    def positional(self) -> bool:
+        return not self.flag.startswith("-")
 
 
 def _flag_meta(info: FieldInfo) -> Flag:
@@ -79,8 +124,9 @@ def _scalar(annotation: Any) -> tuple[str, Any, tuple[Any, ...] | None] | None:
     if origin is Literal:
         choices = typing.get_args(annotation)
         return "value", type(choices[0]), choices
-    if origin is list and typing.get_args(annotation) == (str,):
-        return "list", str, None
+    if origin is list and typing.get_args(annotation)[:1] in ((str,), (int,), (float,), (Path,)):
+        item = typing.get_args(annotation)[0]
+        return "list", str if item is Path else item, None
     if annotation is bool:
         return "bool", None, None
     if annotation in (int, float, str):
@@ -97,7 +143,9 @@ def _doc(info: FieldInfo) -> str:
 def _default_text(info: FieldInfo) -> str:
     if info.default_factory is not None:
         value = info.default_factory()  # type: ignore[call-arg]
-        return "" if value in ([], {}) or isinstance(value, BaseModel) else f"default: computed, e.g. {value}"
+        if value == []:
+            return "default: none"
+        return "" if value == {} or isinstance(value, BaseModel) else f"default: computed, e.g. {value}"
     if info.default is PydanticUndefined:
         return "required"
     if info.default is None:
@@ -121,18 +169,21 @@ def env_name(cls: type[BaseModel], name: str, info: FieldInfo) -> str | None:
     return f"{prefix}{name}".upper() if prefix else None
 
 
-def settings_flags(cls: type[BaseModel]) -> list[tuple[FlagSpec, dict[str, Any]]]:
-    """Every flag of `cls` with its argparse keyword arguments (nested groups become `--<group>-<field>`)."""
+def settings_flags(
+    cls: type[BaseModel], flags: Mapping[str, Flag] | None = None
+) -> list[tuple[FlagSpec, dict[str, Any]]]:
+    """Every flag of `cls` with its argparse keyword arguments (nested groups become `--<group>-<field>`). `flags`
+    (settings key -> Flag) spells some differently from their fields' own `Flag`: an entrypoint's own syntax."""
     out: list[tuple[FlagSpec, dict[str, Any]]] = []
     for name, info in cls.model_fields.items():
-        meta = _flag_meta(info)
+        meta = (flags or {}).get(name) or _flag_meta(info)
         if meta.hidden or info.exclude:
             continue
         annotation = info.annotation
         group = group_model(annotation)
         if group is not None:
             prefix = cls.model_config.get("env_prefix", "") if issubclass(cls, BaseSettings) else ""
-            out += _group_flags(group, name, f"{prefix}{name}__".upper() if prefix else None)
+            out += _group_flags(group, name, f"{prefix}{name}__".upper() if prefix else None, flags or {})
             continue
         env = env_name(cls, name, info) if issubclass(cls, BaseSettings) else None
         built = _build(name, name, info, meta, env)
@@ -141,10 +192,12 @@ def settings_flags(cls: type[BaseModel]) -> list[tuple[FlagSpec, dict[str, Any]]
     return out
 
 
-def _group_flags(group: type[BaseModel], prefix: str, env_prefix: str | None) -> list[tuple[FlagSpec, dict[str, Any]]]:
+def _group_flags(
+    group: type[BaseModel], prefix: str, env_prefix: str | None, flags: Mapping[str, Flag]
+) -> list[tuple[FlagSpec, dict[str, Any]]]:
     out = []
     for name, info in group.model_fields.items():
-        meta = _flag_meta(info)
+        meta = flags.get(f"{prefix}.{name}") or _flag_meta(info)
         if meta.hidden:
             continue
         env = f"{env_prefix}{name.upper()}" if env_prefix else None
@@ -169,19 +222,22 @@ def _build(key: str, stem: str, info: FieldInfo, meta: Flag, env: str | None) ->
     flag = meta.name or "--" + stem.replace("_", "-")
     dest = "setting__" + key.replace(".", "__")
     notes = [t for t in (_default_text(info), f"env {env}" if env else "") if t]
-    help_ = _doc(info) + (f" ({'; '.join(notes)})" if notes else "")
+    help_ = " ".join(t for t in (_doc(info), meta.note) if t) + (f" ({'; '.join(notes)})" if notes else "")
     kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": help_.replace("%", "%%")}
     if kind == "bool":
         kwargs["action"] = argparse.BooleanOptionalAction
     elif kind == "list":
-        kwargs.update(action="append", metavar="VALUE")
+        kwargs.update(type=type_, metavar=meta.metavar or "VALUE")
+        kwargs.update({"nargs": meta.nargs} if meta.nargs else {"action": "append"})
     else:
-        kwargs["type"] = type_
-        if choices is not None:
+        kwargs["type"] = meta.parse or type_
+        if choices is not None and meta.parse is None:
             kwargs["choices"] = choices
         else:
-            kwargs["metavar"] = key.rsplit(".", 1)[-1].upper()
-    return FlagSpec(flag=flag, key=key, dest=dest, kind=kind, aliases=meta.aliases), kwargs
+            kwargs["metavar"] = meta.metavar or key.rsplit(".", 1)[-1].upper()
+    if not flag.startswith("-"):  # a positional argument: its name in --help is the flag's
+        kwargs["metavar"] = flag
+    return FlagSpec(flag=flag, key=key, dest=dest, kind=kind, aliases=meta.aliases, nargs=meta.nargs), kwargs
 
 
 def add_settings_flags(
@@ -189,22 +245,27 @@ def add_settings_flags(
     cls: type[BaseModel],
     *,
     only: Collection[str] | None = None,
+    flags: Mapping[str, Flag] | None = None,
 ) -> list[FlagSpec]:
-    """Add a flag for every option of `cls` (or for the top-level fields named in `only`); returns their specs."""
+    """Add a flag for every option of `cls` (or for the top-level fields named in `only`; `flags` as in
+    `settings_flags`); returns their specs."""
     specs = []
-    for spec, kwargs in settings_flags(cls):
+    for spec, kwargs in settings_flags(cls, flags):
         if only is not None and spec.key.split(".", 1)[0] not in only:
             continue
-        parser.add_argument(spec.flag, *spec.aliases, **kwargs)
+        if spec.positional:  # argparse takes a positional's dest as its first name
+            parser.add_argument(kwargs.pop("dest"), **kwargs)
+        else:
+            parser.add_argument(spec.flag, *spec.aliases, **kwargs)
         specs.append(spec)
     return specs
 
 
 def add_service_command(subparsers: argparse._SubParsersAction, service: ServiceCommand) -> argparse.ArgumentParser:
     """`aerplane <service> <command>` with one flag per option of its settings class. It builds the settings
-    (environment, then the flags given), sets up logging and calls `service.serve` (imported only then, so that
-    `--help` stays light) with them. Returns the command's parser."""
-    settings = service.settings_class()
+    (environment, then the flags given), sets up logging and calls `service.serve` with them. Returns the command's
+    parser."""
+    settings = service.settings
     parser = subparsers.add_parser(service.service, help=service.help)
     sub = parser.add_subparsers(dest=f"{service.service}_command", metavar="COMMAND", required=True)
     text = f"{service.description} Every option is also an environment variable (shown with it); a flag given wins."
@@ -214,13 +275,14 @@ def add_service_command(subparsers: argparse._SubParsersAction, service: Service
     return cmd
 
 
-def _run_service(args: argparse.Namespace, *, settings_cls: type[BaseModel], service: str, serve: str) -> int:
+def _run_service(
+    args: argparse.Namespace, *, settings_cls: type[BaseModel], service: str, serve: Callable[[Any], int | None]
+) -> int:
     from aerplane.common.logs import setup_logging
 
     settings = settings_from_args(settings_cls, args, args.flags, section=service)
     setup_logging(service, settings)
-    module, name = serve.split(":")
-    return int(getattr(importlib.import_module(module), name)(settings) or 0)
+    return int(serve(settings) or 0)
 
 
 def given_overrides(args: argparse.Namespace, specs: Sequence[FlagSpec]) -> dict[str, Any]:
@@ -293,9 +355,12 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any
 def _render(spec: FlagSpec, value: Any) -> list[str]:
     if spec.kind == "bool":
         return [spec.flag if value else "--no-" + spec.flag[2:]]
-    if spec.kind == "list":
-        return [part for item in value for part in (spec.flag, str(item))]
-    return [spec.flag, repr(value) if isinstance(value, float) else str(value)]
+    items = [repr(v) if isinstance(v, float) else str(v) for v in (value if spec.kind == "list" else [value])]
+    if spec.positional:
+        return items
+    if spec.kind == "list" and not spec.nargs:
+        return [part for item in items for part in (spec.flag, item)]
+    return [spec.flag, *items]
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -304,3 +369,117 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     for p in parents:
         tree = tree.setdefault(p, {})
     tree[leaf] = value
+
+
+# --- the one spelling of a strategy on every command line ------------------------------------------------------------
+
+STRATEGY_FLAG = Flag(
+    "--strategy",
+    metavar="NAME[:KEY=VALUE...]",
+    parse=str,  # the name is checked with the parameters, in one line (core.strategies.build_strategy)
+    note="Spelled NAME[:KEY=VALUE...], e.g. aer:eta=0.01:alpha_max=0.03 (every strategy's parameters are listed "
+    "below).",
+)
+"""`--strategy` of `aerplane up`, `aerplane simulate`, `aerplane learner train` and `python -m aerplane.learner`:
+the strategy and its parameters in one value (`core.strategies.parse_spec`)."""
+
+
+def strategy_epilog(old: str) -> str:
+    """The `--help` reference of every strategy's parameters (`core.strategies.parameter_table`); `old` is a
+    sentence on the command's old spellings, which still work."""
+    from aerplane.core.strategies import parameter_table
+
+    head = (
+        "strategies and their parameters, KEY=DEFAULT (range) doc: give them as --strategy NAME:KEY=VALUE:..., e.g. "
+        f"--strategy aer:eta=0.01:alpha_max=0.03 (KEY=none: the default). {old}"
+    )
+    return "\n".join([textwrap.fill(head, 100), *parameter_table()])  # wrapped for a raw formatter too
+
+
+def warn_old_spelling(old: Sequence[str], new: str) -> None:
+    """The one line an old spelling logs, naming what replaces it: `--eta is an old spelling: use --strategy
+    aer:eta=0.01`."""
+    verb = "is an old spelling" if len(old) == 1 else "are old spellings"
+    logging.getLogger(__name__).warning("%s %s: use %s", ", ".join(old), verb, new)
+
+
+OLD_PARAM_DEST = "old_strategy__"  # + a parameter's name: the dest of its old flag (`--eta` → old_strategy__eta)
+OLD_SPELLINGS = (
+    "The old spellings --eta 0.01 (a flag per parameter) and --param eta=0.01 still work and log their replacement."
+)
+
+
+def add_old_strategy_flags(parser: argparse.ArgumentParser) -> None:
+    """The old spellings of `--strategy NAME:KEY=VALUE` on `aerplane up` and `aerplane simulate`, which keep working:
+    a flag per parameter of every strategy (`--eta X`, dest `old_strategy__eta`; out of `--help`, where the parameter
+    table stands for them) and the repeatable `--param KEY=VALUE`. `old_strategy_params` reads them back."""
+    from aerplane.core.strategies import OPTION_VALUES, all_params
+
+    group = parser.add_argument_group(
+        "old spellings of --strategy's parameters (still work; each logs its replacement)"
+    )
+    for name in all_params():
+        kind = {"metavar": "NAME"} if name in OPTION_VALUES else {"type": float, "metavar": "X"}
+        flag = "--" + name.replace("_", "-")
+        group.add_argument(flag, dest=OLD_PARAM_DEST + name, default=None, help=argparse.SUPPRESS, **kind)
+    group.add_argument(
+        "--param",
+        dest=OLD_PARAM_DEST + "_pairs",
+        action="append",
+        metavar="KEY=VALUE",
+        help="--strategy NAME:KEY=VALUE in the old spelling (repeatable); so is --KEY VALUE, a flag for each "
+        "parameter listed below: --eta 0.01 is --strategy aer:eta=0.01",
+    )
+
+
+def _old_strategy_flags(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """The parameters the old spellings gave (`--eta X`, then `--param KEY=VALUE`), and those flags as typed."""
+    from aerplane.core.strategies import all_params, parse_params
+
+    values: dict[str, Any] = {}
+    used: list[str] = []
+    for name in all_params():
+        value = getattr(args, OLD_PARAM_DEST + name, None)
+        if value is not None:
+            values[name] = value
+            used.append("--" + name.replace("_", "-"))
+    pairs = getattr(args, OLD_PARAM_DEST + "_pairs", None) or []
+    values.update(parse_params(pairs, "--param"))
+    return values, used + (["--param"] if pairs else [])
+
+
+def old_strategy_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The strategy parameters given in the old spellings (`--eta X`, then `--param KEY=VALUE`): what
+    `core.strategies.resolve_strategy` takes as `given`. Raises ValueError for a `--param` without KEY=VALUE."""
+    return _old_strategy_flags(args)[0]
+
+
+def warn_old_strategy_flags(args: argparse.Namespace, name: str) -> None:
+    """If old spellings were given, log the one line naming their replacement: `--eta is an old spelling: use
+    --strategy aer:eta=0.01`, with the parameters `--strategy` gave itself (`name`: the strategy that runs). Called
+    once the strategy is valid, so that an error is the only line a bad value prints."""
+    from aerplane.core.strategies import format_spec, parse_spec
+
+    values, used = _old_strategy_flags(args)
+    if used:
+        spec = getattr(args, "setting__strategy", None)
+        typed = parse_spec(spec)[1] if spec else {}
+        warn_old_spelling(used, "--strategy " + format_spec(name, {**typed, **values}))
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that lines indented by two spaces in a description or epilog keep their line
+    breaks (the strategy parameter table); the rest is reflowed as usual."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out: list[str] = []
+        prose: list[str] = []
+        for line in [*text.splitlines(), ""]:
+            if line.strip() and not line.startswith("  "):
+                prose.append(line)
+                continue
+            if prose:
+                out.append(super()._fill_text(" ".join(prose), width, indent))
+                prose = []
+            out.append(indent + line if line.strip() else "")
+        return "\n".join(out).rstrip("\n")

@@ -8,7 +8,7 @@ One naming scheme for the environment, documented here once:
 
 - shared by every process, one name everywhere: `AERPLANE_REDIS_URL`, `AERPLANE_RUN_ID`, `AERPLANE_LOG_LEVEL`,
   `AERPLANE_LOG_STREAM`, `AERPLANE_CACHE_DIR` (the fields of `ServiceSettings` and `RedisSettings` below; the
-  Redis password is read by `common.redis_server` from `AERPLANE_REDIS_PASSWORD[_FILE]`);
+  Redis password is read by `common.redis_client` from `AERPLANE_REDIS_PASSWORD[_FILE]`);
 - shared by two services: `AERPLANE_LEARNER_TOKEN` (the learner sends it, the coefficient service checks it);
 - a service's own option: `AERPLANE_<SERVICE>_<FIELD>` (`AERPLANE_REWARD_WORKERS`, `AERPLANE_UP_STEPS`), with `__`
   into a group of options (`AERPLANE_LEARNER_OPTIM__LR`); the learner's names before its prefix still work

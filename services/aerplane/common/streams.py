@@ -69,7 +69,7 @@ from aerplane.common.messages import (
     entry_payload,
     stream_key,
 )
-from aerplane.common.redis_server import connect
+from aerplane.common.redis_client import connect
 from aerplane.common.retry import REDIS_BACKOFF, call_with_retry
 
 log = logging.getLogger(__name__)

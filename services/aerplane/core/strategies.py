@@ -120,9 +120,10 @@ def param_help(name: str) -> str:
 
 
 def parse_param(text: str) -> tuple[str, float | str | None]:
-    """One `KEY=VALUE` parameter as every command line spells it (`--param`, `--strategy-param`, compare's
-    `aer:rho=0.8`): a number is a float, `none`/`null` is None (the strategy's default), anything else a string.
-    `-` in the key reads as `_`. Raises ValueError for text without `=` or a key."""
+    """One `KEY=VALUE` parameter as every command line spells it (the `:`-separated parts of a spec after its name,
+    and the old spellings `--param` and `--strategy-param`): a number is a float, `none`/`null` is None (the
+    strategy's default), anything else a string. `-` in the key reads as `_`. Raises ValueError for text without
+    `=` or a key."""
     key, sep, raw = text.partition("=")
     key = key.strip().replace("-", "_")
     if not sep or not key:
@@ -136,10 +137,23 @@ def parse_param(text: str) -> tuple[str, float | str | None]:
         return key, raw
 
 
+def parse_params(items: Iterable[str], flag: str) -> dict[str, Any]:
+    """`KEY=VALUE` items (the old `--param` and `--strategy-param`) as one map, later items winning; a bad item
+    raises ValueError naming `flag`."""
+    out: dict[str, Any] = {}
+    for text in items:
+        try:
+            key, value = parse_param(text)
+        except ValueError as exc:
+            raise ValueError(f"{flag}: {exc}") from None
+        out[key] = value
+    return out
+
+
 def parse_spec(text: str) -> tuple[str, dict[str, float | str | None]]:
-    """A strategy and its parameters as `compare --strategies` and `simulate --baseline` spell them:
-    `aer:rho=0.8:weighting=uniform` → ("aer", {"rho": 0.8, "weighting": "uniform"}). Raises ValueError for an empty
-    name or a bad `KEY=VALUE` (the strategy itself is checked by `build_strategy`)."""
+    """A strategy and its parameters as every command line spells them (`--strategy`, `compare --strategies`,
+    `simulate --baseline`): `aer:rho=0.8:weighting=uniform` → ("aer", {"rho": 0.8, "weighting": "uniform"}).
+    Raises ValueError for an empty name or a bad `KEY=VALUE` (the strategy itself is checked by `build_strategy`)."""
     name, *pairs = text.strip().split(":")
     if not name:
         raise ValueError(f"empty strategy name in {text!r}")
@@ -151,6 +165,65 @@ def format_param(key: str, value: float | str | None) -> str:
     if value is None:
         return f"{key}=none"
     return f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}"
+
+
+def format_spec(name: str, params: Mapping[str, float | str | None] | None = None) -> str:
+    """The spec that `parse_spec` reads back as (name, params): ("aer", {"eta": 0.01}) → `aer:eta=0.01`."""
+    return ":".join([name, *(format_param(key, value) for key, value in (params or {}).items())])
+
+
+def split_params(params: Mapping[str, float | str | None]) -> tuple[dict[str, float | None], dict[str, str | None]]:
+    """Numeric and string parameters apart, as settings and gRPC carry them (`params`, `options`); a None (the
+    strategy's default, e.g. `target_entropy=none`) goes into both, so that it clears either."""
+    numeric: dict[str, float | None] = {}
+    options: dict[str, str | None] = {}
+    for key, value in params.items():
+        if value is None or isinstance(value, str):
+            options[key] = value
+        if value is None or not isinstance(value, str):
+            numeric[key] = None if value is None else float(value)
+    return numeric, options
+
+
+def resolve_strategy(
+    spec: str,
+    given: Mapping[str, float | str | None] | None = None,
+    *,
+    defaults: Mapping[str, Mapping[str, float | str]] | None = None,
+) -> Strategy:
+    """The strategy a command line asks for: `spec` (`NAME[:KEY=VALUE...]`), then `given` over its parameters (the
+    old spellings, `--eta 0.01` and `--param eta=0.01`), then `defaults[NAME]` for the parameters neither gave (a
+    launcher's own regime: `aerplane up`'s demo η and α_max); a None value counts as not given. Raises ValueError
+    naming the parameter."""
+    name, params = parse_spec(spec)
+    params = {key: value for key, value in {**params, **(given or {})}.items() if value is not None}
+    for key, value in (defaults or {}).get(name, {}).items():
+        params.setdefault(key, value)
+    return build_strategy(name, **params)
+
+
+def _range_text(param: Param) -> str:
+    if param.choices:
+        return " | ".join(param.choices)
+    b = param.bounds or ParamBounds()
+    low = None if b.low is None else f"{'>' if b.low_open else '>='} {b.low:g}"
+    if b.integer:
+        return f"integer {low}" if low else "integer"
+    if low and b.high is not None:
+        return f"in {'(' if b.low_open else '['}{b.low:g}, {b.high:g}]"
+    return low or (f"<= {b.high:g}" if b.high is not None else "any number")
+
+
+def parameter_table() -> list[str]:
+    """Every strategy, then each of its parameters as `KEY=DEFAULT  (range) doc`, one line each: the parameter
+    reference of the command lines' `--help`."""
+    width = max((len(format_param(p.name, p.default)) for p in all_params().values()), default=0)
+    lines = []
+    for name, cls in REGISTRY.items():
+        lines.append(f"  {name}: {cls.summary}")
+        for p in cls.parameters:
+            lines.append(f"    {format_param(p.name, p.default):<{width}}  ({_range_text(p)}) {p.doc}")
+    return lines
 
 
 @dataclass(frozen=True)

@@ -508,7 +508,7 @@ def _run_one(
 def clear_run_state(redis_url: str, run_id: str) -> int:
     """Delete every Redis key of run `run_id` (`aerplane:{run_id}:*`: its streams and its coefficient record);
     returns how many went. Other runs' keys are untouched."""
-    from aerplane.common.redis_server import connect
+    from aerplane.common.redis_client import connect
 
     client = connect(redis_url)
     try:
@@ -544,21 +544,23 @@ def prune_finished_run(run_dir: Path) -> int:
 
 
 def main_from_args(args: Any) -> int:
-    """`aerplane compare` with parsed arguments (see `launcher.entry`)."""
-    from aerplane.common.flags import given_overrides
+    """`aerplane compare` with parsed arguments (see `launcher.entry`; its options are `settings.CompareOptions`)."""
+    from aerplane.common.flags import given_overrides, settings_from_args
+    from aerplane.launcher.settings import CompareOptions
 
+    options = settings_from_args(CompareOptions, args, args.option_flags, section="compare")
     try:
         file_setup: dict[str, Any] = {}
         configs: list[ConfigSpec] = []
-        seeds = parse_seeds(args.seeds) if args.seeds else None
-        if args.matrix:
-            matrix = load_matrix(Path(args.matrix))
+        seeds = parse_seeds(options.seeds) if options.seeds else None
+        if options.matrix:
+            matrix = load_matrix(options.matrix)
             file_setup = matrix["setup"]
             configs = matrix["configs"]
             if seeds is not None:
                 configs = [ConfigSpec(c.label, c.strategy, c.params, seeds) for c in configs]
-        if args.strategies:
-            specs = [parse_spec(s) for s in _split_strategies(args.strategies)]
+        if options.strategies:
+            specs = [parse_spec(s) for s in _split_strategies(options.strategies)]
             configs += [ConfigSpec(s.label, s.strategy, s.params, seeds or (0,)) for s in specs]
         flags = given_overrides(args, args.setup_flags)
         setup = build_setup({**file_setup, **flags}) if (configs or flags) else None
@@ -569,7 +571,7 @@ def main_from_args(args: Any) -> int:
     except CompareError as exc:
         print(f"aerplane compare: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
+    out = options.out or Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
     if setup is None and not (out / STATE_FILE).exists():
         print("aerplane compare: give --strategies or --matrix (or --out of a comparison to continue)", file=sys.stderr)
         return 2
@@ -577,9 +579,9 @@ def main_from_args(args: Any) -> int:
         out,
         setup,
         configs,
-        live=args.live,
-        coefficient_http=args.coefficient_http_port or 0,
-        keep_checkpoints=args.keep_checkpoints,
+        live=options.live,
+        coefficient_http=options.coefficient_http_port or 0,
+        keep_checkpoints=options.keep_checkpoints,
     )
 
 

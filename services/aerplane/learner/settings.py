@@ -25,11 +25,21 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from aerplane.common.flags import Flag, group_model
 from aerplane.common.settings import HttpSettings, RedisSettings, RunId, ServiceSettings, SettingsError
+from aerplane.core.policy_losses import POLICY_LOSS_NAMES, PolicyLoss, build_policy_loss
 from aerplane.core.strategies import STRATEGY_NAMES
 
 SECTION = "learner"
@@ -108,10 +118,12 @@ class LossSettings(_Group):
     """How per-token losses are reduced: a token mean over the whole global batch (all ranks, all micro-batches)."""
     kl_coef: Annotated[float, Flag("--kl-coef")] = Field(0.0, ge=0)
     """Weight of the k3 KL penalty to the initial (reference) policy; > 0 keeps a frozen copy of the model."""
-    policy_loss: Annotated[Literal["vanilla", "clip_cov", "kl_cov"], Flag("--policy-loss")] = "vanilla"
-    """Policy-loss mode: the clipped surrogate, or Clip-Cov / KL-Cov from "The Entropy Mechanism of RL"."""
+    policy_loss: Annotated[Literal[POLICY_LOSS_NAMES], Flag("--policy-loss")] = "vanilla"  # type: ignore[valid-type]
+    """Policy-loss mode (`aerplane.core.policy_losses`): the clipped surrogate, or Clip-Cov / KL-Cov from "The
+    Entropy Mechanism of RL"."""
     policy_loss_params: dict[str, float] = Field(default_factory=dict)
-    """Extra numeric parameters of the Clip-Cov / KL-Cov modes, by the names `aerplane.core.losses` uses."""
+    """Hyperparameters of the policy-loss mode, by its field names in `aerplane.core.policy_losses`, e.g.
+    {"clip_cov_ratio": 1e-3}; the others keep the mode's defaults."""
     normalize_std: Annotated[bool, Flag("--normalize-std")] = True
     """Divide group advantages by the group's std (GRPO); false gives Dr. GRPO's mean-centred advantages."""
     old_logprobs: Annotated[Literal["recompute", "sampler"], Flag("--old-logprobs")] = "recompute"
@@ -120,6 +132,19 @@ class LossSettings(_Group):
     own log-probs (importance-corrects the bounded staleness)."""
     entropy_chunk_size: int = Field(1024, ge=1)
     """Tokens per chunk of the full-vocabulary entropy computation (bounds its peak memory)."""
+
+    @field_validator("policy_loss_params")
+    @classmethod
+    def _mode_takes_them(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        """Checked against the mode's declared hyperparameters (names, bounds), without torch."""
+        if "policy_loss" in info.data:  # else the mode's own error is reported
+            build_policy_loss(info.data["policy_loss"], v)
+        return v
+
+    @property
+    def policy(self) -> PolicyLoss:
+        """The policy-loss mode with its hyperparameters (`policy_loss_params` over the mode's defaults)."""
+        return build_policy_loss(self.policy_loss, self.policy_loss_params)
 
 
 class StrategySettings(_Group):
@@ -368,15 +393,6 @@ class LearnerSettings(ServiceSettings, RedisSettings, HttpSettings):
     @property
     def weights_dir(self) -> Path:
         return self.weights.dir if self.weights.dir is not None else self.run_dir / "weights"
-
-    def check_runtime(self) -> None:
-        """Checks that need the training libraries (torch): the policy-loss parameters."""
-        from aerplane.core.losses import validate_policy_loss
-
-        try:
-            validate_policy_loss(self.loss.policy_loss, self.loss.policy_loss_params)
-        except ValueError as exc:
-            raise SettingsError(f"{SECTION}.loss.policy_loss_params: {exc}") from None
 
     def check_world(self, world_size: int) -> None:
         """Checks that need the number of DDP ranks; raises SettingsError naming the key."""

@@ -4,8 +4,10 @@
 
 The token mean runs over the whole global batch — every rank, every micro-batch — so each micro-batch adds its
 *sums* divided by the global response-token count of its mini-batch. DDP averages gradients over ranks, so the
-loss is multiplied by the world size to turn that average back into the global sum. The per-token maths (ratio,
-clipping, Clip-Cov / KL-Cov, k3) is `aerplane.core.losses`; entropy and logprobs are `aerplane.core.entropy`.
+loss is multiplied by the world size to turn that average back into the global sum. The loss is configured by the
+learner's own `LossSettings` (`loss.policy` is the policy-loss mode with its hyperparameters) and the sampling
+temperature. The per-token maths is `aerplane.core.losses` (token means, k3) and `aerplane.core.policy_losses` (the
+ratio, clipping, Clip-Cov / KL-Cov); entropy and logprobs are `aerplane.core.entropy`.
 
 Old log-probs (the ratio's denominator): with one optimizer update per step the learner's own forward *is* the
 old policy, so its detached logprobs are used and no extra pass is needed (the ratio is 1, clipping inactive — the
@@ -21,7 +23,7 @@ multiplied by 0 and its statistics left out.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,18 +40,7 @@ from aerplane.learner.batching import (
 from aerplane.learner.distributed import Dist, all_reduce_sum
 from aerplane.learner.parallel import is_sharded, local_float, no_sync
 from aerplane.learner.policy import token_stats
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    kl_coef: float = 0.0
-    policy_loss: str = "vanilla"
-    policy_loss_params: dict[str, float] = field(default_factory=dict)
-    old_logprobs: str = "recompute"
-    temperature: float = 1.0
-    chunk_size: int = 1024
+from aerplane.learner.settings import LossSettings
 
 
 @dataclass
@@ -80,26 +71,25 @@ def micro_batch_loss(
     old_logprobs: torch.Tensor,
     ref_logprobs: torch.Tensor | None,
     mb: MicroBatch,
-    cfg: LossConfig,
+    loss: LossSettings,
     *,
     alpha: float,
     denominator: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """This micro-batch's share of the global token-mean loss, and its statistics as *sums* (for all-reduce)."""
-    loss, stats = losses.compute_loss(
+    total, stats = losses.compute_loss(
         logprobs,
         old_logprobs,
         mb.advantages,
         entropy,
         alpha=alpha,
         prompt_weights=mb.weights,
-        eps_low=cfg.eps_low,
-        eps_high=cfg.eps_high,
-        mode=cfg.policy_loss,
+        eps_low=loss.eps_low,
+        eps_high=loss.eps_high,
+        policy=loss.policy,
         ref_logprobs=ref_logprobs,
-        kl_coef=cfg.kl_coef,
+        kl_coef=loss.kl_coef,
         num_tokens=denominator,
-        **cfg.policy_loss_params,
     )
     sums = {
         "pg": stats["pg_loss"] * denominator,
@@ -110,7 +100,7 @@ def micro_batch_loss(
         "sampler_kl": float(losses.k3_kl(mb.sampler_logprobs, logprobs.detach()).sum()),  # KL(sampler ‖ learner)
         "tokens": float(entropy.numel()),
     }
-    return loss, sums
+    return total, sums
 
 
 def train_step(
@@ -122,7 +112,8 @@ def train_step(
     num_prompts: int,
     ctx: Dist,
     alpha: float,
-    cfg: LossConfig,
+    loss: LossSettings,
+    temperature: float,
     micro_batch_size: int,
     mini_batches: int = 1,
     pad_id: int = 0,
@@ -130,16 +121,16 @@ def train_step(
     ref_model: torch.nn.Module | None = None,
     update: bool = True,
 ) -> StepResult:
-    """Train on this rank's share of `samples` (the whole step's batch, identical on every rank).
-
-    `update=False` only measures (no backward, no optimizer step): the anchoring steps before any update.
+    """Train on this rank's share of `samples` (the whole step's batch, identical on every rank) with the learner's
+    `loss` settings and the sampling `temperature`. `update=False` only measures (no backward, no optimizer step):
+    the anchoring steps before any update.
     """
     parts = rank_mini_batches(samples, num_prompts, ctx.rank, ctx.world_size, mini_batches)
     denominators = global_token_counts(samples, num_prompts, mini_batches)
     buckets = sorted({s.difficulty for s in samples})
     collated, real = _collate(model, parts, samples, num_prompts, ctx, mini_batches, micro_batch_size, pad_id)
 
-    recomputed = _old_logprobs(model, collated, cfg) if update and mini_batches > 1 else {}
+    recomputed = _old_logprobs(model, collated, loss, temperature) if update and mini_batches > 1 else {}
     totals = dict.fromkeys(_SUMS, 0.0)
     by_bucket = {b: [0.0, 0.0] for b in buckets}  # entropy sum, tokens
     grad_norms: list[float] = []
@@ -152,18 +143,18 @@ def train_step(
             padding = i >= real[m]
             grad = torch.enable_grad() if update else torch.no_grad()
             with no_sync(model, skip=update and not last), grad:
-                entropy, logprobs = token_stats(model, mb, temperature=cfg.temperature, chunk_size=cfg.chunk_size)
-                if cfg.old_logprobs == "sampler":
+                entropy, logprobs = token_stats(model, mb, temperature=temperature, chunk_size=loss.entropy_chunk_size)
+                if loss.old_logprobs == "sampler":
                     old = mb.sampler_logprobs
                 else:
                     old = recomputed.get((m, i), logprobs.detach())
                 ref = None
                 if ref_model is not None:
                     with torch.no_grad():
-                        ref = token_stats(ref_model, mb, temperature=cfg.temperature, chunk_size=cfg.chunk_size)[1]
-                loss, sums = micro_batch_loss(entropy, logprobs, old, ref, mb, cfg, alpha=alpha, denominator=denom)
+                        ref = token_stats(ref_model, mb, temperature=temperature, chunk_size=loss.entropy_chunk_size)[1]
+                share, sums = micro_batch_loss(entropy, logprobs, old, ref, mb, loss, alpha=alpha, denominator=denom)
                 if update:
-                    (loss * (0 if padding else ctx.world_size)).backward()
+                    (share * (0 if padding else ctx.world_size)).backward()
             if padding:
                 continue
             for key in _SUMS:
@@ -232,16 +223,18 @@ def _collate(
     return collated, real
 
 
-def _old_logprobs(model: torch.nn.Module, collated: list[list[Any]], cfg: LossConfig) -> dict[tuple[int, int], Any]:
+def _old_logprobs(
+    model: torch.nn.Module, collated: list[list[Any]], loss: LossSettings, temperature: float
+) -> dict[tuple[int, int], Any]:
     """Behaviour log-probs of every micro-batch under the model before this step's updates (`recompute` with more
     than one mini-batch; with one, the detached forward of the update itself is the same)."""
-    if cfg.old_logprobs != "recompute":
+    if loss.old_logprobs != "recompute":
         return {}
     out: dict[tuple[int, int], torch.Tensor] = {}
     with torch.no_grad():
         for m, mbs in enumerate(collated):
             for i, mb in enumerate(mbs):
-                out[m, i] = token_stats(model, mb, temperature=cfg.temperature, chunk_size=cfg.chunk_size)[1]
+                out[m, i] = token_stats(model, mb, temperature=temperature, chunk_size=loss.entropy_chunk_size)[1]
     return out
 
 

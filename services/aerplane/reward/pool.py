@@ -1,4 +1,5 @@
-"""A pool of killable verification worker processes with a hard per-item timeout.
+"""A pool of killable verification worker processes with a hard per-item timeout; POST /v1/verify (http.py) and
+the stream loop (worker.py) submit to it.
 
 Why processes: math-verify (via sympy) can hang in C code on adversarial input (`9^{9^{9^9}}` asks sympy for an
 integer with hundreds of millions of digits), and its own timeouts use SIGALRM, which only works on a process's main

@@ -21,15 +21,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from aerplane.generation.backends.base import (
-    Backend,
-    BackendError,
-    GenerationRequest,
-    RequestRejected,
-    Result,
-    Sample,
-    checkpoint_files,
-)
+from aerplane.generation.backends import base
+from aerplane.generation.backends.base import Backend, BackendError, GenerationRequest, Result, Sample
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +84,11 @@ class TransformersBackend(Backend):
             req.params.validate()
             total = len(req.prompt_token_ids) + req.params.max_tokens
             if not req.prompt_token_ids:
-                yield [(i, RequestRejected("empty prompt"))]
+                yield [(i, base.RequestRejected("empty prompt"))]
                 continue
             if total > self._max_len:
                 refusal = f"prompt + max_tokens = {total} exceeds the model's {self._max_len} positions"
-                yield [(i, RequestRejected(refusal))]
+                yield [(i, base.RequestRejected(refusal))]
                 continue
             key = (float(req.params.temperature), float(req.params.top_p), int(req.params.max_tokens))
             groups.setdefault(key, []).append(i)
@@ -190,7 +183,7 @@ class TransformersBackend(Backend):
         import torch
         from safetensors.torch import load_file
 
-        files = checkpoint_files(Path(path))
+        files = base.checkpoint_files(Path(path))
         params = dict(self.model.named_parameters())
         # remove_duplicate=False: a tied lm_head.weight in the checkpoint lands on the shared embedding tensor.
         targets = {**dict(self.model.named_buffers()), **dict(self.model.named_parameters(remove_duplicate=False))}

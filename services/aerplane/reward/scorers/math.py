@@ -41,8 +41,8 @@ from functools import cache
 from itertools import groupby
 from typing import Any
 
-from aerplane.reward.scorers import DEFAULT_EXTRACTION, Score, register
 from aerplane.reward.scorers.extract import find_answer, last_box_start
+from aerplane.reward.scorers.registry import DEFAULT_EXTRACTION, Score, register
 
 _ANSWER_PREVIEW = 200
 # math-verify's number formats, whole: thousands groups (`1,000.5`, `1 000`), a decimal point or comma, `.5`.

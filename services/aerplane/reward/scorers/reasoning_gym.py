@@ -19,8 +19,8 @@ import re
 from functools import cache
 from typing import Any
 
-from aerplane.reward.scorers import DEFAULT_EXTRACTION, Score, register
 from aerplane.reward.scorers.extract import find_answer, last_boxed, last_number
+from aerplane.reward.scorers.registry import DEFAULT_EXTRACTION, Score, register
 
 # Tasks whose answers are numbers: the "last number" fallback applies.
 NUMERIC_TASKS = (

@@ -1,14 +1,14 @@
-"""The REST app factory: `build_app(settings, *, store=None, ...) -> FastAPI`.
+"""The coefficient service's REST app factory: `build_app(settings, *, store=None, ...) -> FastAPI`.
 
-The app serves the /v1 routes (routes.py), OpenAPI at /docs, and /healthz, /readyz, /metrics. When no store is
-passed it opens its own from `settings.redis_url` in the lifespan and closes it on shutdown; `aerplane coefficient
-serve` passes the store it shares with the gRPC server.
+The app serves the /v1 routes (http_routes.py), OpenAPI at /docs, and /healthz, /readyz, /metrics. When no store is
+passed it opens its own from `settings.redis_url` in the lifespan and closes it on shutdown; the process (app.py)
+passes the store it shares with the gRPC server (grpc.py).
 
 Error mapping (nothing a client sends can produce a 500): validation → 422 with the messages (never echoing the
 input, which may be NaN and is not JSON), unknown run → 404, missing/unknown token → 401, a token without the
 permission → 403, a change the run refuses → 409, Redis down → 503. Bodies over `max_body_bytes` get 422 before
-they are parsed. The OpenAPI document declares each route's statuses (routes.py) and, from the configured tokens,
-which routes need a bearer token — exactly the ones that check it.
+they are parsed. The OpenAPI document declares each route's statuses (http_routes.py) and, from the configured
+tokens, which routes need a bearer token — exactly the ones that check it.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import aerplane
 from aerplane.coefficient.auth import Authenticator
 from aerplane.coefficient.errors import ERRORS, status_of
+from aerplane.coefficient.http_routes import RequirePermission, router
 from aerplane.coefficient.metrics import CoefficientMetrics, RunCollector
-from aerplane.coefficient.routes import RequirePermission, router
 from aerplane.coefficient.settings import CoefficientSettings
 from aerplane.coefficient.store import RunStore
 from aerplane.common.ops import add_ops_routes, new_registry

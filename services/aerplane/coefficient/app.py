@@ -1,4 +1,6 @@
-"""`aerplane coefficient serve`: the gRPC server and the REST app in one process, sharing one run store.
+"""The coefficient service's process: the gRPC server (grpc.py) and the REST app (http.py) in one process, sharing
+one run store. `serve` is what `aerplane coefficient serve` runs (launcher/services.py); `start` is what the
+tests start in-process.
 
     AERPLANE_REDIS_URL=redis://127.0.0.1:6379/0 aerplane coefficient serve --grpc-port 50051 --http-port 8000
 
@@ -13,17 +15,16 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import grpc
-import uvicorn
-from grpc_health.v1 import health, health_pb2
-
-from aerplane.coefficient.api import build_app
-from aerplane.coefficient.metrics import CoefficientMetrics
-from aerplane.coefficient.service import SERVICE_NAME, CoefficientServicer, build_grpc_server
 from aerplane.coefficient.settings import CoefficientSettings
-from aerplane.coefficient.store import RunStore
-from aerplane.common.ops import new_registry
+
+if TYPE_CHECKING:
+    import grpc
+    import uvicorn
+    from grpc_health.v1 import health
+
+    from aerplane.coefficient.store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class RunningService:
     def stop(self) -> None:
         if self._stopping.is_set():
             return
+        from grpc_health.v1 import health_pb2
+
+        from aerplane.coefficient.grpc import SERVICE_NAME
+
         self._stopping.set()  # ends WatchState streams at their next poll
         for name in ("", SERVICE_NAME):
             self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -62,6 +67,15 @@ class RunningService:
 
 def start(settings: CoefficientSettings) -> RunningService:
     """Start both servers on their ports and return once both listen."""
+    import uvicorn
+    from grpc_health.v1 import health_pb2
+
+    from aerplane.coefficient.grpc import SERVICE_NAME, CoefficientServicer, build_grpc_server
+    from aerplane.coefficient.http import build_app
+    from aerplane.coefficient.metrics import CoefficientMetrics
+    from aerplane.coefficient.store import RunStore
+    from aerplane.common.ops import new_registry
+
     store = RunStore(settings.redis_url)
     registry = new_registry()
     metrics = CoefficientMetrics(registry)

@@ -1,4 +1,5 @@
-"""HTTP side of the reward service: `POST /v1/verify` plus /healthz, /readyz, /metrics.
+"""The reward service's HTTP routes: `POST /v1/verify` (`build_router`); the app around them, with /healthz,
+/readyz and /metrics, is built in app.py.
 
     POST /v1/verify {"task": "math", "response": "... \\boxed{1/2}", "ground_truth": "0.5"}
       → {"reward": 1.0, "reason": "match", "answer": "1/2", "method": "boxed"}
@@ -8,31 +9,20 @@
 math-verify; `last_number`, `answer_tag`, `string`; null when nothing was read), so a user can see why a response
 scored what it did. Unknown task or malformed body → 422 with a message. Item text is scored as sent: a response
 over the size or nesting cap scores 0 with `too_long`, invalid UTF-8 bytes and lone surrogates are replaced with
-U+FFFD first. `build_app` owns the worker pool and (unless `consume` is off) the stream consumer: both start in the
-lifespan and stop in it, the consumer first, so the batch in flight is finished and published before the workers
-go.
+U+FFFD first. Items are scored in the verification worker pool (pool.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from aerplane.common.ops import add_ops_routes, new_registry
 from aerplane.reward import scorers
-from aerplane.reward.metrics import RewardMetrics
-from aerplane.reward.pool import PoolConfig, WorkerPool
-from aerplane.reward.service import StreamScorer
-from aerplane.reward.settings import RewardSettings
-
-log = logging.getLogger(__name__)
+from aerplane.reward.pool import WorkerPool
 
 MAX_BATCH_ITEMS = 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024  # bodies may carry over-long responses on purpose; they score `too_long`
@@ -110,73 +100,3 @@ def build_router(pool: WorkerPool) -> APIRouter:
             raise HTTPException(422, _errors(exc)) from None
 
     return router
-
-
-def build_app(settings: RewardSettings) -> FastAPI:
-    """The reward service app; the lifespan starts and stops the pool and the stream consumer."""
-    registry = new_registry()
-    metrics = RewardMetrics(registry)
-    pool = WorkerPool(
-        PoolConfig(
-            workers=settings.workers,
-            timeout_s=settings.timeout_s,
-            max_response_bytes=settings.max_response_bytes,
-            max_nesting=settings.max_nesting,
-            extraction=settings.extraction,
-            math_aliases=tuple(settings.math_tasks),
-            memory_limit_mb=settings.worker_memory_mb,
-        ),
-        on_result=metrics.observe,
-        on_restart=lambda reason: metrics.worker_restarts.labels(reason=reason).inc(),
-    )
-    metrics.watch_pool(pool)
-    state: dict[str, StreamScorer | None] = {"scorer": None}
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(pool.start)
-        log.info("%d verification workers ready (timeout %.1fs)", settings.workers, settings.timeout_s)
-        scorer = StreamScorer(settings, pool, metrics).start() if settings.consume else None
-        state["scorer"] = scorer
-        try:
-            yield
-        finally:
-            if scorer is not None:
-                await asyncio.to_thread(scorer.stop, settings.shutdown_grace_s)
-            await asyncio.to_thread(pool.close, settings.shutdown_grace_s)
-            log.info("reward service stopped")
-
-    def check() -> tuple[bool, dict[str, Any]]:
-        ok = pool.alive > 0
-        details: dict[str, Any] = {"workers": pool.alive, "busy": pool.busy, "queue": pool.queue_depth}
-        scorer = state["scorer"]
-        if scorer is not None:
-            stream_ok, stream = scorer.ready()
-            ok = ok and stream_ok
-            details["stream"] = stream
-        return ok, details
-
-    async def ready() -> tuple[bool, dict[str, Any]]:
-        return await asyncio.to_thread(check)  # pings Redis: off the event loop
-
-    app = FastAPI(title="aerplane reward", version="1", lifespan=lifespan)
-    app.state.pool = pool
-    app.state.metrics = metrics
-    app.include_router(build_router(pool))
-    add_ops_routes(app, registry, ready)
-    return app
-
-
-def serve(settings: RewardSettings) -> int:
-    """Run the service until SIGTERM/SIGINT: the HTTP API, the worker pool and the stream consumer (`build_app`)."""
-    import uvicorn
-
-    uvicorn.run(
-        build_app(settings),
-        host=settings.host,
-        port=settings.http_port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
-    )
-    return 0

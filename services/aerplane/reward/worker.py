@@ -1,6 +1,8 @@
-"""The stream side of the reward service: `rollout:generated` → verification pool → `rollout:scored`.
+"""The reward service's stream loop (`StreamScorer`): `rollout:generated` → verification pool → `rollout:scored`.
 
-One loop on a background thread, top to bottom:
+Not to be confused with the pool's worker processes (pool.py), which score one item each: this is the one loop
+that feeds them from the stream, as generation/worker.py is the generation service's. The app (app.py) starts it
+in its lifespan unless `consume` is off. One loop on a background thread, top to bottom:
 
 1. back-pressure: while the learner's group has more than `downstream_max_lag` unfinished scored entries, wait;
 2. read up to `batch_size` generated samples (reclaimed idle ones first; poison ones are dead-lettered by the

@@ -1,5 +1,5 @@
-"""`aerplane model prepare|tiny` (light: heavy imports happen in the handlers; `aerplane generation serve` is
-registered from common.commands).
+"""`aerplane model prepare|tiny`: prepare the embedded models (embedded_models.py) and print their folder. Light:
+transformers and torch are imported in the handler.
 
 aerplane model tiny                                   # prints the tiny model's folder (last line of stdout)
 MODEL=$(aerplane model prepare | tail -n1)            # SmolLM2-135M-Instruct as safetensors, converted once
@@ -43,7 +43,7 @@ def _model(args: argparse.Namespace) -> int:
     from aerplane.common.flags import settings_from_args
     from aerplane.common.logs import setup_logging
     from aerplane.common.settings import ServiceSettings
-    from aerplane.data.models import ModelUnavailable, prepare_smollm2, tiny_model
+    from aerplane.data.embedded_models import ModelUnavailable, prepare_smollm2, tiny_model
 
     settings = settings_from_args(ServiceSettings, args, args.flags, section="model")
     setup_logging("model", settings, stream="stderr")  # stdout carries the model folder

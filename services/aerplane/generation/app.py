@@ -1,4 +1,5 @@
-"""`aerplane generation serve`: wire settings → model → engine → worker loop, with the ops server alongside.
+"""The generation service's process (`GenerationService`): wire settings → model → engine → rollout loop
+(worker.py), with the ops server alongside. `serve` is what `aerplane generation serve` runs (launcher/services.py).
 
     aerplane generation serve --backend vllm --model tiny --run-id r1 --redis-url redis://127.0.0.1:6379/0
 
@@ -82,7 +83,7 @@ class GenerationService:
         from aerplane.common.messages import ROLLOUT_REQUESTS
         from aerplane.common.stream_metrics import StreamMetrics
         from aerplane.common.streams import StreamClient
-        from aerplane.data.models import ModelUnavailable, resolve_model
+        from aerplane.data.embedded_models import ModelUnavailable, resolve_model
         from aerplane.generation.backends import BackendError, build_backend
         from aerplane.generation.worker import EngineDied, GenerationWorker
 

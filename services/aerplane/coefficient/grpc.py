@@ -1,4 +1,5 @@
-"""The gRPC side: `aerplane.v1.CoefficientService` over the run store, plus the health service and reflection.
+"""The coefficient service's gRPC side: `aerplane.v1.CoefficientService` over the run store, plus the health service
+and reflection. The process that runs it next to the REST app (http.py) is app.py.
 
 Thin on purpose: each method converts the request, calls `RunStore`, converts the answer back, and maps the
 store's errors onto status codes (unknown run → NOT_FOUND, bad values → INVALID_ARGUMENT, stale step →
