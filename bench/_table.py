@@ -52,6 +52,22 @@ def verdict(line: dict) -> str:
     return "ok" if met else "MISSED"
 
 
+def summary_table(results: list[dict]) -> str:
+    """One line per headline figure, the columns as wide as their longest entry."""
+    rows = [("bench", "metric", "value", "target", "", "baseline")]
+    for line in results:
+        better = "≤" if line.get("better") == "lower" else "≥"
+        target = "" if line.get("target") is None else f"{better}{line['target']}"
+        rows.append(
+            (line["bench"], line["metric"], str(line["value"]), target, verdict(line), line.get("baseline", ""))
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join(
+        f"{b:<{widths[0]}}  {m:<{widths[1]}}  {v:>{widths[2]}}  {t:>{widths[3]}}  {d:<{widths[4]}}  {base}".rstrip()
+        for b, m, v, t, d, base in rows
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help=f"benches to run (default all: {', '.join(benches())})")
@@ -75,15 +91,7 @@ def main() -> int:
         results += lines
 
     print("\n=== every headline figure ===")
-    print(f"{'bench':<12}{'metric':<40}{'value':>12}{'target':>9}  {'':<7}baseline")
-    for line in results:
-        target = (
-            "" if line.get("target") is None else f"{'≤' if line.get('better') == 'lower' else '≥'}{line['target']}"
-        )
-        print(
-            f"{line['bench']:<12}{line['metric']:<40}{line['value']:>12}{target:>9}  {verdict(line):<7}"
-            f"{line.get('baseline', '')}"
-        )
+    print(summary_table(results))
     out = Path(args.out) if args.out else ROOT / "runs" / time.strftime("bench-%Y%m%d-%H%M%S.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(

@@ -353,7 +353,7 @@ def open_driver(
     items = load_prompt_slots(tokenizer, s.data, s.lengths, seed=s.run.seed)
     schedule = PromptSchedule(items, s.batch.prompts_per_step, seed=s.run.seed, shuffle=s.data.shuffle)
     ledger = ConsumedLedger.open(s.run_dir, resumed.ledger_mark, start_step=start_step)
-    streams, collector = _connect(s, registry, start_step)
+    streams, collector = _connect(s.redis_url, s.run, s.batch, registry, start_step)
     driver = Driver(
         requests=Requests(s.run, s.batch, s.sampling, s.lengths),
         normalize_std=s.loss.normalize_std,
@@ -373,22 +373,22 @@ def open_driver(
         version=start_step,
     )
     try:
-        _start(driver, s, ctx, resumed)
+        _start(driver, (s.host, s.http_port), s.run, resumed, ctx.world_size)
     except BaseException:
         driver.close(finished=False)
         raise
     return driver
 
 
-def _start(driver: Driver, s: LearnerSettings, ctx: Dist, resumed: Resumed) -> None:
+def _start(driver: Driver, ops: tuple[str, int], run: RunSettings, resumed: Resumed, world_size: int) -> None:
     """Serve /metrics, check the data against the record of consumed rollouts, start (or resume) the coefficient
     run, and announce the learner."""
     from aerplane.common.ops import OpsServer
 
     start_step = resumed.step
     ledger, coefficients = driver.ledger, driver.coefficients
-    driver.ops = OpsServer(s.host, s.http_port, driver.registry, driver.readiness).start()
-    log.info("metrics on http://%s:%d/metrics", s.host, driver.ops.port)
+    driver.ops = OpsServer(*ops, driver.registry, driver.readiness).start()
+    log.info("metrics on http://%s:%d/metrics", ops[0], driver.ops.port)
     if start_step > 0 and ledger.last_prompt_ids is not None:
         if ledger.last_prompt_ids != [slot.prompt_id for slot in driver.slots(start_step - 1)]:
             raise SettingsError(
@@ -397,22 +397,24 @@ def _start(driver: Driver, s: LearnerSettings, ctx: Dist, resumed: Resumed) -> N
             )
     if resumed.coefficients:
         coefficients.load_state_dict(resumed.coefficients)
-    state = coefficients.start(s.run.resume)
+    state = coefficients.start(run.resume)
     keys = ("strategy", "step", "alpha", "initial_entropy", "target_entropy")
-    log.info("coefficient run %s: %s", s.run.run_id, {k: state.get(k) for k in keys})
+    log.info("coefficient run %s: %s", run.run_id, {k: state.get(k) for k in keys})
     driver.ready = True
-    driver.event("learner_started", start_step, {"resume": s.run.resume, "world_size": ctx.world_size})
+    driver.event("learner_started", start_step, {"resume": run.resume, "world_size": world_size})
     driver.metrics_log.truncate_from(start_step)
 
 
-def _connect(s: LearnerSettings, registry: CollectorRegistry, start_step: int) -> tuple[StreamClient, RolloutCollector]:
+def _connect(
+    redis_url: str, run: RunSettings, batch: BatchSettings, registry: CollectorRegistry, start_step: int
+) -> tuple[StreamClient, RolloutCollector]:
     """The Redis streams, the consumer of scored rollouts (with its scrape-time metrics) and the collector on it."""
     from aerplane.common.messages import ROLLOUT_SCORED, ScoredSample
     from aerplane.common.stream_metrics import StreamMetrics
     from aerplane.common.streams import StreamClient
     from aerplane.learner.rollouts import LEARNER_GROUP, RolloutCollector, publish_requests
 
-    streams = StreamClient(s.redis_url, s.run.run_id)
+    streams = StreamClient(redis_url, run.run_id)
     consumer = streams.consumer(
         ROLLOUT_SCORED, LEARNER_GROUP, "learner-0", ScoredSample, claim_idle_ms=600_000, max_deliveries=10
     )
@@ -420,9 +422,9 @@ def _connect(s: LearnerSettings, registry: CollectorRegistry, start_step: int) -
     collector = RolloutCollector(
         consumer,
         lambda reqs: publish_requests(streams, reqs),
-        run_id=s.run.run_id,
-        samples_per_prompt=s.batch.samples_per_prompt,
-        staleness=s.run.staleness,
+        run_id=run.run_id,
+        samples_per_prompt=batch.samples_per_prompt,
+        staleness=run.staleness,
     )
     collector.trained_below = start_step
     return streams, collector

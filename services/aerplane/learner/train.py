@@ -35,6 +35,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -53,7 +54,7 @@ def train(settings: LearnerSettings) -> int:
     s = settings
     ctx = start_process(s)
     stop = stop_on_signals()
-    model_path = resolve_model_path(s, ctx)
+    model_path = resolve_model_path(s.model, s.cache_dir, ctx)
     updates = s.run.steps * s.batch.mini_batches
     trainable = build_trainable(model_path, s.model, s.optim, ctx, total_updates=updates, reference=s.loss.kl_coef > 0)
     checkpointer = Checkpointer(s.checkpoint_dir, s.checkpoint, s.run.run_id, s.model.parallel, ctx)
@@ -120,11 +121,11 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def resolve_model_path(settings: LearnerSettings, ctx: distributed.Dist) -> str:
+def resolve_model_path(model: ModelSettings, cache_dir: Path | None, ctx: distributed.Dist) -> str:
     """Rank 0 resolves the model (an embedded one is prepared on first use); every rank gets its folder."""
     from aerplane.data.embedded_models import resolve_model
 
-    path = resolve_model(settings.model.path, settings.cache_dir) if ctx.is_main else None
+    path = resolve_model(model.path, cache_dir) if ctx.is_main else None
     return distributed.broadcast(str(path) if path else None, ctx)
 
 
