@@ -9,6 +9,8 @@ one after another, each once the previous service is back and the learner has tr
     coefficient SIGKILL
     learner     SIGKILL of torchrun's group; its workers, in sessions of their own, die with it (PDEATHSIG)
     redis       a restart: SIGTERM (the append-only file is flushed), then the supervisor starts it again
+    reward      SIGSTOP of its process group, held until the supervisor finds it hung (its /healthz unanswered)
+    generation  SIGSTOP of its process group (the service and vLLM), likewise; the supervisor SIGKILLs and restarts
 
 The module's tests read that one run; the recovery table (seconds from the exit being seen to the service answering
 its readiness check again) is printed at the end of the session.
@@ -20,6 +22,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +33,24 @@ from aerplane.common.process import descendants
 from aerplane.core.strategies import build_strategy
 from aerplane.learner.ledger import read_ledger
 
-STEPS = 14
+STEPS = 18
 G = 4
 PROMPTS = 2
-# (service, completed steps before the fault); each fault also waits for the previous recovery.
-FAULTS = [("reward", 2), ("generation", 4), ("coefficient", 6), ("learner", 8), ("redis", 10)]
+# (fault, service, signal, completed steps before the fault); each fault also waits for the previous recovery.
+FAULTS = [
+    ("reward", "reward", signal.SIGKILL, 2),
+    ("generation", "generation", signal.SIGKILL, 4),
+    ("coefficient", "coefficient", signal.SIGKILL, 6),
+    ("learner", "learner", signal.SIGKILL, 8),
+    ("redis", "redis", signal.SIGTERM, 10),
+    ("reward stopped", "reward", signal.SIGSTOP, 12),
+    ("generation stopped", "generation", signal.SIGSTOP, 14),
+]
+# `aerplane up`'s defaults: a /healthz probe every 5 s that waits 10 s; 3 unanswered in a row make a service hung.
+HEALTH_INTERVAL, HEALTH_TIMEOUT, HEALTH_FAILURES = 5.0, 10.0, 3
+FOUND_WITHIN = HEALTH_INTERVAL + HEALTH_FAILURES * (HEALTH_TIMEOUT + HEALTH_INTERVAL)
 # α rises every step (H* = 20 nats is above any entropy the tiny model has), without reaching α_max.
-AER = ["--strategy", "aer", "--target-entropy", "20", "--eta", "1e-4", "--alpha-max", "0.5"]
+AER = ["--strategy", "aer:target_entropy=20:eta=1e-4:alpha_max=0.5"]
 
 
 def _events(run_dir: Path) -> list[dict[str, Any]]:
@@ -58,24 +72,27 @@ class Injector:
     def __call__(self, watcher: RunWatcher) -> None:
         if not self.todo or not (self.run_dir / "metrics.jsonl").exists():
             return
-        events = _events(self.run_dir)
-        recovered = {e["service"] for e in events if e["event"] == "recovered"}
-        if any(name not in recovered for name in self.injected):
+        recovered = Counter(e["service"] for e in _events(self.run_dir) if e["event"] == "recovered")
+        if recovered != Counter(fault["service"] for fault in self.injected.values()):
             return  # the previous fault is not recovered yet
-        name, after = self.todo[0]
+        name, service, sig, after = self.todo[0]
         done = len(metrics_rows(self.run_dir))
         if done < after:
             return
         info = watcher.services()
-        pid = info["redis_pid"] if name == "redis" else info["services"][name]["pid"]
+        pid = info["redis_pid"] if service == "redis" else info["services"][service]["pid"]
         group = [pid, *descendants(pid)]
-        if name == "redis":
-            os.kill(pid, signal.SIGTERM)
+        if sig == signal.SIGTERM:
+            os.kill(pid, sig)  # the process alone: a clean shutdown
         else:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(pid, sig)  # SIGSTOP: held until the supervisor's SIGKILL ends it
         self.killed_pids += group
-        self.injected[name] = {"pid": pid, "after_steps": done, "time": time.time()}
+        self.injected[name] = {"service": service, "signal": sig, "pid": pid, "after_steps": done, "time": time.time()}
         self.todo.pop(0)
+
+
+def _events_after(run_dir: Path, service: str, since: float) -> list[dict[str, Any]]:
+    return [e for e in _events(run_dir) if e["service"] == service and e["time"] >= since]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +110,7 @@ def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_the_run_completes_every_step_after_each_fault(faulty_run: dict[str, Any]) -> None:
     watcher, injector = faulty_run["watcher"], faulty_run["injector"]
     assert faulty_run["code"] == 0, watcher.output()
-    assert [name for name, _ in FAULTS] == list(injector.injected), (injector.injected, watcher.output())
+    assert [name for name, *_ in FAULTS] == list(injector.injected), (injector.injected, watcher.output())
     rows = metrics_rows(faulty_run["run_dir"])
     assert [r["step"] for r in rows] == list(range(STEPS))
     evaluation = json.loads((faulty_run["run_dir"] / "eval.json").read_text())["splits"][0]
@@ -125,24 +142,34 @@ def test_alpha_is_continuous_across_the_crashes(faulty_run: dict[str, Any]) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("service", [name for name, _ in FAULTS])
-def test_each_service_is_restarted_and_recovers(faulty_run: dict[str, Any], service: str, report_table) -> None:
-    events = [e for e in _events(faulty_run["run_dir"]) if e["service"] == service]
+@pytest.mark.parametrize("fault", [name for name, *_ in FAULTS])
+def test_each_service_is_restarted_and_recovers(faulty_run: dict[str, Any], fault: str, report_table) -> None:
+    injected = faulty_run["injector"].injected[fault]
+    service, sig = injected["service"], injected["signal"]
+    events = _events_after(faulty_run["run_dir"], service, injected["time"])
     kinds = [e["event"] for e in events]
-    assert kinds[:3] == ["failed", "restarted", "recovered"], events
-    failed = events[0]
+    found = "–"
+    if sig == signal.SIGSTOP:  # no exit to see: found hung by its unanswered /healthz, then killed
+        assert kinds[:4] == ["hung", "failed", "restarted", "recovered"], events
+        hung, failed = events[0], events[1]
+        found_after = hung["time"] - injected["time"]
+        assert found_after <= FOUND_WITHIN + 5, events  # + the watcher's poll interval
+        assert "/healthz unanswered" in hung["why"] and failed["what"].startswith("hung for"), events
+        found = f"{found_after:.1f}"
+    else:
+        assert kinds[:3] == ["failed", "restarted", "recovered"], events
+        failed = events[0]
     if service == "redis":
         assert failed["code"] == 0  # SIGTERM: a clean shutdown, restarted all the same
     else:
         assert failed["code"] == -signal.SIGKILL
     run = json.loads((faulty_run["run_dir"] / "run.json").read_text())
-    recovery = next(r for r in run["recoveries"] if r["service"] == service)
+    recovery = next(r for r in run["recoveries"] if r["service"] == service and r["failed_at"] >= injected["time"])
     assert recovery["seconds"] is not None and recovery["seconds"] > 0
-    after = faulty_run["injector"].injected[service]["after_steps"]
     report_table(
         "time to recover per fault (aerplane up, tiny model)",
-        ["fault", "after step", "exit code", "seconds"],
-        [service, after, failed["code"], f"{recovery['seconds']:.1f}"],
+        ["fault", "signal", "after step", "found hung after s", "exit code", "seconds"],
+        [fault, signal.Signals(sig).name, injected["after_steps"], found, failed["code"], f"{recovery['seconds']:.1f}"],
     )
 
 

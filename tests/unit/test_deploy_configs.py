@@ -395,6 +395,16 @@ def test_a_failing_learner_restarts_a_bounded_number_of_times(compose_projects: 
         assert re.fullmatch(r"on-failure:\d+", restart), f"{profile}/{name}: restart {restart} may crash-loop"
 
 
+def test_a_service_that_exits_hung_is_restarted(compose_projects: dict[str, dict[str, Any]]) -> None:
+    """A stuck work loop ends its process with code 124 (common.liveness); compose does not restart an unhealthy
+    container, so the restart policy must take a non-zero exit."""
+    loops = {"gpu": ("reward", "generation", "learner"), "cpu": ("reward", "generation-cpu", "learner-cpu")}
+    for profile, names in loops.items():
+        for name in names:
+            restart = compose_projects[profile]["services"][name]["restart"]
+            assert restart in ("always", "unless-stopped") or restart.startswith("on-failure"), (profile, name)
+
+
 def test_the_cpu_services_answer_to_the_names_prometheus_and_grafana_use(
     compose_projects: dict[str, dict[str, Any]],
 ) -> None:

@@ -55,3 +55,72 @@ def test_a_child_that_dies_with_its_parent_still_reports_its_own_exit_and_stops_
     assert _wait_for(lambda: len(descendants(running.pid)) == 1)  # the program under its wrapper
     code = running.stop(timeout=10)
     assert code == 128 + signal.SIGTERM and not live_group_members(running.pid)
+
+
+# Counts the SIGTERMs it gets (one byte per delivery through the wakeup fd: Python runs its handler once for two
+# signals that arrive close together), for a second after the first, writes the count to COUNT_FILE and ends by
+# SIGTERM's default action. Writes its PID to READY_FILE once it is ready for signals.
+COUNTER = """
+import os, signal, sys, time
+count_file, ready_file = sys.argv[1], sys.argv[2]
+r, w = os.pipe()
+os.set_blocking(w, False)
+signal.set_wakeup_fd(w)
+signal.signal(signal.SIGTERM, lambda signum, frame: None)
+open(ready_file + ".tmp", "w").write(str(os.getpid()))
+os.rename(ready_file + ".tmp", ready_file)
+got = os.read(r, 1)
+time.sleep(1.0)
+os.set_blocking(r, False)
+try:
+    got += os.read(r, 64)
+except BlockingIOError:
+    pass
+open(count_file, "w").write(str(got.count(bytes([signal.SIGTERM]))))
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def _counter(tmp_path) -> tuple[ManagedProcess, int]:
+    """A started COUNTER under die_with_parent, once its handler is in place; returns it and the program's PID."""
+    ready = tmp_path / "ready"
+    argv = [sys.executable, "-c", COUNTER, str(tmp_path / "count"), str(ready)]
+    child = ManagedProcess("counter", argv, die_with_parent=True).start()
+    assert _wait_for(ready.exists), "the program never started"
+    return child, int(ready.read_text())
+
+
+def test_a_signal_to_the_wrappers_pid_alone_reaches_the_program_once(tmp_path) -> None:
+    child, program = _counter(tmp_path)
+    try:
+        assert program != child.pid and os.getpgid(program) == child.pid
+        # The program does not inherit the wrapper's blocked signals.
+        blocked = next(line for line in open(f"/proc/{program}/status") if line.startswith("SigBlk:"))
+        assert int(blocked.split()[1], 16) == 0, blocked
+        # From another process (what `kill PID` with a PID from services.json does); not the parent's group signal.
+        subprocess.run([sys.executable, "-c", f"import os; os.kill({child.pid}, {int(signal.SIGTERM)})"], check=True)
+        assert child.proc is not None and child.proc.wait(timeout=30) == 128 + signal.SIGTERM
+        assert (tmp_path / "count").read_text() == "1"
+    finally:
+        child.stop(timeout=5)
+
+
+def test_a_group_signal_from_the_parent_reaches_the_program_once(tmp_path) -> None:
+    child, _ = _counter(tmp_path)
+    assert child.stop(timeout=30) == 128 + signal.SIGTERM  # ManagedProcess.stop: SIGTERM to the whole group
+    assert (tmp_path / "count").read_text() == "1"
+    assert not live_group_members(child.pid)
+
+
+def test_what_the_program_leaves_in_its_group_dies_with_it() -> None:
+    # The program starts a grandchild in its group and exits at once: the wrapper reports 3 and takes the grandchild.
+    program = [
+        sys.executable,
+        "-c",
+        "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); sys.exit(3)",
+    ]
+    child = ManagedProcess("leaver", program, die_with_parent=True).start()
+    assert child.proc is not None and child.proc.wait(timeout=30) == 3
+    assert _wait_for(lambda: not live_group_members(child.pid)), live_group_members(child.pid)
+    child.stop()

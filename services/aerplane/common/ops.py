@@ -4,7 +4,11 @@ Two ways to serve it, same behaviour:
 - `add_ops_routes(app, registry, ready)` for services that already run a FastAPI app (coefficient, reward);
 - `OpsServer(...)`, a small threaded HTTP server for processes without one (learner, generation worker).
 
-`ready` returns `(ok, details)`; `/readyz` answers 200 with the details when ok, else 503. Each process owns one
+`ready` returns `(ok, details)`; `/readyz` answers 200 with the details when ok, else 503. `live` (optional, the
+same shape: a `common.liveness.Progress.check`) makes `/healthz` mean "the work loop moves": 200 `{"status": "ok",
+...}`, or 503 `{"status": "hung", "loop": ..., "stalled_s": ..., "bound_s": ...}` while the loop holds work without
+progress past its bound; without it `/healthz` answers 200 `{"status": "ok"}` whenever the HTTP server does. `live`
+must be cheap (no Redis call): a liveness probe has to answer even while Redis is slow. Each process owns one
 `CollectorRegistry` (never the global default), so tests can run several services in one interpreter.
 """
 
@@ -21,6 +25,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from aerplane.common.liveness import LiveFn
+
 ReadyResult = tuple[bool, dict[str, Any]]
 ReadyFn = Callable[[], ReadyResult | Awaitable[ReadyResult]]
 
@@ -32,14 +38,23 @@ def new_registry() -> CollectorRegistry:
     return CollectorRegistry(auto_describe=True)
 
 
-def add_ops_routes(app: Any, registry: CollectorRegistry, ready: ReadyFn) -> None:
+def health(live: LiveFn | None) -> tuple[int, dict[str, Any]]:
+    """/healthz's status code and body: 200 "ok", or 503 "hung" naming the loop (common.liveness)."""
+    if live is None:
+        return 200, {"status": "ok"}
+    ok, detail = live()
+    return (200, {"status": "ok", **detail}) if ok else (503, {"status": "hung", **detail})
+
+
+def add_ops_routes(app: Any, registry: CollectorRegistry, ready: ReadyFn, live: LiveFn | None = None) -> None:
     """Mount /healthz, /readyz and /metrics on a FastAPI app."""
     from fastapi import Response
     from fastapi.responses import JSONResponse
 
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> JSONResponse:
+        code, body = health(live)
+        return JSONResponse(body, status_code=code)
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
@@ -57,16 +72,20 @@ def add_ops_routes(app: Any, registry: CollectorRegistry, ready: ReadyFn) -> Non
 class OpsServer:
     """/healthz, /readyz and /metrics on a background thread, for processes without an HTTP app of their own."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: ReadyFn) -> None:
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, ready: ReadyFn, live: LiveFn | None = None
+    ) -> None:
         self.registry = registry
         self._ready = ready
+        self._live = live
         ops = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # http.server's name
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
-                    self._send(200, "application/json", b'{"status": "ok"}')
+                    code, body = health(ops._live)
+                    self._send(code, "application/json", json.dumps(body, default=str).encode())
                 elif path == "/readyz":
                     ok, details = ops.check_ready()
                     body = json.dumps({"ready": ok, **details}, default=str).encode()

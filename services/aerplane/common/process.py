@@ -118,7 +118,10 @@ class ManagedProcess:
         """`log_path`: the child's stdout and stderr go there; without one they are discarded, or, with
         `inherit_output`, both go to this process's stdout (in a container: the container's log).
         `die_with_parent`: the child's process group is SIGKILLed when this process dies, even by SIGKILL (through
-        a small wrapper process that leads the group: `python -m aerplane.common.deathsig`)."""
+        a small wrapper process that leads the group: `python -m aerplane.common.deathsig`). `pid` is then the
+        wrapper's, the group's leader: a signal to the group reaches the program once, and one sent to that PID
+        alone by another process is passed on to the program. Start such a child from the main thread (the kernel
+        ties the parent-death signal to the thread that forked)."""
         self.name = name
         self.argv = list(argv)
         self.env = dict(os.environ if env is None else env)
@@ -132,6 +135,7 @@ class ManagedProcess:
 
     @property
     def pid(self) -> int | None:
+        """The child's PID, which is also its process group's ID (with `die_with_parent`: the wrapper's)."""
         return self.proc.pid if self.proc else None
 
     def start(self) -> ManagedProcess:
@@ -178,7 +182,8 @@ class ManagedProcess:
             time.sleep(interval)
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM the child's process group, wait, then SIGKILL it. Returns the exit code."""
+        """SIGTERM the child's process group, wait, then SIGKILL it. Returns the exit code (the program's; with
+        `die_with_parent`, 128 + N when signal N ended it, and -9 when the group had to be SIGKILLed)."""
         if self.proc is None:
             return None
         try:

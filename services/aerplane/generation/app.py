@@ -3,8 +3,10 @@
 
     aerplane generation serve --backend vllm --model tiny --run-id r1 --redis-url redis://127.0.0.1:6379/0
 
-/healthz answers as soon as the process is up; /readyz turns 200 once the engine is loaded (vLLM takes about a
-minute on CPU) and Redis answers. SIGTERM/SIGINT: the current batch finishes and is published, the vLLM child is
+/healthz answers as soon as the process is up, and 503 "hung" when the rollout loop has requests in flight in the
+engine with nothing back for `hang_timeout_s` (worker.py); a watchdog then exits with code 124 for the supervisor
+to restart the service, unless `exit_on_hang` is off. /readyz turns 200 once the engine is loaded (vLLM takes
+about a minute on CPU) and Redis answers. SIGTERM/SIGINT: the current batch finishes and is published, the vLLM child is
 stopped, exit 0. While the engine is still starting, SIGTERM stops the child and exits at once.
 """
 
@@ -15,6 +17,7 @@ import signal
 import threading
 from typing import Any
 
+from aerplane.common.liveness import Watchdog
 from aerplane.common.ops import OpsServer, new_registry
 from aerplane.generation.metrics import GenerationMetrics, VLLMMetricsProxy
 from aerplane.generation.settings import GenerationSettings
@@ -42,14 +45,17 @@ class GenerationService:
         self.worker: Any = None
         self.stopping = threading.Event()
         self.ops: OpsServer | None = None
+        self.watchdog = Watchdog(self.live, exit_on_hang=settings.exit_on_hang)
 
     def __enter__(self) -> GenerationService:
         s = self.settings
-        self.ops = OpsServer(s.host, s.http_port, self.metrics.registry, self.ready).start()
+        self.ops = OpsServer(s.host, s.http_port, self.metrics.registry, self.ready, self.live).start()
+        self.watchdog.start()
         log.info("ops server on %s:%d; backend %s, model %s", s.host, self.ops.port, s.backend, s.model)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.watchdog.stop()
         for resource in (self.backend, self.client):
             if resource is not None:
                 resource.close()
@@ -69,6 +75,10 @@ class GenerationService:
             "redis": "ok" if redis_ok else "unreachable",
             **details,
         }
+
+    def live(self) -> tuple[bool, dict[str, Any]]:
+        """/healthz: the rollout loop moves while it has requests in the engine (healthy while the engine starts)."""
+        return self.worker.progress.check() if self.worker is not None else (True, {})
 
     def on_signal(self, signum: int, _frame: Any) -> None:
         """SIGTERM/SIGINT: the worker finishes its batch and returns; during start-up, stop at once."""

@@ -6,6 +6,7 @@ Environment variables (CLI flags override them):
 |---|---|---|
 | run_id | `AERPLANE_RUN_ID` or `AERPLANE_GENERATION_RUN_ID` | `default` |
 | redis_url | `AERPLANE_REDIS_URL` (shared by every service) | `redis://127.0.0.1:6379/0` |
+| hang_timeout_s | `AERPLANE_GENERATION_HANG_TIMEOUT_S` | 900 (0: never hung) |
 | … | `AERPLANE_GENERATION_<FIELD>` for the rest | see the fields |
 
 e.g. `AERPLANE_GENERATION_BACKEND=transformers AERPLANE_GENERATION_MODEL=tiny aerplane generation serve`.
@@ -116,6 +117,19 @@ class GenerationSettings(ServiceSettings, RedisSettings, HttpSettings):
     seed: int = Field(0, ge=0)
     """Base sampling seed for requests that carry none (vLLM gets seed + sample offset per request)."""
 
+    hang_timeout_s: float = Field(900.0, ge=0)
+    """/healthz reports the rollout loop hung (503) when requests are in flight in the engine (a batch handed to it
+    and not yet published, or a weights reload) and nothing has come back for this long (0: never). A wave of
+    responses coming back is progress, so the bound is the slowest single response: it must exceed
+    `vllm_request_timeout_s` (600 s, a long response at the full `max_model_len` on a busy GPU) — then a stuck
+    engine surfaces as timed-out requests first, and the hang covers what has no timeout of its own (a wedged
+    reload, a transformers `generate`, a stuck Redis publish). Waiting for requests, or for the learner's weights
+    announcement, is waiting for input: healthy however long."""
+
+    exit_on_hang: bool = True
+    """Exit with code 124 (`common.liveness.HUNG_EXIT_CODE`) once the loop is hung, so that `aerplane up`, compose's
+    `restart:` or the kubelet replaces the process (and its vLLM server); off, /healthz still answers 503."""
+
     @field_validator("vllm_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
@@ -129,6 +143,11 @@ class GenerationSettings(ServiceSettings, RedisSettings, HttpSettings):
     def _cross_checks(self) -> GenerationSettings:
         if self.vllm_url is not None and self.backend != "vllm":
             raise ValueError(f"vllm_url: only used with backend vllm (backend is {self.backend})")
+        if self.backend == "vllm" and 0 < self.hang_timeout_s <= self.vllm_request_timeout_s:
+            raise ValueError(
+                f"hang_timeout_s ({self.hang_timeout_s}) must exceed vllm_request_timeout_s "
+                f"({self.vllm_request_timeout_s}): one slow response would count as a hang (or 0 to disable)"
+            )
         if self.vllm_port and self.vllm_port == self.http_port and self.backend == "vllm" and self.vllm_url is None:
             raise ValueError(f"vllm_port: {self.vllm_port} is also the http_port")
         return self

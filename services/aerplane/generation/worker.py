@@ -15,6 +15,10 @@ stream; one that fails for another reason stays pending and is retried (reclaime
 dead-lettered after `max_deliveries`). If the engine itself dies the loop raises `EngineDied` and the process exits
 non-zero for its supervisor to restart it. `stop()` (SIGTERM) lets the current batch finish and publish; a batch
 still waiting for weights is handed back un-acked.
+
+Liveness (`self.progress`, read by /healthz and the service's watchdog): a batch handed to the engine, and a weights
+reload, is work in flight; each wave that comes back is progress. In flight with nothing back for
+`hang_timeout_s` is a hang; waiting for requests or for a weights announcement is waiting for input, not a hang.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aerplane.common.liveness import Progress
 from aerplane.common.messages import (
     EVENTS,
     ROLLOUT_GENERATED,
@@ -45,6 +50,8 @@ from aerplane.generation.metrics import GenerationMetrics
 from aerplane.generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
+
+LOOP = "generation.engine"  # the loop's name in /healthz and the watchdog's log line
 
 
 class EngineDied(RuntimeError):
@@ -66,6 +73,7 @@ class GenerationWorker:
         self.consumer = self.client.consumer_for(ROLLOUT_REQUESTS, RolloutRequest, self.settings)
         self._skipped_weights: set[str] = set()  # announcement ids that failed to decode or load
         self._stop = threading.Event()
+        self.progress = Progress(LOOP, self.settings.hang_timeout_s)
         self.metrics.policy_version.set(0)
 
     # --- loop -------------------------------------------------------------------------------------------------------
@@ -101,7 +109,8 @@ class GenerationWorker:
         if not self.sync_weights(wait_for=wanted):
             log.info("stopping while waiting for weights; %d requests handed back un-acked", len(batch))
             return 0
-        return self._process(batch)
+        with self.progress.working(len(batch)):
+            return self._process(batch)
 
     def _read_batch(self, block_ms: int) -> list[Delivery]:
         limit = self.settings.max_batch_prompts
@@ -156,6 +165,7 @@ class GenerationWorker:
             if finished:
                 response_tokens += self._publish(finished, version)
                 done += len(finished)
+            self.progress.beat()
         seconds = time.monotonic() - started
         self.metrics.batch_seconds.observe(seconds)
         if seconds > 0 and response_tokens:
@@ -294,7 +304,8 @@ class GenerationWorker:
             return
         started = time.monotonic()
         try:
-            self.backend.load_weights(Path(ann.path))
+            with self.progress.working():
+                self.backend.load_weights(Path(ann.path))
         except BackendError as exc:
             log.error("could not load weights v%d from %s: %s", ann.version, ann.path, exc)
             self._skipped_weights.add(entry_id)

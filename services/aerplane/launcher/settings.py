@@ -148,6 +148,13 @@ class UpSettings(ServiceSettings):
     `failure_window` seconds stop the run."""
     failure_window: float = Field(600.0, gt=0)
     """Seconds over which `max_failures` counts."""
+    health_interval: float = Field(5.0, ge=0)
+    """Seconds between one /healthz probe of a service and the next."""
+    health_timeout: float = Field(10.0, gt=0)
+    """Seconds a /healthz probe waits for its answer."""
+    health_failures: int = Field(3, ge=1)
+    """Unanswered /healthz probes in a row after which a service is hung (killed and restarted like a crash); a
+    service whose own loop stalled past its bound says so at once (503)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -13,11 +13,14 @@ A service that dies mid-run is restarted with backoff on the same ports (launche
 `--resume` from its last checkpoint; the view and `RUN_DIR/events.jsonl` show each exit and recovery. A service that
 fails `--max-failures` times within `--failure-window` seconds, or one that never becomes ready at start, stops the
 run: every child is stopped by PID (SIGTERM, then SIGKILL), the service and its log are named, and the exit code is
-non-zero. Ctrl-C / SIGTERM stops every child the same way.
+non-zero. Ctrl-C / SIGTERM stops every child the same way. If the launcher itself dies, by any signal (SIGKILL
+too), every child's process group is SIGKILLed within seconds (`die_with_parent`: common/deathsig.py), and
+`aerplane up --resume` on the same run directory continues the run from the learner's last checkpoint.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import math
@@ -35,7 +38,7 @@ from typing import Any
 from aerplane.common.process import ManagedProcess, ProcessDied, http_ok, port_in_use
 from aerplane.launcher.services import SERVICES
 from aerplane.launcher.settings import Ports, UpSettings, learner_values
-from aerplane.launcher.supervise import GaveUp, RestartPolicy, Supervised, Supervisor, with_flag
+from aerplane.launcher.supervise import GaveUp, RestartPolicy, Supervised, Supervisor, probe_healthz, with_flag
 
 
 class UpError(RuntimeError):
@@ -177,7 +180,13 @@ class Stack:
         self.services: list[Service] = []
         self.learner: Service | None = None
         self.metrics_seen: dict[str, bool] = {}
-        policy = RestartPolicy(max_failures=cfg.max_failures, window_s=cfg.failure_window)
+        policy = RestartPolicy(
+            max_failures=cfg.max_failures,
+            window_s=cfg.failure_window,
+            health_interval_s=cfg.health_interval,
+            health_timeout_s=cfg.health_timeout,
+            health_failures=cfg.health_failures,
+        )
         run_dir.mkdir(parents=True, exist_ok=True)
         self.supervisor = Supervisor(policy, on_event=on_event, events_path=run_dir / "events.jsonl")
 
@@ -191,8 +200,10 @@ class Stack:
     def _service(self, name: str, args: list[str], port: int, ready_timeout: float) -> Service:
         base = f"http://127.0.0.1:{port}"
         env = {**self._env(), **cpu_split(self.facts["backend"]).get(name, {})}
+        log_path = self.logs / f"{name}.log"
+        # die_with_parent: the service's process group is SIGKILLed when this launcher dies, even by SIGKILL.
         proc = ManagedProcess(
-            name, python_cmd(*args), env=env, log_path=self.logs / f"{name}.log", ready_url=f"{base}/readyz"
+            name, python_cmd(*args), env=env, log_path=log_path, ready_url=f"{base}/readyz", die_with_parent=True
         )
         return Service(name, proc, ready_timeout, f"{base}/metrics")
 
@@ -205,6 +216,7 @@ class Stack:
             self.redis = LocalRedis(data_dir=self.run_dir / "redis", log_path=self.logs / "redis.log")
         except RedisNotFound as exc:
             raise UpError(str(exc)) from None
+        self.redis.process.die_with_parent = True  # as every child of the launcher: gone when it dies
         self.redis.start()
         self.redis_url = self.redis.url
         # Restarted on its port with its append-only file: the streams and coefficient state come back with it.
@@ -224,7 +236,9 @@ class Stack:
             raise ServiceCrashed(svc.name, None, svc.process.log_tail(30)) from None
         url = svc.process.ready_url or ""
         ready = lambda: http_ok(url)  # noqa: E731
-        self.supervisor.add(Supervised(svc.name, svc.process, ready, svc.ready_timeout, **supervision))
+        healthz = url.removesuffix("/readyz") + "/healthz"
+        health = functools.partial(probe_healthz, healthz)
+        self.supervisor.add(Supervised(svc.name, svc.process, ready, svc.ready_timeout, health=health, **supervision))
 
     def start_shared(self, status: Any) -> None:
         """Redis and the coefficient service: what several runs can share."""
@@ -330,6 +344,7 @@ class Stack:
             svc.process.stop(timeout=30 if svc.name in ("learner", "generation") else 15)
         if self.redis is not None:
             self.redis.stop()
+        self.supervisor.close()
 
 
 def cpu_split(backend: str) -> dict[str, dict[str, str]]:

@@ -1,6 +1,6 @@
 """Rank 0's side of the training loop: prompts, streams, coefficients, weights, metrics (the other ranks only train).
 
-    driver = open_driver(settings, ctx, model_path, stop, resumed)   # every part built, connected and checked
+    driver = open_driver(settings, ctx, model_path, stop, resumed, progress)   # every part built, connected, checked
     plan = driver.plan_step(step, phases)       # rollouts in, α and λ from the coefficient service, the batch
     ...train...
     state = driver.report(step, result, phases)  # H_t out, the step's groups into the consumed-rollout record
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from aerplane.common.liveness import Progress, Watchdog
 from aerplane.learner import checkpoint as ckpt
 from aerplane.learner.batching import TrainSample, group_accuracy, mean_by, truncate_response
 from aerplane.learner.metrics import LearnerMetrics, MetricsLog
@@ -49,6 +50,10 @@ if TYPE_CHECKING:
     from aerplane.learner.rollouts import PromptSchedule, RolloutCollector
 
 log = logging.getLogger("aerplane.learner")
+
+# Seconds a hung step stays up past its bound answering /healthz 503, before the watchdog exits: three of `aerplane
+# up`'s probe intervals (launcher.supervise.RestartPolicy.health_interval_s), so its supervisor records `hung`.
+HANG_EXIT_GRACE_S = 15.0
 
 
 @dataclass
@@ -91,6 +96,7 @@ class Driver:
     metrics: LearnerMetrics
     metrics_log: MetricsLog
     stop: threading.Event
+    watchdog: Watchdog  # exits the process when the step (`Loop.progress`) is hung; /healthz reads its check
     version: int = 0
     published_through: int = -1
     consumed: dict[str, list[Any]] = field(default_factory=dict)  # the groups of the step being trained
@@ -279,6 +285,7 @@ class Driver:
             log.warning("could not publish event %s: %s", kind, exc)
 
     def close(self, *, finished: bool) -> None:
+        self.watchdog.stop()
         self.ready = False
         self.event("learner_finished" if finished else "learner_stopped", self.version, {})
         self.streams.close()
@@ -332,7 +339,7 @@ def metrics_row(
 
 
 def open_driver(
-    settings: LearnerSettings, ctx: Dist, model_path: str, stop: threading.Event, resumed: Resumed
+    settings: LearnerSettings, ctx: Dist, model_path: str, stop: threading.Event, resumed: Resumed, progress: Progress
 ) -> Driver:
     """Build rank 0's parts from their settings groups, connect them, and check the data against the record of
     consumed rollouts when resuming. Raises SettingsError when the data changed since the run started."""
@@ -370,6 +377,8 @@ def open_driver(
         metrics=metrics,
         metrics_log=MetricsLog(s.run_dir / "metrics.jsonl"),
         stop=stop,
+        # the grace: torchrun turns rank 0's exit 124 into its own 1, so `aerplane up` must see the 503 first
+        watchdog=Watchdog(progress.check, exit_on_hang=s.exit_on_hang, grace_s=HANG_EXIT_GRACE_S),
         version=start_step,
     )
     try:
@@ -387,7 +396,8 @@ def _start(driver: Driver, ops: tuple[str, int], run: RunSettings, resumed: Resu
 
     start_step = resumed.step
     ledger, coefficients = driver.ledger, driver.coefficients
-    driver.ops = OpsServer(*ops, driver.registry, driver.readiness).start()
+    driver.ops = OpsServer(*ops, driver.registry, driver.readiness, driver.watchdog.live).start()
+    driver.watchdog.start()
     log.info("metrics on http://%s:%d/metrics", ops[0], driver.ops.port)
     if start_step > 0 and ledger.last_prompt_ids is not None:
         if ledger.last_prompt_ids != [slot.prompt_id for slot in driver.slots(start_step - 1)]:

@@ -323,6 +323,17 @@ class LearnerSettings(ServiceSettings, RedisSettings, HttpSettings):
     """Port of rank 0's ops server (0 = pick a free one)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto`: CUDA (and NCCL) when available, else CPU (and gloo)."""
+    hang_timeout_s: float = Field(1800.0, ge=0)
+    """Rank 0's /healthz reports the step hung (503) when one phase of a step's own work (the forward/backward and
+    update from the plan's broadcast on, then the checkpoint, then the weights publish) has run this long (0:
+    never). A big model's step on GPUs takes minutes, a checkpoint of its AdamW state more, and the step's report
+    rides out a coefficient service outage for up to `coefficient.outage_s` (which the bound must exceed); a
+    collective stuck on any rank stalls rank 0 too. Waiting for rollouts is waiting on the other services, not a
+    hang."""
+    exit_on_hang: bool = True
+    """Rank 0 exits with code 124 (`common.liveness.HUNG_EXIT_CODE`) once the step is hung; torchrun then stops
+    every rank and the supervisor (`aerplane up`, compose's `restart:`, the kubelet) resumes the run from its last
+    checkpoint. Off, /healthz still answers 503."""
     shared_run_id: str | None = Field(None, validation_alias=AliasChoices("AERPLANE_RUN_ID"), exclude=True)
     """`AERPLANE_RUN_ID`, the run id every service reads: the default of `run.run_id`."""
     shared_learner_token: SecretStr | None = Field(None, validation_alias="AERPLANE_LEARNER_TOKEN", exclude=True)
@@ -373,6 +384,12 @@ class LearnerSettings(ServiceSettings, RedisSettings, HttpSettings):
             build_strategy(self.strategy.name, **strategy_kwargs(self.strategy.params, self.strategy.options))
         except ValueError as exc:
             raise ValueError(f"strategy.params: {exc}") from None
+        ride_out = self.coefficient.outage_s + self.coefficient.timeout_s
+        if self.hang_timeout_s and self.coefficient.target != "local" and self.hang_timeout_s <= ride_out:
+            raise ValueError(
+                f"hang_timeout_s: {self.hang_timeout_s} must exceed coefficient.outage_s + coefficient.timeout_s "
+                f"({ride_out}): a step rides out a coefficient service restart that long (or 0 to disable)"
+            )
         if self.model.dtype == "float16":
             raise ValueError(
                 "model.dtype: float16 training needs loss scaling, which the learner does not do; "

@@ -18,12 +18,13 @@ where the consumed-rollout record stood; `--resume` cuts the record back to it a
 every group of every step goes into the parameters once. The coefficient service applies each step's entropy once,
 so the steps re-trained after a crash do not move α again, and it answers the α it gave the first time.
 
-Rank 0 alone talks to Redis and the coefficient service and serves /metrics (`learner.driver.Driver`, built by
-`open_driver`); the other ranks train (and, under FSDP, take part in the gathers that checkpointing and weight
-publishing need). Rank 0's decisions (the batch, α, "stop") travel in one broadcast per step, so every rank leaves
-the loop together. The parts: `learner.trainable` (model, optimizer, schedule), `learner.checkpointer` (save,
-resume), `learner.step` (one step's loss and update). Precision and DDP vs FSDP: `learner.parallel` and
-docs/learner.md.
+Rank 0 alone talks to Redis and the coefficient service and serves /metrics and /healthz (`learner.driver.Driver`,
+built by `open_driver`; /healthz reports the step hung, and rank 0 exits with code 124, when its own work stalls
+past `hang_timeout_s`: common.liveness); the other ranks train (and, under FSDP, take part in the gathers that
+checkpointing and weight publishing need). Rank 0's decisions (the batch, α, "stop") travel in one broadcast per
+step, so every rank leaves the loop together. The parts: `learner.trainable` (model, optimizer, schedule),
+`learner.checkpointer` (save, resume), `learner.step` (one step's loss and update). Precision and DDP vs FSDP:
+`learner.parallel` and docs/learner.md.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from aerplane.common.liveness import Progress
 from aerplane.learner import distributed
 from aerplane.learner.checkpointer import Checkpointer, Resumed
 from aerplane.learner.driver import Driver, StepPlan, metrics_row, open_driver
@@ -59,7 +61,8 @@ def train(settings: LearnerSettings) -> int:
     trainable = build_trainable(model_path, s.model, s.optim, ctx, total_updates=updates, reference=s.loss.kl_coef > 0)
     checkpointer = Checkpointer(s.checkpoint_dir, s.checkpoint, s.run.run_id, s.model.parallel, ctx)
     resumed = checkpointer.resume(trainable, resume=s.run.resume)
-    driver = open_driver(s, ctx, model_path, stop, resumed) if ctx.is_main else None
+    progress = Progress("learner.step", s.hang_timeout_s)  # a step's own work: rank 0's /healthz and watchdog
+    driver = open_driver(s, ctx, model_path, stop, resumed, progress) if ctx.is_main else None
     loop = Loop(
         run=s.run,
         batch=s.batch,
@@ -73,6 +76,7 @@ def train(settings: LearnerSettings) -> int:
         checkpointer=checkpointer,
         driver=driver,
         pad_id=distributed.broadcast(driver.pad_id if driver is not None else None, ctx),
+        progress=progress,
     )
     step, code = resumed.step, 0
     try:
@@ -145,59 +149,64 @@ class Loop:
     checkpointer: Checkpointer
     driver: Driver | None  # rank 0 only
     pad_id: int
+    progress: Progress  # held from the plan's broadcast to the step's end; waiting for rollouts is not work
 
     def run_step(self, step: int) -> int | None:
         """Plan, train, report, checkpoint, publish, record step `step`; None to go on, else the exit code."""
         t0 = time.perf_counter()
         phases: dict[str, float] = {}
-        plan: StepPlan = distributed.broadcast(self.driver.plan_step(step, phases) if self.driver else None, self.ctx)
-        if plan.error:
-            log.error("step %d: %s", step, plan.error)
-            return 1
-        if plan.stop:
-            log.info("stop requested: leaving before step %d", step)
-            return 0
-        t = time.perf_counter()
-        t_ = self.trainable
-        result = train_step(
-            t_.policy,
-            t_.optimizer,
-            t_.scheduler,
-            plan.samples,
-            num_prompts=self.batch.prompts_per_step,
-            ctx=self.ctx,
-            alpha=plan.alpha,
-            loss=self.loss,
-            temperature=self.temperature,
-            micro_batch_size=self.batch.micro_batch_size,
-            mini_batches=self.batch.mini_batches,
-            pad_id=self.pad_id,
-            grad_clip=self.grad_clip,
-            ref_model=t_.reference,
-            update=not plan.measure_only,
-        )
-        phases["forward_backward"] = time.perf_counter() - t  # includes the optimizer update(s)
-        if not math.isfinite(result.mean_entropy):
-            raise FloatingPointError(f"step {step}: non-finite entropy {result.mean_entropy}")
-        coef = self.driver.report(step, result, phases) if self.driver is not None else None
-        version = step + 1
-        if self.checkpointer.due(version, self.run.steps):
+        mine = self.driver.plan_step(step, phases) if self.driver else None  # rank 0 waits for rollouts here
+        with self.progress.working():  # the step's own work from here on (rank 0's /healthz and watchdog)
+            plan: StepPlan = distributed.broadcast(mine, self.ctx)
+            if plan.error:
+                log.error("step %d: %s", step, plan.error)
+                return 1
+            if plan.stop:
+                log.info("stop requested: leaving before step %d", step)
+                return 0
             t = time.perf_counter()
-            self.checkpoint(version)
-            phases["checkpoint"] = time.perf_counter() - t
-        if version == self.run.steps or version % self.weights_interval == 0:
-            t = time.perf_counter()
-            self.publish(version, step=version, write=True)
-            phases["publish_weights"] = time.perf_counter() - t
-        if self.driver is not None:
-            row = metrics_row(step, self.driver, result, coef or {}, phases, time.perf_counter() - t0)
-            self.driver.record(row)
-            log.info(
-                "step %d: H=%.4f α=%.3g acc=%.3f pg=%.4f len=%.1f %.0f tok/s %.1fs",
-                *(row[k] for k in ("step", "mean_entropy", "alpha", "accuracy", "pg_loss", "response_length")),
-                row["tokens_per_s"],
-                row["step_seconds"],
+            t_ = self.trainable
+            result = train_step(
+                t_.policy,
+                t_.optimizer,
+                t_.scheduler,
+                plan.samples,
+                num_prompts=self.batch.prompts_per_step,
+                ctx=self.ctx,
+                alpha=plan.alpha,
+                loss=self.loss,
+                temperature=self.temperature,
+                micro_batch_size=self.batch.micro_batch_size,
+                mini_batches=self.batch.mini_batches,
+                pad_id=self.pad_id,
+                grad_clip=self.grad_clip,
+                ref_model=t_.reference,
+                update=not plan.measure_only,
             )
+            phases["forward_backward"] = time.perf_counter() - t  # includes the optimizer update(s)
+            self.progress.beat()
+            if not math.isfinite(result.mean_entropy):
+                raise FloatingPointError(f"step {step}: non-finite entropy {result.mean_entropy}")
+            coef = self.driver.report(step, result, phases) if self.driver is not None else None
+            version = step + 1
+            if self.checkpointer.due(version, self.run.steps):
+                t = time.perf_counter()
+                self.checkpoint(version)
+                phases["checkpoint"] = time.perf_counter() - t
+                self.progress.beat()
+            if version == self.run.steps or version % self.weights_interval == 0:
+                t = time.perf_counter()
+                self.publish(version, step=version, write=True)
+                phases["publish_weights"] = time.perf_counter() - t
+            if self.driver is not None:
+                row = metrics_row(step, self.driver, result, coef or {}, phases, time.perf_counter() - t0)
+                self.driver.record(row)
+                log.info(
+                    "step %d: H=%.4f α=%.3g acc=%.3f pg=%.4f len=%.1f %.0f tok/s %.1fs",
+                    *(row[k] for k in ("step", "mean_entropy", "alpha", "accuracy", "pg_loss", "response_length")),
+                    row["tokens_per_s"],
+                    row["step_seconds"],
+                )
         return None
 
     def checkpoint(self, step: int) -> None:

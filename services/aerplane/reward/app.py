@@ -6,7 +6,9 @@ until SIGTERM/SIGINT; `aerplane reward serve` (launcher/services.py) runs `serve
     aerplane reward serve --no-consume                                       # POST /v1/verify only
 
 The app owns the pool and the stream loop: both start in its lifespan and stop in it, the stream loop first, so the
-batch in flight is finished and published before the workers go.
+batch in flight is finished and published before the workers go. With the stream loop, /healthz reports it hung
+(503) when it holds a batch without progress for `hang_timeout_s`, and a watchdog (common.liveness) exits the
+process with code 124 then, unless `exit_on_hang` is off; with `--no-consume` /healthz is "the HTTP server answers".
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def build_app(settings: RewardSettings) -> FastAPI:
     """The reward service app; the lifespan starts and stops the pool and the stream consumer."""
     from fastapi import FastAPI
 
+    from aerplane.common.liveness import Watchdog
     from aerplane.common.ops import add_ops_routes, new_registry
     from aerplane.reward.http import build_router
     from aerplane.reward.metrics import RewardMetrics
@@ -55,15 +58,24 @@ def build_app(settings: RewardSettings) -> FastAPI:
     metrics.watch_pool(pool)
     state: dict[str, StreamScorer | None] = {"scorer": None}
 
+    def live() -> tuple[bool, dict[str, Any]]:
+        scorer = state["scorer"]
+        return scorer.progress.check() if scorer is not None else (True, {})
+
+    watchdog = Watchdog(live, exit_on_hang=settings.exit_on_hang)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(pool.start)
         log.info("%d verification workers ready (timeout %.1fs)", settings.workers, settings.timeout_s)
         scorer = StreamScorer(settings, pool, metrics).start() if settings.consume else None
         state["scorer"] = scorer
+        if scorer is not None:
+            watchdog.start()
         try:
             yield
         finally:
+            watchdog.stop()
             if scorer is not None:
                 await asyncio.to_thread(scorer.stop, settings.shutdown_grace_s)
             await asyncio.to_thread(pool.close, settings.shutdown_grace_s)
@@ -86,7 +98,7 @@ def build_app(settings: RewardSettings) -> FastAPI:
     app.state.pool = pool
     app.state.metrics = metrics
     app.include_router(build_router(pool))
-    add_ops_routes(app, registry, ready)
+    add_ops_routes(app, registry, ready, live if settings.consume else None)
     return app
 
 

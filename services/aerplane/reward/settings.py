@@ -13,6 +13,8 @@ Environment variables (CLI flags override them):
 | max_response_bytes | `AERPLANE_REWARD_MAX_RESPONSE_BYTES` | 65536 |
 | max_nesting | `AERPLANE_REWARD_MAX_NESTING` | 32 |
 | extraction | `AERPLANE_REWARD_EXTRACTION` | `math_verify` (or `boxed`, `last_number`, `boxed_or_last_number`) |
+| hang_timeout_s | `AERPLANE_REWARD_HANG_TIMEOUT_S` | 300 (0: never hung) |
+| exit_on_hang | `AERPLANE_REWARD_EXIT_ON_HANG` | true |
 | … | `AERPLANE_REWARD_<FIELD>` for the rest | see the fields |
 
 The service-specific variables carry the `REWARD_` part so that one environment can configure every service.
@@ -110,6 +112,17 @@ class RewardSettings(ServiceSettings, RedisSettings, HttpSettings):
     shutdown_grace_s: float = Field(30.0, ge=0, le=600)
     """On SIGTERM, the batch in flight gets this long to finish and be published; the rest stays pending."""
 
+    hang_timeout_s: float = Field(300.0, ge=0)
+    """/healthz reports the stream loop hung (503) when it holds a batch read from the stream and not yet published
+    and no item of it has finished for this long (0: never). The pool finishes an item every `timeout_s` + 0.5 s
+    at worst (a hung scorer is killed) and a Redis outage is retried, not stalled, so 300 s without progress means
+    the loop or the pool is stuck, not slow. Must exceed `timeout_s`. Idle (nothing to read, or held back by the
+    learner's lag) is healthy however long."""
+
+    exit_on_hang: bool = True
+    """Exit with code 124 (`common.liveness.HUNG_EXIT_CODE`) once the loop is hung, so that `aerplane up`, compose's
+    `restart:` or the kubelet replaces the process; off, /healthz still answers 503."""
+
     @field_validator("extraction")
     @classmethod
     def _known_extraction(cls, value: str) -> str:
@@ -131,6 +144,11 @@ class RewardSettings(ServiceSettings, RedisSettings, HttpSettings):
     def _consistent(self) -> RewardSettings:
         if self.consume and self.run_id is None:
             raise ValueError("run_id is required to consume the run's stream (or set consume=false for HTTP only)")
+        if self.hang_timeout_s and self.hang_timeout_s <= self.timeout_s:
+            raise ValueError(
+                f"hang_timeout_s ({self.hang_timeout_s}) must exceed timeout_s ({self.timeout_s}): one slow item "
+                "would count as a hang (or 0 to disable)"
+            )
         if self.downstream_max_lag >= self.stream_maxlen:
             raise ValueError(
                 f"downstream_max_lag ({self.downstream_max_lag}) must be below stream_maxlen ({self.stream_maxlen})"

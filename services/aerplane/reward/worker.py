@@ -12,6 +12,10 @@ in its lifespan unless `consume` is off. One loop on a background thread, top to
 4. publish the `ScoredSample`s and ack their sources in one atomic step (`Consumer.publish_and_ack` with one source
    per result, so a result reclaimed and scored twice is still published once).
 
+Liveness (`self.progress`, read by /healthz and the watchdog in app.py): from reading a batch until it is published
+the loop holds work; each item the pool finishes, each publish retry and the publish itself is progress. No
+progress for `hang_timeout_s` while holding a batch is a hang; waiting for entries or for the learner is not.
+
 Redis outages: each call retries with backoff (`StreamClient`); a batch that was scored but could not be published
 is retried until it is, or until shutdown, when it is left pending for another replica to reclaim. On stop (SIGTERM)
 the batch in flight is finished and published; nothing unfinished is acked.
@@ -26,6 +30,7 @@ from typing import Any
 
 import redis
 
+from aerplane.common.liveness import Progress
 from aerplane.common.messages import ROLLOUT_GENERATED, ROLLOUT_SCORED, GeneratedSample, ScoredSample
 from aerplane.common.stream_metrics import StreamMetrics
 from aerplane.common.streams import Consumer, Delivery, StreamClient
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _RETRY_S = 1.0
 _RECONNECT_TIMEOUT_S = 10.0  # per call; the loop itself retries forever, checking for shutdown in between
+LOOP = "reward.stream"  # the loop's name in /healthz and the watchdog's log line
 
 
 class StreamScorer:
@@ -54,6 +60,7 @@ class StreamScorer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reward-consumer", daemon=True)
         self._consumer: Consumer | None = None
+        self.progress = Progress(LOOP, settings.hang_timeout_s)
         watch = [(ROLLOUT_GENERATED, settings.group), (ROLLOUT_SCORED, settings.downstream_group)]
         StreamMetrics("aerplane_reward", self.client, lambda: self._consumer, watch).register(metrics.registry)
         self.scored = 0  # samples published by this replica
@@ -97,7 +104,8 @@ class StreamScorer:
                     continue
                 deliveries = self._consumer.read(count=s.batch_size, block_ms=s.block_ms)
                 if deliveries:
-                    self._score_and_publish(self._consumer, deliveries)
+                    with self.progress.working(len(deliveries)):
+                        self._score_and_publish(self._consumer, deliveries)
                 self.last_error = None
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self._note_error(f"redis unavailable: {exc}")
@@ -122,6 +130,8 @@ class StreamScorer:
         samples: list[GeneratedSample] = [d.record for d in deliveries]  # type: ignore[misc]
         ids = [d.id for d in deliveries]
         futures = [self.pool.submit(g.task, g.response_text, g.ground_truth, source="stream") for g in samples]
+        for future in futures:
+            future.add_done_callback(lambda _: self.progress.beat())
         # A batch may take longer than claim_idle_ms (many items at their timeout): keep our claim on it fresh.
         heartbeat = self.settings.claim_idle_ms / 3000
         while wait(futures, timeout=heartbeat).not_done:
@@ -137,9 +147,11 @@ class StreamScorer:
                 published = consumer.publish_and_ack(ROLLOUT_SCORED, results, ids, sources=ids)
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.progress.beat()  # waiting on Redis, not stuck: a restart would not bring Redis back
                 if self._stop.is_set():
                     log.warning("shutting down with %d scored samples unpublished (left pending)", len(results))
                     return
                 self._note_error(f"redis unavailable while publishing: {exc}")
+        self.progress.beat()
         self.scored += len(published)
         self.metrics.batches.inc()
