@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,17 @@ def test_smollm2_converts_to_a_working_model() -> None:
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1] :])  # de-quantized weights, not noise
+
+
+def test_model_prepare_takes_the_embedded_model_by_name(tmp_path: Path) -> None:
+    """`aerplane model prepare tiny` is `aerplane model tiny`; an unknown name is refused with the choices."""
+    env = {**os.environ, "AERPLANE_CACHE_DIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "aerplane.cli", "model"]
+    by_name = subprocess.run([*cmd, "prepare", "tiny"], capture_output=True, text=True, env=env, timeout=300)
+    direct = subprocess.run([*cmd, "tiny"], capture_output=True, text=True, env=env, timeout=300)
+    assert by_name.returncode == direct.returncode == 0, by_name.stderr
+    folder = by_name.stdout.strip().splitlines()[-1]
+    assert folder == direct.stdout.strip().splitlines()[-1] and Path(folder).parent == tmp_path
+    assert (Path(folder) / "config.json").is_file()
+    bad = subprocess.run([*cmd, "prepare", "bogus"], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "invalid choice: 'bogus' (choose from 'smollm2-135m', 'tiny')" in bad.stderr

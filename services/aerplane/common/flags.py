@@ -231,6 +231,8 @@ def _build(key: str, stem: str, info: FieldInfo, meta: Flag, env: str | None) ->
         kwargs.update({"nargs": meta.nargs} if meta.nargs else {"action": "append"})
     else:
         kwargs["type"] = meta.parse or type_
+        if meta.nargs:  # e.g. "?": an optional positional
+            kwargs["nargs"] = meta.nargs
         if choices is not None and meta.parse is None:
             kwargs["choices"] = choices
         else:

@@ -11,7 +11,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from aerplane.common.flags import Flag
+
+
+class Prepare(BaseModel):
+    """`aerplane model prepare [NAME]`."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: Annotated[Literal["smollm2-135m", "tiny"], Flag("NAME", nargs="?")] = "smollm2-135m"
+    """Which embedded model."""
 
 
 def register(subparsers: Any) -> None:
@@ -27,13 +40,7 @@ def register(subparsers: Any) -> None:
         p = model_sub.add_parser(name, help=text, description=text + ". The folder is the last line of stdout.")
         flags = add_settings_flags(p, ServiceSettings, only=("cache_dir", "log_level"))
         if name == "prepare":  # one command for deployments that pick the embedded model by name
-            p.add_argument(
-                "name",
-                nargs="?",
-                default="smollm2-135m",
-                choices=("smollm2-135m", "tiny"),
-                help="which embedded model (default smollm2-135m)",
-            )
+            p.set_defaults(prepare_flags=add_settings_flags(p, Prepare))
         p.set_defaults(func=_model, flags=flags)
 
 
@@ -48,7 +55,10 @@ def _model(args: argparse.Namespace) -> int:
     settings = settings_from_args(ServiceSettings, args, args.flags, section="model")
     setup_logging("model", settings, stream="stderr")  # stdout carries the model folder
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    tiny = args.model_command == "tiny" or getattr(args, "name", None) == "tiny"
+    name = "tiny"
+    if args.model_command == "prepare":
+        name = settings_from_args(Prepare, args, args.prepare_flags, section="model").name
+    tiny = name == "tiny"
     build = tiny_model if tiny else prepare_smollm2
     try:
         path = build(settings.cache_dir)
