@@ -634,6 +634,11 @@ def _train_and_evaluate(stack: Stack, view: Any, evaluations: list[dict[str, Any
         view.status(f"evaluating the final policy on {cfg.eval_split} ({cfg.eval_size} problems × {cfg.eval_k})")
         evaluations.append(evaluate(stack, step=cfg.steps, policy_version=cfg.steps))
     _write_json(run_dir / "eval.json", {"splits": evaluations[-1:], "history": evaluations})
+    from aerplane.common.trackers import log_evaluations
+
+    reported = log_evaluations(run_dir, evaluations)  # the learner's tracker runs (trackers.json), if any
+    if reported:
+        view.status(f"evaluation sent to {', '.join(reported)}")
 
 
 def execute(
