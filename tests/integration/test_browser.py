@@ -25,15 +25,17 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.timeout(300)
 NO_BROWSER = "needs Debian's chromium and chromium-driver (scripts/bootstrap.sh installs them)"
 LOOPBACK_ONLY = "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
+OPERATOR, READER = "operator-token", "read-token"
+AS_READER, AS_OPERATOR = {"Authorization": f"Bearer {READER}"}, {"Authorization": f"Bearer {OPERATOR}"}
 
 
 @pytest.fixture
 def service(tmp_path: Path, redis_url: str) -> Iterator[dict[str, str]]:
-    """A real coefficient service with an operator token (so the document declares its bearer routes) and short
-    console streams (the page must reconnect): its REST base and gRPC target."""
+    """A real coefficient service with an operator and a read-only token (reads need a token too) and short console
+    streams (the page must reconnect): its REST base and gRPC target."""
     http_port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "AERPLANE_REDIS_URL": redis_url, "AERPLANE_API_TOKEN": "docs-token"}
-    env["AERPLANE_COEFFICIENT_STREAM_SECONDS"] = "3"
+    env = {**os.environ, "AERPLANE_REDIS_URL": redis_url, "AERPLANE_API_TOKEN": OPERATOR}
+    env.update(AERPLANE_API_READ_TOKEN=READER, AERPLANE_COEFFICIENT_STREAM_SECONDS="3")
     argv = [sys.executable, "-m", "aerplane.cli", "coefficient", "serve", "--host", "127.0.0.1"]
     argv += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
     proc = ManagedProcess(
@@ -97,13 +99,20 @@ def requested_urls(driver: Any) -> list[str]:
     return urls
 
 
-def loopback_only(driver: Any, asset: str) -> None:
-    """The page loaded `asset` and nothing from beyond 127.0.0.1, and logged no error (a failed load logs one)."""
+def loopback_only(driver: Any, asset: str, answered: tuple[int, ...] = (401,)) -> None:
+    """The page loaded `asset` and nothing from beyond 127.0.0.1, and logged no error (a failed load logs one) but
+    the API's own answers with a status in `answered` (the console's first load, before a token is given, is a 401;
+    a refused override a 409)."""
     urls = requested_urls(driver)
     assert any(u.endswith(asset) for u in urls), urls
     outside = [u for u in urls if not u.startswith(("http://127.0.0.1:", "data:", "blob:"))]
     assert not outside, f"the page reached outside loopback: {outside}"
-    failed = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    answers = tuple(f"the server responded with a status of {code} " for code in answered)
+    failed = [
+        e["message"]
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE" and not any(a in e["message"] for a in answers)
+    ]
     assert not failed, failed
 
 
@@ -182,7 +191,7 @@ def read_events(lines: Iterator[str], count: int) -> list[tuple[str, int, Any]]:
 def test_the_stream_sends_the_history_then_each_new_step(service: dict[str, str]) -> None:
     report(service["grpc"], "live", range(2))
     url = f"{service['http']}/v1/runs/live/stream"
-    with httpx.stream("GET", url, params={"since": 0}, timeout=30) as resp:
+    with httpx.stream("GET", url, params={"since": 0}, headers=AS_READER, timeout=30) as resp:
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
         lines = resp.iter_lines()
         (kind, _, state), (kind2, next_step, rows) = read_events(lines, 2)
@@ -192,7 +201,8 @@ def test_the_stream_sends_the_history_then_each_new_step(service: dict[str, str]
         events = read_events(lines, 2)
     assert [e[0] for e in events] == ["state", "history"] and events[1][1] == 3
     assert [r["step"] for r in events[1][2] if r["mean_entropy"] is not None] == [2]  # only what is new
-    assert httpx.get(f"{service['http']}/v1/runs/nope/stream").status_code == 404
+    assert httpx.get(f"{service['http']}/v1/runs/nope/stream", headers=AS_READER).status_code == 404
+    assert httpx.get(url).status_code == 401  # the stream is a read like any other
 
 
 @pytest.mark.browser
@@ -204,7 +214,7 @@ def test_the_run_page_plots_the_reported_steps_and_a_new_one_without_a_reload(
     from selenium.webdriver.support.ui import WebDriverWait
 
     report(service["grpc"], "console-run", range(3))
-    browser.get(f"{service['http']}/")
+    use_token(browser, service["http"], READER)
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-run='console-run']"))
     browser.find_element(By.LINK_TEXT, "console-run").click()
 
@@ -227,3 +237,83 @@ def test_the_run_page_plots_the_reported_steps_and_a_new_one_without_a_reload(
     assert browser.find_element(By.ID, "run-updated").text != "never"
     browser.save_screenshot(str(tmp_path / "console-run.png"))
     loopback_only(browser, "/console/plotly/plotly.min.js")
+
+
+def use_token(browser: Any, base: str, token: str) -> None:
+    """Open the console and give it `token` the way a person does: the token field (kept in sessionStorage)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{base}/")
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "token-state").text == "set")
+
+
+def open_run_page(browser: Any, base: str, run_id: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{base}/runs/{run_id}")
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#f-strategy option")) > 1)
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#audit tbody tr"))
+
+
+def field_error(browser: Any, field: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.CSS_SELECTOR, f".field-error[data-for='{field}']").text
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=NO_BROWSER)
+def test_an_alpha_pin_through_the_form_changes_the_run_and_its_audit_and_a_409_shows_at_its_field(
+    service: dict[str, str], browser: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    report(service["grpc"], "steer", range(2))
+    use_token(browser, service["http"], OPERATOR)
+    open_run_page(browser, service["http"], "steer")
+    submit = browser.find_element(By.ID, "override-submit")
+    assert submit.is_enabled()
+
+    browser.find_element(By.ID, "f-alpha").send_keys("0.004")
+    submit.click()  # no reason: refused in the page, next to the reason field
+    WebDriverWait(browser, 10).until(lambda d: field_error(d, "reason") == "a reason is required")
+    browser.find_element(By.ID, "f-reason").send_keys("more exploration, from the console")
+    submit.click()
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "override-result").text.startswith("applied"))
+    state = httpx.get(f"{service['http']}/v1/runs/steer", headers=AS_READER).json()
+    assert state["alpha_pinned"] and state["alpha"] == 0.004 and state["overrides"]["alpha"] == 0.004
+    audit = httpx.get(f"{service['http']}/v1/runs/steer/audit", headers=AS_READER).json()
+    assert audit[-1]["reason"] == "more exploration, from the console" and audit[-1]["actor"] == "operator"
+    WebDriverWait(browser, 10).until(
+        lambda d: "more exploration, from the console" in d.find_element(By.ID, "audit").text
+    )
+
+    # A change the run cannot take: 409, the API's own message next to the field it names.
+    browser.find_element(By.ID, "f-alpha").send_keys("0.5")
+    browser.find_element(By.ID, "f-reason").send_keys("too far")
+    submit.click()
+    WebDriverWait(browser, 10).until(lambda d: field_error(d, "alpha"))
+    assert field_error(browser, "alpha").startswith("alpha: must be within [alpha_min, alpha_max]")
+    assert httpx.get(f"{service['http']}/v1/runs/steer", headers=AS_READER).json()["alpha"] == 0.004
+    browser.save_screenshot(str(tmp_path / "console-steer.png"))
+    loopback_only(browser, "/console/assets/console.js", answered=(401, 409))
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=NO_BROWSER)
+def test_a_read_only_token_sees_the_run_but_cannot_submit(service: dict[str, str], browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    report(service["grpc"], "watched", range(2))
+    use_token(browser, service["http"], READER)
+    open_run_page(browser, service["http"], "watched")
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "override-readonly").is_displayed())
+    assert not browser.find_element(By.ID, "override-submit").is_enabled()
+    assert "may read but not change runs" in browser.find_element(By.ID, "override-readonly").text
+    assert browser.find_element(By.ID, "chart-entropy").get_attribute("data-points") == "2"

@@ -21,6 +21,7 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+from aerplane.coefficient.auth import ANONYMOUS, Permission, PermissionDenied, Unauthenticated
 from aerplane.coefficient.http_routes import Reader, RunId, Store
 from aerplane.coefficient.store import RunStore
 
@@ -60,6 +61,24 @@ def stream(
     body = run_events(store, run_id, since, **options)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+
+
+@router.get("/console/whoami", include_in_schema=False)
+def whoami(request: Request) -> dict[str, Any]:
+    """What the request's token may do (the console greys out the override form for a read-only token): its actor
+    and permissions. An unknown token is 401, like on every route."""
+    auth = request.app.state.auth
+    header = request.headers.get("authorization")
+    actor, allowed, refused = ANONYMOUS, [], None
+    for permission in Permission:
+        try:
+            actor = auth.authorize(header, permission)
+            allowed.append(permission.value)
+        except (Unauthenticated, PermissionDenied) as exc:
+            refused = exc
+    if not allowed and header and isinstance(refused, Unauthenticated):
+        raise refused
+    return {"actor": actor, "permissions": allowed}
 
 
 def run_events(

@@ -11,13 +11,19 @@ const authHeaders = () => (token() ? { Authorization: `Bearer ${token()}` } : {}
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const fmt = (x, digits = 4) => (x === null || x === undefined ? "–" : Number(x).toPrecision(digits));
 
-async function api(path) {
-  const resp = await fetch(path, { headers: authHeaders() });
-  const body = await resp.json().catch(() => null);
-  if (!resp.ok) {
-    const detail = body && body.detail ? JSON.stringify(body.detail) : resp.statusText;
-    throw new Error(`${resp.status}: ${detail}`);
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(`${status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`);
+    this.status = status;
+    this.detail = detail;
   }
+}
+
+async function api(path, init = {}) {
+  const headers = { ...authHeaders(), ...(init.body ? { "Content-Type": "application/json" } : {}) };
+  const resp = await fetch(path, { ...init, headers });
+  const body = await resp.json().catch(() => null);
+  if (!resp.ok) throw new ApiError(resp.status, body && body.detail !== undefined ? body.detail : resp.statusText);
   return body;
 }
 
@@ -68,11 +74,11 @@ const CHARTS = {
   accuracy: { id: "chart-accuracy", title: "Mean accuracy of the step's prompts", y: "accuracy (fraction correct)" },
 };
 
-function layout(chart) {
+function layout(chart, lastStep) {
   return {
     title: { text: chart.title, font: { size: 14 } },
     margin: { l: 60, r: 20, t: 40, b: 45 },
-    xaxis: { title: { text: "step" }, rangemode: "tozero", tickformat: "d" },
+    xaxis: { title: { text: "step" }, rangemode: "tozero", tick0: 0, dtick: Math.max(1, Math.ceil((lastStep + 1) / 10)) },
     yaxis: { title: { text: chart.y } },
     legend: { orientation: "h", y: -0.25 },
   };
@@ -108,7 +114,8 @@ function traces(rows, state) {
 function draw(rows, state) {
   const data = traces(rows, state);
   for (const [key, chart] of Object.entries(CHARTS)) {
-    Plotly.react(chart.id, data[key], layout(chart), { displayModeBar: false, responsive: true });
+    const lastStep = rows.length ? rows[rows.length - 1].step : 0;
+    Plotly.react(chart.id, data[key], layout(chart, lastStep), { displayModeBar: false, responsive: true });
     $(chart.id).dataset.points = String(rows.filter((r) => r.mean_entropy != null).length);
   }
   $("run-updated").textContent = new Date().toLocaleTimeString();
@@ -142,7 +149,7 @@ async function* sseEvents(url) {
   }
 }
 
-async function followRun(runId) {
+async function followRun(runId, onChange) {
   $("run-id").textContent = runId;
   const rows = new Map();
   let state = null;
@@ -150,7 +157,10 @@ async function followRun(runId) {
   for (;;) {
     try {
       for await (const ev of sseEvents(`/v1/runs/${encodeURIComponent(runId)}/stream?since=${since}`)) {
-        if (ev.event === "state") state = ev.data;
+        if (ev.event === "state") {
+          if (state && state.overrides && JSON.stringify(state.overrides) !== JSON.stringify(ev.data.overrides)) onChange();
+          state = ev.data;
+        }
         if (ev.event === "history") for (const r of ev.data) rows.set(r.step, r);
         if (ev.id !== null) since = ev.id;
         const sorted = [...rows.values()].sort((a, b) => a.step - b.step);
@@ -168,12 +178,126 @@ async function followRun(runId) {
   }
 }
 
+// --- steering: the override form, the audit log, what the token may do --------------------------------------------
+
+const FIELDS = ["alpha", "target_entropy", "params", "options", "strategy", "frozen", "release", "reason"];
+
+function showError(field, message) {
+  const slot = document.querySelector(`.field-error[data-for="${FIELDS.includes(field) || field === "token" ? field : "form"}"]`);
+  slot.textContent = message;
+}
+
+function clearErrors() {
+  for (const el of document.querySelectorAll(".field-error")) el.textContent = "";
+}
+
+// The API's own words next to the field they concern: a 422 names it in `loc`, a 409 starts with it
+// ("alpha: must be within ..."), 401 and 403 concern the token.
+function placeError(err) {
+  if (err.status === 401 || err.status === 403) return showError("token", err.message);
+  if (Array.isArray(err.detail)) {
+    for (const d of err.detail) showError(String((d.loc || []).filter((x) => x !== "body")[0] || "form"), d.msg);
+    return;
+  }
+  const text = String(err.detail);
+  showError(text.split(":")[0].split(".")[0].trim(), text);
+}
+
+function overrideBody(form) {
+  const body = {};
+  for (const name of ["alpha", "target_entropy"]) if (form[name].value !== "") body[name] = Number(form[name].value);
+  for (const name of ["params", "options"]) {
+    if (form[name].value.trim() === "") continue;
+    try {
+      body[name] = JSON.parse(form[name].value);
+    } catch (e) {
+      throw new ApiError(0, [{ loc: ["body", name], msg: `not JSON: ${e.message}` }]);
+    }
+  }
+  if (form.strategy.value) body.strategy = form.strategy.value;
+  if (form.frozen.value) body.frozen = form.frozen.value === "true";
+  if (form.release.checked) body.release = true;
+  body.reason = form.reason.value.trim();
+  if (!body.reason) throw new ApiError(0, [{ loc: ["body", "reason"], msg: "a reason is required" }]);
+  return body;
+}
+
+async function strategyNames() {
+  const doc = await api("/openapi.json");
+  const resolve = (s) => (s && s.$ref ? doc.components.schemas[s.$ref.split("/").pop()] : s);
+  const prop = resolve(doc.components.schemas.OverrideBody.properties.strategy);
+  const choices = (prop.anyOf || [prop]).map(resolve).find((s) => s && s.enum);
+  return choices ? choices.enum : [];
+}
+
+async function setupSteering(runId, refreshAudit) {
+  const form = $("override");
+  for (const name of await strategyNames().catch(() => [])) form.strategy.add(new Option(name, name));
+  const me = await api("/console/whoami").catch((err) => {
+    placeError(err);
+    return { permissions: [] };
+  });
+  if (!me.permissions.includes("operate")) {
+    $("override-submit").disabled = true;
+    $("override-readonly").hidden = false;
+    $("override-readonly").textContent = token()
+      ? `This token (${me.actor}) may read but not change runs: overrides need an operator token.`
+      : "Changing a run needs an operator token: enter one above.";
+  }
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    clearErrors();
+    $("override-result").textContent = "";
+    try {
+      const body = overrideBody(form);
+      const state = await api(`/v1/runs/${encodeURIComponent(runId)}/coefficients`, {
+        method: "PATCH",
+        body: JSON.stringify(body),
+      });
+      $("override-result").textContent = `applied: α ${fmt(state.alpha, 3)} (version ${state.version})`;
+      form.reset();
+      refreshAudit();
+    } catch (err) {
+      if (err instanceof ApiError) placeError(err);
+      else showError("form", String(err));
+    }
+  });
+}
+
+function auditRefresher(runId) {
+  return async () => {
+    try {
+      const entries = await api(`/v1/runs/${encodeURIComponent(runId)}/audit`);
+      const what = (c) => Object.entries(c).map(([k, v]) => `${k}: ${JSON.stringify(v.old)} → ${JSON.stringify(v.new)}`);
+      document.querySelector("#audit tbody").innerHTML = entries
+        .reverse()
+        .map((a) => {
+          const cells = [new Date(a.ts * 1000).toLocaleString(), `${a.actor} (${a.transport})`, what(a.changes).join("; ") || a.action, a.reason];
+          return `<tr>${cells.map((c) => `<td>${escapeHtml(c)}</td>`).join("")}</tr>`;
+        })
+        .join("");
+    } catch (err) {
+      showError("form", String(err.message || err));
+    }
+  };
+}
+
+function escapeHtml(text) {
+  const el = document.createElement("span");
+  el.textContent = String(text);
+  return el.innerHTML;
+}
+
 function main() {
   setupToken();
   const match = location.pathname.match(/^\/runs\/([^/]+)$/);
   if (match) {
+    const runId = decodeURIComponent(match[1]);
     $("run-page").hidden = false;
-    followRun(decodeURIComponent(match[1]));
+    const refreshAudit = auditRefresher(runId);
+    setupSteering(runId, refreshAudit);
+    refreshAudit();
+    followRun(runId, refreshAudit);
   } else {
     $("runs-page").hidden = false;
     refreshRuns();
