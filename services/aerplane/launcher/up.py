@@ -597,9 +597,10 @@ def run_up(cfg: UpSettings) -> int:
 
 
 def service_urls(ports: Ports, run_id: str) -> dict[str, str]:
-    """The run's REST, docs and /metrics addresses, as the view shows them."""
+    """The run's console, REST, docs and /metrics addresses, as the view shows them."""
     base = "http://127.0.0.1"
     return {
+        "console": f"{base}:{ports.coefficient_http}/runs/{run_id}",
         "rest": f"{base}:{ports.coefficient_http}/v1/runs/{run_id}",
         "docs": f"{base}:{ports.coefficient_http}/docs",
         "metrics:coefficient": f"{base}:{ports.coefficient_http}/metrics",
