@@ -91,8 +91,8 @@ def run_events(
     stopping: threading.Event,
 ) -> Iterator[str]:
     """The stream's text: at each new version of the run (every report and override), its state, then the history
-    rows from the first step not yet complete on. A row is complete once its entropy is reported; rows before it are
-    not sent again."""
+    rows from `since` on. The next event starts at the last row when its entropy is not reported yet (it will be
+    sent again, complete), else after it: each event carries what is new, and at most one row twice."""
     deadline = time.monotonic() + stream_seconds
 
     def keep_going() -> bool:
@@ -100,10 +100,10 @@ def run_events(
 
     for run in store.watch(run_id, poll_seconds=poll_seconds, keep_going=keep_going):
         rows = store.history(run_id, since=since, limit=100_000)
-        complete = [r["step"] for r in rows if r.get("mean_entropy") is not None]
         yield sse("state", {**run.view(), "overrides": run.overrides()}, since)
         if rows:
-            since = max(since, complete[-1] + 1) if complete else since
+            last = rows[-1]
+            since = last["step"] + (1 if last.get("mean_entropy") is not None else 0)
             yield sse("history", rows, since)
 
 
