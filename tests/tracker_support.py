@@ -36,7 +36,8 @@ def wandb_records(run_dir: Path, wandb_id: str) -> list[Any]:
     chunks, each `crc32c(4) length(2) type(1)` + data, type FULL=1 or FIRST=2, MIDDLE=3, LAST=4."""
     from wandb.proto import wandb_internal_pb2
 
-    files = sorted(run_dir.glob(f"wandb/offline-run-*-{wandb_id}/run-{wandb_id}.wandb"))
+    # offline-run-<second>-<id>, and -<id>-1 for a second writer (the launcher's evaluation) within the same second
+    files = sorted(run_dir.glob(f"wandb/offline-run-*-{wandb_id}*/run-{wandb_id}.wandb"))
     assert files, f"no offline W&B run {wandb_id} under {run_dir / 'wandb'}"
     records = []
     for path in files:
