@@ -47,6 +47,8 @@ class Tracker:
 
     def __init__(self, settings: TrackingSettings, run_id: str, run_dir: Path, state: dict[str, Any] | None) -> None:
         self.state: dict[str, Any] = dict(state or {})
+        # reopened by a resumed learner: the first step it trains again (what it had written from there is stale)
+        self.resume_step: int | None = self.state.pop("resume_step", None)
 
     def config(self, config: dict[str, Any]) -> None:
         """The run's settings, once, when the tracker run is created."""
@@ -88,7 +90,7 @@ class TensorBoardTracker(Tracker):
 
         logdir = self.state.get("logdir") or str(settings.tensorboard_dir or run_dir / "tensorboard")
         self.state["logdir"] = logdir
-        self.writer = SummaryWriter(logdir, purge_step=self.state.pop("purge_step", None))
+        self.writer = SummaryWriter(logdir, purge_step=self.resume_step)
 
     def config(self, config: dict[str, Any]) -> None:
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```", 0)
@@ -375,8 +377,8 @@ def open_trackers(
     active = []
     for name in settings.report_to:
         state = states.get(name)
-        if state is not None and name == "tensorboard":
-            state = {**state, "purge_step": start_step}
+        if state is not None:
+            state = {**state, "resume_step": start_step}
         tracker = _start(name, settings, run_id, run_dir, state)
         if tracker is not None:
             active.append(tracker)
