@@ -236,7 +236,7 @@ def test_the_run_page_plots_the_reported_steps_and_a_new_one_without_a_reload(
     assert browser.execute_script(axis) == "H (nats/token)"
     assert browser.find_element(By.ID, "run-updated").text != "never"
     browser.save_screenshot(str(tmp_path / "console-run.png"))
-    loopback_only(browser, "/console/plotly/plotly.min.js")
+    loopback_only(browser, "/console/plotly.min.js")
 
 
 def use_token(browser: Any, base: str, token: str) -> None:

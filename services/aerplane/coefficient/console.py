@@ -33,8 +33,6 @@ def add_console(app: FastAPI, *, stream_seconds: float, poll_seconds: float, sto
     """The console's pages, assets and live stream on `app`; a stream ends after `stream_seconds` or at `stopping`."""
     app.state.console = {"stream_seconds": stream_seconds, "poll_seconds": poll_seconds, "stopping": stopping}
     app.mount("/console/assets", StaticFiles(directory=str(CONSOLE_DIR)), name="console-assets")
-    plotly = files("plotly") / "package_data"
-    app.mount("/console/plotly", StaticFiles(directory=str(plotly)), name="console-plotly")
     app.include_router(router)
 
 
@@ -43,6 +41,13 @@ def add_console(app: FastAPI, *, stream_seconds: float, poll_seconds: float, sto
 def page() -> FileResponse:
     """The console (the runs list or a run's page: its script reads the path)."""
     return FileResponse(str(CONSOLE_DIR / "index.html"), media_type="text/html")
+
+
+@router.get("/console/plotly.min.js", include_in_schema=False)
+def plotly_js() -> FileResponse:
+    """plotly.js as the installed `plotly` package ships it (cached by the browser for a day)."""
+    path = files("plotly") / "package_data" / "plotly.min.js"
+    return FileResponse(str(path), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
 
 
 @router.get("/v1/runs/{run_id}/stream", include_in_schema=False)
