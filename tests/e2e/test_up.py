@@ -155,3 +155,25 @@ def test_malformed_data_file_and_busy_port_are_refused(tmp_path: Path) -> None:
             env=env,
         )
     assert out.returncode == 2 and f"port {port}" in out.stderr and "in use" in out.stderr, out.stderr
+
+
+@pytest.mark.slow
+def test_aerplane_up_reports_to_every_tracker_offline(tmp_path: Path) -> None:
+    """`--report-to tensorboard,wandb,mlflow --wandb-mode offline`: each tracker's own reader gives the run's step
+    count and H per step as metrics.jsonl has them, and the held-out evaluation the launcher sent after the learner."""
+    from tracker_support import tracker_reads
+
+    run_dir = tmp_path / "run"
+    trackers = ("--report-to", "tensorboard,wandb,mlflow", "--wandb-mode", "offline")
+    watcher = RunWatcher(run_dir, "--steps", "3", *TINY_RUN, *trackers)
+    code = watcher.wait(timeout=1500)
+    assert code == 0, watcher.output()
+    entropy = {r["step"]: r["mean_entropy"] for r in metrics_rows(run_dir)}
+    assert list(entropy) == [0, 1, 2]
+    for name, read in tracker_reads(run_dir, "mean_entropy").items():
+        assert read == pytest.approx(entropy, rel=1e-6), name
+    avg = json.loads((run_dir / "eval.json").read_text())["splits"][0]["avg_at_k"]
+    evals = tracker_reads(run_dir, "eval/rg-heldout/avg_at_k")
+    assert evals["tensorboard"] == pytest.approx({3: avg}) and evals["mlflow"] == pytest.approx({3: avg})
+    assert list(evals["wandb"].values()) == pytest.approx([avg])  # W&B plots it against eval/step
+    assert_no_survivors(watcher)

@@ -508,3 +508,48 @@ def test_sigkilled_learner_resumes_training_every_group_exactly_once(
         text = path.read_text(errors="replace")
         for token in (operator, reader, learner_token):
             assert token not in text, f"a token reached {path.name}"
+
+
+def test_the_learner_reports_each_step_and_an_override_to_every_tracker(tmp_path, redis_url, tokenizer) -> None:
+    """`--report-to tensorboard,wandb,mlflow`, offline: each tracker's own reader gives the run's steps and H per
+    step exactly as metrics.jsonl has them, and the α pin an operator makes mid-run shows as an event."""
+    from tracker_support import tensorboard_scalars, tracker_reads
+
+    from aerplane.common.trackers import read_state
+
+    service, grpc_port, http_port = coefficient_service("coefficient", tmp_path, redis_url)
+    coef = aer_flags(f"127.0.0.1:{grpc_port}", "eta=0.01", "target_entropy=20")
+    trackers = ("--report-to", "tensorboard,wandb", "--report-to", "mlflow", "--wandb-mode", "offline")
+    gen = FakeRollouts(redis_url, "tracked", tokenizer)
+    gen.hold_from_step = 1
+    procs = [service]
+    try:
+        service.start().wait_ready(60)
+        gen.start()
+        proc = learner(tmp_path, "tracked", redis_url, "tracked", *coef, *trackers, nproc=1, steps=3)
+        procs.append(proc)
+        proc.start()
+        wait_for(lambda: len(read_metrics(tmp_path / "tracked")) >= 1, 600, "step 0", proc)
+        pin = {"alpha": 0.005, "reason": "tracker test"}
+        r = urllib.request.Request(
+            f"http://127.0.0.1:{http_port}/v1/runs/tracked/coefficients",
+            data=json.dumps(pin).encode(),
+            headers={"Content-Type": "application/json"},
+            method="PATCH",
+        )
+        assert urllib.request.urlopen(r, timeout=10).status == 200
+        gen.hold_from_step = None
+        assert proc.proc.wait(timeout=600) == 0, proc.log_tail(40)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        gen.stop()
+    run_dir = tmp_path / "tracked"
+    rows = read_metrics(run_dir)
+    entropy = {r["step"]: r["mean_entropy"] for r in rows}
+    assert list(entropy) == [0, 1, 2]
+    reads = tracker_reads(run_dir, "mean_entropy")
+    for name in ("tensorboard", "wandb", "mlflow"):
+        assert reads[name] == pytest.approx(entropy, rel=1e-6), name  # TensorBoard keeps float32
+    state = read_state(run_dir)["trackers"]
+    assert tensorboard_scalars(state["tensorboard"]["logdir"], "events/override") == {1: 1.0}

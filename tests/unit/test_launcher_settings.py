@@ -186,6 +186,7 @@ def test_the_learner_gets_the_settings_it_got_before(tmp_path) -> None:
         "data": {"task": "mixed"},
         "checkpoint": {"interval": 5},
         "coefficient": {"target": "127.0.0.1:50051"},
+        "tracking": {"report_to": [], "wandb_project": "aerplane", "mlflow_experiment": "aerplane"},  # --report-to
         "redis_url": "redis://127.0.0.1:7/0",
         "host": "127.0.0.1",
         "http_port": 8003,

@@ -98,7 +98,7 @@ def start(settings: CoefficientSettings) -> RunningService:
         workers=settings.grpc_workers,
         max_message_bytes=settings.grpc_max_message_bytes,
     )
-    app = build_app(settings, store=store, registry=registry, metrics=metrics, auth=auth)
+    app = build_app(settings, store=store, registry=registry, metrics=metrics, auth=auth, stopping=stopping)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -1,8 +1,9 @@
 """The coefficient service's REST app factory: `build_app(settings, *, store=None, ...) -> FastAPI`.
 
-The app serves the /v1 routes (http_routes.py), OpenAPI at /docs, and /healthz, /readyz, /metrics. When no store is
-passed it opens its own from `settings.redis_url` in the lifespan and closes it on shutdown; the process (app.py)
-passes the store it shares with the gRPC server (grpc.py).
+The app serves the /v1 routes (http_routes.py), the web console at / (console.py), the API reference at /docs
+(Swagger UI from an installed package, no CDN), and /healthz, /readyz, /metrics. When no store is passed it opens its
+own from `settings.redis_url` in the lifespan and closes it on shutdown; the process (app.py) passes the store it
+shares with the gRPC server (grpc.py).
 
 Error mapping (nothing a client sends can produce a 500): validation → 422 with the messages (never echoing the
 input, which may be NaN and is not JSON), unknown run → 404, missing/unknown token → 401, a token without the
@@ -14,6 +15,7 @@ tokens, which routes need a bearer token — exactly the ones that check it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import aerplane
 from aerplane.coefficient.auth import Authenticator
+from aerplane.coefficient.console import add_console
 from aerplane.coefficient.errors import ERRORS, status_of
 from aerplane.coefficient.http_routes import RequirePermission, router
 from aerplane.coefficient.metrics import CoefficientMetrics, RunCollector
@@ -51,8 +54,10 @@ def build_app(
     registry: CollectorRegistry | None = None,
     metrics: CoefficientMetrics | None = None,
     auth: Authenticator | None = None,
+    stopping: threading.Event | None = None,
 ) -> FastAPI:
-    """The coefficient service's REST app. Pass `store`/`registry`/`metrics` to share them with the gRPC server."""
+    """The coefficient service's REST app and the web console (console.py). Pass `store`/`registry`/`metrics` to
+    share them with the gRPC server, `stopping` to end the console's streams when the service stops."""
     owns_store = store is None
     if registry is None:
         registry = new_registry()
@@ -75,12 +80,21 @@ def build_app(
         version=aerplane.__version__,
         description="Adaptive entropy-regularisation state per run: read it, watch its history, override it.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's own /docs loads from a CDN: `_add_docs` serves it from a package
+        redoc_url=None,
     )
     app.state.store = store
     app.state.auth = auth
     app.state.metrics = metrics
     app.include_router(router)
     _declare_security(app, auth)
+    _add_docs(app)
+    add_console(
+        app,
+        stream_seconds=settings.stream_seconds,
+        poll_seconds=settings.watch_poll_seconds,
+        stopping=stopping or threading.Event(),
+    )
     registry.register(RunCollector(lambda: app.state.store))
 
     def ready() -> tuple[bool, dict[str, Any]]:
@@ -95,6 +109,34 @@ def build_app(
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(_RequestMetrics, metrics=metrics)
     return app
+
+
+DOCS_ASSETS = "/docs/assets"
+
+
+def _add_docs(app: FastAPI) -> None:
+    """The API reference: Swagger UI at /docs, its script, style and icon served from the installed fastapi-offline
+    package under /docs/assets, so the page loads nothing from another host (FastAPI's own page comes from a CDN,
+    and GPU clusters seldom reach the internet). No ReDoc: its bundle fetches its logo from its vendor's CDN."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        assets = f"{root}{DOCS_ASSETS}"
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API reference",
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{assets}/favicon.png",
+        )
 
 
 def _declare_security(app: FastAPI, auth: Authenticator) -> None:

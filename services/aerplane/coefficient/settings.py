@@ -85,6 +85,10 @@ class CoefficientSettings(ServiceSettings, RedisSettings, HttpSettings):
     watch_poll_seconds: float = Field(1.0, gt=0, le=60)
     """WatchState re-reads the run this often even without a change notice (covers a Redis reconnect)."""
 
+    stream_seconds: float = Field(30.0, gt=0, le=3600)
+    """The console's live stream (`GET /v1/runs/{run_id}/stream`) ends after this long and the page reconnects where it
+    left off: an open browser tab never holds a shutdown longer than this."""
+
     shutdown_grace_seconds: float = Field(5.0, ge=0, le=300)
     """On SIGTERM, in-flight requests get this long to finish."""
 

@@ -21,6 +21,7 @@ from pydantic_settings import SettingsConfigDict
 
 from aerplane.common.flags import STRATEGY_FLAG, Flag, group_model, set_dotted
 from aerplane.common.settings import RunId, ServiceSettings
+from aerplane.common.trackers import REPORT_TO_FLAG
 from aerplane.core.strategies import STRATEGY_DEFAULTS, STRATEGY_NAMES, parse_spec, resolve_strategy, split_params
 from aerplane.learner.settings import LearnerSettings
 
@@ -137,6 +138,14 @@ class UpSettings(ServiceSettings):
     nproc: int = Field(1, ge=1)
     """Learner processes (DDP ranks)."""
     checkpoint_interval: int = fed("checkpoint.interval", UP_DEFAULTS["checkpoint_interval"])
+    report_to: Annotated[list[str], REPORT_TO_FLAG] = fed("tracking.report_to")
+    tensorboard_dir: Path | None = fed("tracking.tensorboard_dir")
+    wandb_project: str = fed("tracking.wandb_project")
+    wandb_entity: str | None = fed("tracking.wandb_entity")
+    wandb_mode: Literal["online", "offline", "disabled"] | None = fed("tracking.wandb_mode")
+    wandb_dir: Path | None = fed("tracking.wandb_dir")
+    mlflow_tracking_uri: str | None = fed("tracking.mlflow_tracking_uri")
+    mlflow_experiment: str = fed("tracking.mlflow_experiment")
     ports: Ports = Field(default_factory=Ports)
     """The services' ports."""
     live: bool | None = None

@@ -597,9 +597,10 @@ def run_up(cfg: UpSettings) -> int:
 
 
 def service_urls(ports: Ports, run_id: str) -> dict[str, str]:
-    """The run's REST, docs and /metrics addresses, as the view shows them."""
+    """The run's console, REST, docs and /metrics addresses, as the view shows them."""
     base = "http://127.0.0.1"
     return {
+        "console": f"{base}:{ports.coefficient_http}/runs/{run_id}",
         "rest": f"{base}:{ports.coefficient_http}/v1/runs/{run_id}",
         "docs": f"{base}:{ports.coefficient_http}/docs",
         "metrics:coefficient": f"{base}:{ports.coefficient_http}/metrics",
@@ -634,6 +635,11 @@ def _train_and_evaluate(stack: Stack, view: Any, evaluations: list[dict[str, Any
         view.status(f"evaluating the final policy on {cfg.eval_split} ({cfg.eval_size} problems × {cfg.eval_k})")
         evaluations.append(evaluate(stack, step=cfg.steps, policy_version=cfg.steps))
     _write_json(run_dir / "eval.json", {"splits": evaluations[-1:], "history": evaluations})
+    from aerplane.common.trackers import log_evaluations
+
+    reported = log_evaluations(run_dir, evaluations)  # the learner's tracker runs (trackers.json), if any
+    if reported:
+        view.status(f"evaluation sent to {', '.join(reported)}")
 
 
 def execute(

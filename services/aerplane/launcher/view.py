@@ -34,6 +34,7 @@ class PlainView:
     def __init__(self, total_steps: int, urls: dict[str, str], curl: str) -> None:
         self.total = total_steps
         self._last_step: int | None = None
+        print(f"console: {urls['console']}  (watch and steer the run in a browser)", flush=True)
         print(f"REST API: {urls['rest']}  (docs: {urls['docs']})", flush=True)
         print(f"override α: {curl}", flush=True)
         print("metrics: " + "  ".join(f"{k}={v}" for k, v in urls.items() if k.startswith("metrics:")), flush=True)
@@ -132,6 +133,7 @@ class LiveView:
         links = Table.grid(padding=(0, 1))
         links.add_column(style="cyan")
         links.add_column()
+        links.add_row("console", f"{self.urls['console']}   (watch and steer the run in a browser)")
         links.add_row("REST API", f"{self.urls['rest']}   docs: {self.urls['docs']}")
         for key, url in self.urls.items():
             if key.startswith("metrics:"):

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from aerplane.common.messages import PromptSlot
     from aerplane.common.ops import OpsServer
     from aerplane.common.streams import StreamClient
+    from aerplane.common.trackers import Trackers
     from aerplane.learner.checkpointer import Resumed
     from aerplane.learner.coefficients import CoefficientSource
     from aerplane.learner.distributed import Dist
@@ -95,6 +96,7 @@ class Driver:
     registry: CollectorRegistry
     metrics: LearnerMetrics
     metrics_log: MetricsLog
+    trackers: Trackers  # --report-to: each step's record and overrides (common.trackers); may hold none
     stop: threading.Event
     watchdog: Watchdog  # exits the process when the step (`Loop.progress`) is hung; /healthz reads its check
     version: int = 0
@@ -231,6 +233,7 @@ class Driver:
 
         t = time.perf_counter()
         state = self.coefficients.report(step, result.mean_entropy, result.num_tokens)
+        self.trackers.coefficient_state(step, state)
         groups = {pid: [Sample(x.sample_index, x.policy_version) for x in xs] for pid, xs in self.consumed.items()}
         self.ledger.record(
             step,
@@ -272,9 +275,10 @@ class Driver:
         self.metrics.weights.inc()
 
     def record(self, row: dict[str, Any]) -> None:
-        """One step's line in metrics.jsonl and on /metrics."""
+        """One step's line in metrics.jsonl, on /metrics and in the experiment trackers."""
         self.metrics_log.append(row)
         self.metrics.record(row)
+        self.trackers.log_step(row)
 
     def event(self, kind: str, step: int, detail: dict[str, Any]) -> None:
         from aerplane.common.messages import EVENTS, Event
@@ -288,6 +292,7 @@ class Driver:
         self.watchdog.stop()
         self.ready = False
         self.event("learner_finished" if finished else "learner_stopped", self.version, {})
+        self.trackers.close(finished=finished)
         self.streams.close()
         self.ledger.close()
         self.coefficients.close()
@@ -346,6 +351,7 @@ def open_driver(
     from transformers import AutoTokenizer
 
     from aerplane.common.ops import new_registry
+    from aerplane.common.trackers import open_trackers
     from aerplane.core.strategies import build_strategy
     from aerplane.learner.coefficients import build_coefficients
     from aerplane.learner.ledger import ConsumedLedger
@@ -361,6 +367,7 @@ def open_driver(
     schedule = PromptSchedule(items, s.batch.prompts_per_step, seed=s.run.seed, shuffle=s.data.shuffle)
     ledger = ConsumedLedger.open(s.run_dir, resumed.ledger_mark, start_step=start_step)
     streams, collector = _connect(s.redis_url, s.run, s.batch, registry, start_step)
+    trackers = open_trackers(s.tracking, s.run.run_id, s.run_dir, config=s.snapshot(), start_step=start_step)
     driver = Driver(
         requests=Requests(s.run, s.batch, s.sampling, s.lengths),
         normalize_std=s.loss.normalize_std,
@@ -376,6 +383,7 @@ def open_driver(
         registry=registry,
         metrics=metrics,
         metrics_log=MetricsLog(s.run_dir / "metrics.jsonl"),
+        trackers=trackers,
         stop=stop,
         # the grace: torchrun turns rank 0's exit 124 into its own 1, so `aerplane up` must see the 503 first
         watchdog=Watchdog(progress.check, exit_on_hang=s.exit_on_hang, grace_s=HANG_EXIT_GRACE_S),

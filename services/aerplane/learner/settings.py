@@ -39,6 +39,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from aerplane.common.flags import Flag, group_model
 from aerplane.common.settings import HttpSettings, RedisSettings, RunId, ServiceSettings, SettingsError
+from aerplane.common.trackers import TrackingSettings
 from aerplane.core.policy_losses import POLICY_LOSS_NAMES, PolicyLoss, build_policy_loss
 from aerplane.core.strategies import STRATEGY_NAMES
 
@@ -319,6 +320,8 @@ class LearnerSettings(ServiceSettings, RedisSettings, HttpSettings):
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     weights: WeightsSettings = Field(default_factory=WeightsSettings)
     coefficient: CoefficientSettings = Field(default_factory=CoefficientSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    """Experiment trackers (`--report-to tensorboard,wandb,mlflow`) and their options: `aerplane.common.trackers`."""
     http_port: int = Field(8003, ge=0, le=65535)
     """Port of rank 0's ops server (0 = pick a free one)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

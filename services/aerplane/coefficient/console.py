@@ -1,0 +1,116 @@
+"""The web console, served by the coefficient service on its REST port (docs/console-design.md): the runs page at `/`,
+a run's page at `/runs/{run_id}` (charts that update live), and the live stream they read,
+`GET /v1/runs/{run_id}/stream` (Server-Sent Events).
+
+The pages are one static HTML file and its script and style (`console/`, package data), the charts plotly.js from
+the installed `plotly` package: no CDN, no build step. The pages hold no data; every call they make carries the
+token from the page's token field (`Authorization: Bearer`, never a cookie) and goes through the same REST routes
+and permissions as curl.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from importlib.resources import files
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from aerplane.coefficient.auth import ANONYMOUS, Permission, PermissionDenied, Unauthenticated
+from aerplane.coefficient.http_routes import Reader, RunId, Store
+from aerplane.coefficient.store import RunStore
+
+CONSOLE_DIR = files("aerplane.coefficient") / "console"
+router = APIRouter()
+
+
+def add_console(app: FastAPI, *, stream_seconds: float, poll_seconds: float, stopping: threading.Event) -> None:
+    """The console's pages, assets and live stream on `app`; a stream ends after `stream_seconds` or at `stopping`."""
+    app.state.console = {"stream_seconds": stream_seconds, "poll_seconds": poll_seconds, "stopping": stopping}
+    app.mount("/console/assets", StaticFiles(directory=str(CONSOLE_DIR)), name="console-assets")
+    app.include_router(router)
+
+
+@router.get("/", include_in_schema=False)
+@router.get("/runs/{run_id}", include_in_schema=False)
+def page() -> FileResponse:
+    """The console (the runs list or a run's page: its script reads the path)."""
+    return FileResponse(str(CONSOLE_DIR / "index.html"), media_type="text/html")
+
+
+@router.get("/console/plotly.min.js", include_in_schema=False)
+def plotly_js() -> FileResponse:
+    """plotly.js as the installed `plotly` package ships it (cached by the browser for a day)."""
+    path = files("plotly") / "package_data" / "plotly.min.js"
+    return FileResponse(str(path), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+
+
+@router.get("/v1/runs/{run_id}/stream", include_in_schema=False)
+def stream(
+    run_id: RunId,
+    store: Store,
+    actor: Reader,
+    request: Request,
+    since: Annotated[int, Query(ge=0, description="First history step to send.")] = 0,
+) -> StreamingResponse:
+    """Server-Sent Events of the run: `state` (its view) and `history` (its rows from step `since`) now and at each
+    change. Each event's id is the next step to ask for. Out of the OpenAPI document: a stream that runs for
+    `stream_seconds` is not a response a contract fuzzer can check."""
+    store.get_run(run_id)  # 404 before the stream starts
+    options = request.app.state.console
+    body = run_events(store, run_id, since, **options)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+
+
+@router.get("/console/whoami", include_in_schema=False)
+def whoami(request: Request) -> dict[str, Any]:
+    """What the request's token may do (the console greys out the override form for a read-only token): its actor
+    and permissions. An unknown token is 401, like on every route."""
+    auth = request.app.state.auth
+    header = request.headers.get("authorization")
+    actor, allowed, refused = ANONYMOUS, [], None
+    for permission in Permission:
+        try:
+            actor = auth.authorize(header, permission)
+            allowed.append(permission.value)
+        except (Unauthenticated, PermissionDenied) as exc:
+            refused = exc
+    if not allowed and header and isinstance(refused, Unauthenticated):
+        raise refused
+    return {"actor": actor, "permissions": allowed}
+
+
+def run_events(
+    store: RunStore,
+    run_id: str,
+    since: int,
+    *,
+    stream_seconds: float,
+    poll_seconds: float,
+    stopping: threading.Event,
+) -> Iterator[str]:
+    """The stream's text: at each new version of the run (every report and override), its state, then the history
+    rows from `since` on. The next event starts at the last row when its entropy is not reported yet (it will be
+    sent again, complete), else after it: each event carries what is new, and at most one row twice."""
+    deadline = time.monotonic() + stream_seconds
+
+    def keep_going() -> bool:
+        return time.monotonic() < deadline and not stopping.is_set()
+
+    for run in store.watch(run_id, poll_seconds=poll_seconds, keep_going=keep_going):
+        rows = store.history(run_id, since=since, limit=100_000)
+        yield sse("state", {**run.view(), "overrides": run.overrides()}, since)
+        if rows:
+            last = rows[-1]
+            since = last["step"] + (1 if last.get("mean_entropy") is not None else 0)
+            yield sse("history", rows, since)
+
+
+def sse(event: str, data: Any, event_id: int) -> str:
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, allow_nan=False)}\n\n"
