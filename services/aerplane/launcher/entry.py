@@ -9,7 +9,7 @@ per strategy parameter (`--eta 0.01`) and the repeatable `--param KEY=VALUE` (`c
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aerplane.common.flags import (  # light: pydantic, no service
     OLD_SPELLINGS,
@@ -23,6 +23,40 @@ if TYPE_CHECKING:
     from aerplane.launcher.settings import UpSettings
 
 
+# Each command's one-line help (in `aerplane --help`) and its description (in its own `--help`).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": (
+        "run a whole AER training run on this machine (Redis, all services, learner, eval, report)",
+        "Start Redis, the coefficient, reward and generation services and the learner as local "
+        "processes, train, evaluate the final policy on a held-out split, and write a report into the run "
+        "directory. Ctrl-C stops everything.",
+    ),
+    "compare": (
+        "run a matrix of entropy-control configurations × seeds on one setup and compare them",
+        "Run every configuration (a strategy plus parameters) once per seed on one shared setup, one run "
+        "after another on a shared Redis and coefficient service; each run is a normal run directory under "
+        "OUT/runs/. Writes OUT/report.md, OUT/results.json and overlaid plots. Rerunning the same command (or "
+        "`aerplane compare --out OUT`) continues an interrupted comparison; finished runs are never redone.",
+    ),
+    "report": (
+        "write (again) the plots and report.md of a run directory",
+        "Reads RUN_DIR/metrics.jsonl (and eval.json, run.json) and writes RUN_DIR/plots/*.png and "
+        "RUN_DIR/report.md. Needs no running service.",
+    ),
+    "simulate": (
+        "replay an entropy-control strategy over a synthetic or recorded entropy trace",
+        "Print per step the entropy H, target H*, coefficient α and mean prompt weight λ that a "
+        "strategy would give, on a synthetic collapsing-entropy trace (closed loop: α slows the collapse) or on a "
+        "recorded run's metrics.jsonl (open loop). Tune parameters here before spending GPU hours.",
+    ),
+}
+
+
+def _parser(subparsers: argparse._SubParsersAction, name: str, **kw: Any) -> argparse.ArgumentParser:
+    help_, description = COMMANDS[name]
+    return subparsers.add_parser(name, help=help_, description=description, **kw)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     _add_up(subparsers)
     _add_compare(subparsers)
@@ -33,12 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_up(subparsers: argparse._SubParsersAction) -> None:
     from aerplane.launcher.settings import UpOptions, UpSettings, demo_defaults_text
 
-    p = subparsers.add_parser(
+    p = _parser(
+        subparsers,
         "up",
-        help="run a whole AER training run on this machine (Redis, all services, learner, eval, report)",
-        description="Start Redis, the coefficient, reward and generation services and the learner as local "
-        "processes, train, evaluate the final policy on a held-out split, and write a report into the run "
-        "directory. Ctrl-C stops everything.",
         epilog="The defaults are a CPU demo regime (docs/results/README.md), where entropy collapses within the run "
         "and AER engages. Where they differ from the services' own (launcher.settings.UP_DEFAULTS): "
         f"{demo_defaults_text()}.\n\n" + strategy_epilog(OLD_SPELLINGS),
@@ -86,13 +117,9 @@ def up_settings(args: argparse.Namespace) -> UpSettings:
 def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     from aerplane.launcher.settings import SETUP_FIELDS, CompareOptions, UpSettings
 
-    p = subparsers.add_parser(
+    p = _parser(
+        subparsers,
         "compare",
-        help="run a matrix of entropy-control configurations × seeds on one setup and compare them",
-        description="Run every configuration (a strategy plus parameters) once per seed on one shared setup, one run "
-        "after another on a shared Redis and coefficient service; each run is a normal run directory under "
-        "OUT/runs/. Writes OUT/report.md, OUT/results.json and overlaid plots. Rerunning the same command (or "
-        "`aerplane compare --out OUT`) continues an interrupted comparison; finished runs are never redone.",
         epilog="example: aerplane compare --strategies none,fixed:alpha=1e-3,fixed:alpha=1e-2,skywork,aer --seeds 0,1",
     )
     matrix = add_settings_flags(
@@ -114,12 +141,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _add_report(subparsers: argparse._SubParsersAction) -> None:
     from aerplane.launcher.settings import ReportOptions
 
-    p = subparsers.add_parser(
-        "report",
-        help="write (again) the plots and report.md of a run directory",
-        description="Reads RUN_DIR/metrics.jsonl (and eval.json, run.json) and writes RUN_DIR/plots/*.png and "
-        "RUN_DIR/report.md. Needs no running service.",
-    )
+    p = _parser(subparsers, "report")
     p.set_defaults(func=_report, option_flags=add_settings_flags(p, ReportOptions))
 
 
@@ -157,12 +179,9 @@ def _report(args: argparse.Namespace) -> int:
 def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
     from aerplane.launcher.simulate import SimulateOptions, SyntheticTrace
 
-    p = subparsers.add_parser(
+    p = _parser(
+        subparsers,
         "simulate",
-        help="replay an entropy-control strategy over a synthetic or recorded entropy trace",
-        description="Print per step the entropy H, target H*, coefficient α and mean prompt weight λ that a "
-        "strategy would give, on a synthetic collapsing-entropy trace (closed loop: α slows the collapse) or on a "
-        "recorded run's metrics.jsonl (open loop). Tune parameters here before spending GPU hours.",
         epilog=strategy_epilog(OLD_SPELLINGS),
         formatter_class=HelpFormatter,
     )

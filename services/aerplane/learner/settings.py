@@ -309,17 +309,23 @@ class LearnerSettings(ServiceSettings, RedisSettings, HttpSettings):
     model_config = SettingsConfigDict(env_prefix="AERPLANE_LEARNER_")
 
     model: Annotated[ModelSettings, NoDecode] = Field(default_factory=ModelSettings)
+    """The policy, its precision and parallelism (`model=<path>` sets the path alone)."""
     optim: OptimSettings = Field(default_factory=OptimSettings)
+    """AdamW and the learning-rate schedule."""
     batch: BatchSettings = Field(default_factory=BatchSettings)
     lengths: LengthSettings = Field(default_factory=LengthSettings)
     loss: LossSettings = Field(default_factory=LossSettings)
+    """The policy loss: its mode (`core.policy_losses`), clipping, KL, advantages."""
     strategy: StrategySettings = Field(default_factory=StrategySettings)
+    """The entropy-control strategy and its parameters (`core.strategies`)."""
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     run: RunSettings = Field(default_factory=RunSettings)
+    """The run's identity, length, seed, staleness and resume."""
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     weights: WeightsSettings = Field(default_factory=WeightsSettings)
     coefficient: CoefficientSettings = Field(default_factory=CoefficientSettings)
+    """Where α and λ come from: the coefficient service's address, deadline and token."""
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     """Experiment trackers (`--report-to tensorboard,wandb,mlflow`) and their options: `aerplane.common.trackers`."""
     http_port: int = Field(8003, ge=0, le=65535)
