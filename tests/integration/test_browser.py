@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from aerplane.common.process import ManagedProcess, free_port
+from service_support import start_coefficient_service
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.timeout(300)
@@ -33,19 +31,9 @@ AS_READER, AS_OPERATOR = {"Authorization": f"Bearer {READER}"}, {"Authorization"
 def service(tmp_path: Path, redis_url: str) -> Iterator[dict[str, str]]:
     """A real coefficient service with an operator and a read-only token (reads need a token too) and short console
     streams (the page must reconnect): its REST base and gRPC target."""
-    http_port, grpc_port = free_port(), free_port()
     env = {**os.environ, "AERPLANE_REDIS_URL": redis_url, "AERPLANE_API_TOKEN": OPERATOR}
     env.update(AERPLANE_API_READ_TOKEN=READER, AERPLANE_COEFFICIENT_STREAM_SECONDS="3")
-    argv = [sys.executable, "-m", "aerplane.cli", "coefficient", "serve", "--host", "127.0.0.1"]
-    argv += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
-    proc = ManagedProcess(
-        "coefficient",
-        argv,
-        env=env,
-        log_path=tmp_path / "coefficient.log",
-        ready_url=f"http://127.0.0.1:{http_port}/readyz",
-    )
-    proc.start().wait_ready(60)
+    proc, http_port, grpc_port = start_coefficient_service(tmp_path, env)
     try:
         yield {"http": f"http://127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
     finally:

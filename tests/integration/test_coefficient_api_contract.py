@@ -19,9 +19,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from service_support import start_coefficient_service
 
 from aerplane.coefficient.client import CoefficientClient
-from aerplane.common.process import ManagedProcess, free_port
+from aerplane.common.process import ManagedProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -32,7 +33,6 @@ LEARNER = "contract-learner-token"
 
 @pytest.fixture
 def service(tmp_path: Path, redis_url: str):
-    grpc_port, http_port = free_port(), free_port()
     env = {
         **os.environ,
         "AERPLANE_REDIS_URL": redis_url,
@@ -41,16 +41,7 @@ def service(tmp_path: Path, redis_url: str):
         "AERPLANE_LEARNER_TOKEN": LEARNER,
         "AERPLANE_LOG_LEVEL": "DEBUG",
     }
-    argv = [sys.executable, "-m", "aerplane.cli", "coefficient", "serve", "--host", "127.0.0.1"]
-    argv += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
-    proc = ManagedProcess(
-        "coefficient",
-        argv,
-        env=env,
-        log_path=tmp_path / "coefficient.log",
-        ready_url=f"http://127.0.0.1:{http_port}/readyz",
-    )
-    proc.start().wait_ready(60)
+    proc, http_port, grpc_port = start_coefficient_service(tmp_path, env)
     proc.grpc_port, proc.http_port = grpc_port, http_port  # type: ignore[attr-defined]
     try:
         yield proc

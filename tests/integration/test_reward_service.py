@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis
 from reward_cases import HACK_CASES, MATH_CASES
+from service_support import generated_sample
 
 from aerplane.common import messages as m
 from aerplane.common.process import ManagedProcess, free_port
@@ -26,21 +27,7 @@ AERPLANE = str(Path(sys.executable).parent / "aerplane")
 
 
 def generated(i: int, text: str, truth: str, task: str = "math") -> m.GeneratedSample:
-    return m.GeneratedSample(
-        run_id=RUN,
-        step=1,
-        prompt_id=f"p{i}",
-        sample_index=0,
-        num_samples=1,
-        policy_version=0,
-        task=task,
-        difficulty="easy",
-        ground_truth=truth,
-        prompt_token_ids=[1, 2],
-        response_token_ids=[3],
-        logprobs=[-0.5],
-        response_text=text,
-    )
+    return generated_sample(i, run=RUN, text=text, truth=truth, task=task)
 
 
 def start_service(tmp_path: Path, redis_url: str, *extra: str, name: str = "reward") -> tuple[ManagedProcess, str]:

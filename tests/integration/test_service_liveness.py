@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from service_support import generated_sample
 
 from aerplane.common import messages as m
 from aerplane.common.liveness import HUNG_EXIT_CODE
@@ -40,21 +41,7 @@ BOUND_S = 1.0
 
 
 def generated(i: int) -> m.GeneratedSample:
-    return m.GeneratedSample(
-        run_id=RUN,
-        step=1,
-        prompt_id=f"p{i}",
-        sample_index=0,
-        num_samples=1,
-        policy_version=0,
-        task="math",
-        difficulty="easy",
-        ground_truth=str(i),
-        prompt_token_ids=[1, 2],
-        response_token_ids=[3],
-        logprobs=[-0.5],
-        response_text=rf"\boxed{{{i}}}",
-    )
+    return generated_sample(i, run=RUN)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from service_support import generated_sample
 
 from aerplane.common import messages as m
 from aerplane.common import streams
@@ -21,21 +22,7 @@ RUN = "t1"
 
 
 def sample(i: int, *, step: int = 0, text: str | None = None) -> m.GeneratedSample:
-    return m.GeneratedSample(
-        run_id=RUN,
-        step=step,
-        prompt_id=f"p{i}",
-        sample_index=0,
-        num_samples=1,
-        policy_version=0,
-        task="math",
-        difficulty="easy",
-        ground_truth=str(i),
-        prompt_token_ids=[1, 2],
-        response_token_ids=[3, 4],
-        logprobs=[-0.5, -0.25],
-        response_text=text if text is not None else f"\\boxed{{{i}}}",
-    )
+    return generated_sample(i, run=RUN, step=step, text=text, response=(3, 4), logprobs=(-0.5, -0.25))
 
 
 def scored(g: m.GeneratedSample) -> m.ScoredSample:
