@@ -70,10 +70,6 @@ class ServiceCommand:
     def argv(self) -> tuple[str, str]:
         return self.service, self.command
 
-    def settings_class(self) -> type[BaseModel]:
-        """`settings` (the launcher's spelling: launcher.up.service_args)."""
-        return self.settings
-
 
 @dataclass(frozen=True, slots=True)
 class Flag:

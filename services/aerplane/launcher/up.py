@@ -66,7 +66,7 @@ def service_args(name: str, values: dict[str, Any], *, launcher: Sequence[str] =
     from aerplane.common.settings import load_settings
 
     service = SERVICES[name]
-    cls = service.settings_class()
+    cls = service.settings
     flags = dict(values)
     if name == "learner" and "strategy" in flags:
         from aerplane.core.strategies import format_spec

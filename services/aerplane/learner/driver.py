@@ -34,6 +34,7 @@ from aerplane.learner.settings import (
     SamplingSettings,
     SettingsError,
     WeightsSettings,
+    strategy_kwargs,
 )
 from aerplane.learner.step import StepResult
 
@@ -366,12 +367,13 @@ def open_driver(
     items = load_prompt_slots(tokenizer, s.data, s.lengths, seed=s.run.seed)
     schedule = PromptSchedule(items, s.batch.prompts_per_step, seed=s.run.seed, shuffle=s.data.shuffle)
     ledger = ConsumedLedger.open(s.run_dir, resumed.ledger_mark, start_step=start_step)
+    strategy = build_strategy(s.strategy.name, **strategy_kwargs(s.strategy.params, s.strategy.options))
     streams, collector = _connect(s.redis_url, s.run, s.batch, registry, start_step)
     trackers = open_trackers(s.tracking, s.run.run_id, s.run_dir, config=s.snapshot(), start_step=start_step)
     driver = Driver(
         requests=Requests(s.run, s.batch, s.sampling, s.lengths),
         normalize_std=s.loss.normalize_std,
-        anchor_steps=build_strategy(s.strategy.name, **s.strategy.params, **s.strategy.options).anchor_steps(),
+        anchor_steps=strategy.anchor_steps(),
         weights=s.weights,
         weights_dir=s.weights_dir,
         pad_id=pad_id,
