@@ -146,10 +146,13 @@ def test_redoc_is_off_and_docs_name_only_our_own_assets(coefficient_http: str) -
 # --- the console ------------------------------------------------------------------------------------------------------
 
 ENTROPIES = [2.0, 1.7, 1.2, 0.9]
+EASY, HARD = [0.5, 0.75, 0.75, 1.0], [0.0, 0.25, 0.0, 0.5]  # accuracy per difficulty bucket, as the learner reports
+LENGTHS = [212.0, 190.5, 171.25, 160.0]  # mean response length, tokens
 
 
 def report(target: str, run_id: str, steps: range) -> None:
-    """A learner's calls over gRPC for `steps`: α for the step's prompts, then the step's entropy."""
+    """A learner's calls over gRPC for `steps` of a 4-step run: α for the step's prompts, then the step's entropy
+    with its figures (accuracy per difficulty, response length, the run's steps)."""
     from aerplane.coefficient.client import CoefficientClient
 
     with CoefficientClient(target, timeout=10) as client:
@@ -157,7 +160,16 @@ def report(target: str, run_id: str, steps: range) -> None:
             client.start_run(run_id, "aer", {"anchor_steps": 1, "eta": 0.05}, {})
         for step in steps:
             client.get_coefficients(run_id, step, [("a", 0.25, 4), ("b", 0.75, 4)])
-            client.report_entropy(run_id, step, ENTROPIES[step], 100)
+            buckets = {"easy": EASY[step], "hard": HARD[step]}
+            client.report_entropy(
+                run_id,
+                step,
+                ENTROPIES[step],
+                100,
+                accuracy_by_difficulty=buckets,
+                response_length=LENGTHS[step],
+                total_steps=len(ENTROPIES),
+            )
 
 
 def read_events(lines: Iterator[str], count: int) -> list[tuple[str, int, Any]]:
@@ -165,9 +177,13 @@ def read_events(lines: Iterator[str], count: int) -> list[tuple[str, int, Any]]:
     out: list[tuple[str, int, Any]] = []
     fields: dict[str, str] = {}
     for line in lines:
+        if line.startswith(":"):  # a comment: the keep-alive
+            continue
         if line:
             key, _, value = line.partition(": ")
             fields[key] = value
+            continue
+        if not fields:
             continue
         out.append((fields["event"], int(fields["id"]), json.loads(fields["data"])))
         fields = {}
@@ -193,6 +209,34 @@ def test_the_stream_sends_the_history_then_each_new_step(service: dict[str, str]
     assert httpx.get(url).status_code == 401  # the stream is a read like any other
 
 
+def test_a_closed_stream_lets_go_of_its_subscription_long_before_the_stream_would_end(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A tab that closes is noticed at the next keep-alive (one per quiet poll, 1 s here), not when the stream's
+    120 s are up: the service's Redis subscription for it is gone within a few polls."""
+    import redis
+
+    env = {**os.environ, "AERPLANE_REDIS_URL": redis_url, "AERPLANE_COEFFICIENT_STREAM_SECONDS": "120"}
+    proc, http_port, grpc_port = start_coefficient_service(tmp_path, env)
+    channel = "aerplane:kept:coefficient:changes"
+    subscribers = redis.Redis.from_url(redis_url)
+    try:
+        report(f"127.0.0.1:{grpc_port}", "kept", range(1))
+        url = f"http://127.0.0.1:{http_port}/v1/runs/kept/stream"
+        with httpx.stream("GET", url, timeout=30) as resp:
+            lines = resp.iter_lines()
+            assert [e[0] for e in read_events(lines, 2)] == ["state", "history"]
+            assert subscribers.pubsub_numsub(channel) == [(channel.encode(), 1)]
+            assert next(line for line in lines if line) == ": keep-alive"  # a quiet poll later
+        deadline = time.monotonic() + 20  # the stream itself would run for 120 s
+        while subscribers.pubsub_numsub(channel)[0][1] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert subscribers.pubsub_numsub(channel)[0][1] == 0
+    finally:
+        subscribers.close()
+        proc.stop(timeout=20)
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=NO_BROWSER)
 def test_the_run_page_plots_the_reported_steps_and_a_new_one_without_a_reload(
@@ -203,7 +247,11 @@ def test_the_run_page_plots_the_reported_steps_and_a_new_one_without_a_reload(
 
     report(service["grpc"], "console-run", range(3))
     use_token(browser, service["http"], READER)
-    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-run='console-run']"))
+    row = "tr[data-run='console-run']"
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, row))
+    cells = [c.text for c in browser.find_elements(By.CSS_SELECTOR, f"{row} td")]
+    assert cells[1:3] == ["aer", "2 / 3"] and cells[6] == "0.500"  # strategy, step of steps, mean λ
+    assert cells[-1] == "live"
     browser.find_element(By.LINK_TEXT, "console-run").click()
 
     def points(d: Any) -> int:
@@ -214,10 +262,16 @@ def test_the_run_page_plots_the_reported_steps_and_a_new_one_without_a_reload(
     assert browser.execute_script(plotted) == ENTROPIES[:3]
     browser.execute_script("window.notReloaded = true")
 
-    report(service["grpc"], "console-run", range(3, 4))  # a new step, while the page is open
+    report(service["grpc"], "console-run", range(3, 4))  # a new step, the run's last, while the page is open
     WebDriverWait(browser, 30).until(lambda d: points(d) == 4)
     assert browser.execute_script(plotted) == ENTROPIES
     assert browser.execute_script("return window.notReloaded") is True
+    trace = "const [chart, name] = arguments; return document.getElementById(chart).data.find(t => t.name === name).y"
+    assert browser.execute_script(trace, "chart-accuracy", "easy") == EASY
+    assert browser.execute_script(trace, "chart-accuracy", "hard") == HARD
+    assert browser.execute_script(trace, "chart-accuracy", "all prompts") == [0.5] * 4
+    assert browser.execute_script(trace, "chart-length", "response length") == LENGTHS
+    WebDriverWait(browser, 10).until(lambda d: "finished" in d.find_element(By.ID, "run-summary").text)
     time.sleep(4)  # past the 3 s stream: the page reconnects where it left off, nothing twice
     assert browser.execute_script(plotted) == ENTROPIES
     axis = "return document.getElementById('chart-entropy').layout.yaxis.title.text"
@@ -225,6 +279,10 @@ def test_the_run_page_plots_the_reported_steps_and_a_new_one_without_a_reload(
     assert browser.find_element(By.ID, "run-updated").text != "never"
     browser.save_screenshot(str(tmp_path / "console-run.png"))
     loopback_only(browser, "/console/plotly.min.js")
+
+    browser.get(f"{service['http']}/")  # the runs page: the run is finished now
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, f"{row} .badge.finished"))
+    assert browser.find_elements(By.CSS_SELECTOR, f"{row} td")[2].text == "3 / 3"
 
 
 def use_token(browser: Any, base: str, token: str) -> None:

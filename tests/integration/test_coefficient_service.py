@@ -144,6 +144,12 @@ def test_start_run_creates_resumes_and_refuses_duplicates(client: CoefficientCli
         (lambda c: c.report_entropy("base", 0, math.inf, 10), "mean_entropy"),
         (lambda c: c.report_entropy("base", 0, -1.0, 10), "mean_entropy"),
         (lambda c: c.report_entropy("base", 0, 1.0, 0), "num_tokens"),
+        (lambda c: c.report_entropy("base", 0, 1.0, 10, accuracy_by_difficulty={"hard": 1.5}), "hard"),
+        (lambda c: c.report_entropy("base", 0, 1.0, 10, accuracy_by_difficulty={"": 0.5}), "bucket names"),
+        (lambda c: c.report_entropy("base", 0, 1.0, 10, response_length=math.nan), "response_length"),
+        (lambda c: c.report_entropy("base", 0, 1.0, 10, response_length=-1.0), "response_length"),
+        (lambda c: c.report_entropy("base", 4, 1.0, 10, total_steps=4), "total_steps"),
+        (lambda c: c.report_entropy("base", 0, 1.0, 10, total_steps=0), "total_steps"),
     ],
 )
 def test_bad_values_are_invalid_argument(client: CoefficientClient, call, match: str) -> None:
@@ -322,11 +328,41 @@ def test_rest_reads_runs_state_history_and_audit(client: CoefficientClient, http
             "p_term": None,  # the anchoring step: no update, no terms
             "i_term": None,
             "d_term": None,
+            "accuracy_by_difficulty": None,  # the learner sent none with this report
+            "response_length": None,
         }
     ]
+    assert runs[0]["mean_prompt_weight"] == 0.5 and runs[0]["mean_accuracy"] == 0.5  # the latest batch's means
+    assert not runs[0]["finished"] and runs[0]["total_steps"] is None
     assert http.get("/docs").status_code == 200
     paths = http.get("/openapi.json").json()["paths"]
     assert {"/v1/runs", "/v1/runs/{run_id}/coefficients", "/v1/runs/{run_id}/overrides"} <= set(paths)
+
+
+def test_a_reports_figures_reach_the_history_and_its_last_step_finishes_the_run(
+    client: CoefficientClient, http: httpx.Client
+) -> None:
+    client.start_run("run-f", "aer", {"anchor_steps": 1}, {})
+    figures = [({"easy": 0.75, "hard": 0.125}, 180.5), ({"easy": 1.0, "hard": 0.25}, 150.0)]
+    for step, (buckets, length) in enumerate(figures):
+        st = client.report_entropy(
+            "run-f", step, 1.5, 100, accuracy_by_difficulty=buckets, response_length=length, total_steps=3
+        )
+        assert st["total_steps"] == 3 and not st["finished"]
+    rows = http.get("/v1/runs/run-f/history").json()
+    assert [(r["accuracy_by_difficulty"], r["response_length"]) for r in rows] == figures
+    # Figures do not move α: the same entropies without them give the same α.
+    client.start_run("run-plain", "aer", {"anchor_steps": 1}, {})
+    plain = [client.report_entropy("run-plain", step, 1.5, 100) for step in range(2)]
+    assert plain[-1]["alpha"] == st["alpha"] and plain[-1]["total_steps"] is None
+
+    last = client.report_entropy("run-f", 2, 1.4, 100, total_steps=3)  # no figures this time: none kept
+    assert last["finished"] and http.get("/v1/runs/run-f").json()["finished"]
+    assert http.get("/v1/runs/run-f/history").json()[2]["accuracy_by_difficulty"] is None
+    assert client.report_entropy("run-f", 2, 1.4, 100, total_steps=3) == last  # applied once, as before
+    resumed = client.report_entropy("run-f", 3, 1.3, 100, total_steps=6)  # resumed with more steps: live again
+    assert resumed["total_steps"] == 6 and not resumed["finished"]
+    assert client.report_entropy("run-f", 4, 1.3, 100)["total_steps"] == 6  # kept when a report leaves it out
 
 
 def test_rest_override_flow(client: CoefficientClient, http: httpx.Client) -> None:

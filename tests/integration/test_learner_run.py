@@ -329,6 +329,11 @@ def test_alpha_and_initial_entropy_in_the_coefficient_service_follow_the_run(tmp
         for term in ("p_term", "i_term", "d_term"):  # the controller's terms of each next α, in metrics.jsonl too
             assert [r[term] for r in rows] == [h[term] for h in history]
         assert rows[0]["p_term"] is None and rows[2]["p_term"] > 0 and rows[2]["d_term"] != 0
+        # The step's figures for the console: accuracy per difficulty and response length as in metrics.jsonl.
+        for key in ("accuracy_by_difficulty", "response_length"):
+            assert [h[key] for h in history] == [r[key] for r in rows]
+        assert history[0]["accuracy_by_difficulty"] and history[0]["response_length"] > 0
+        assert state["total_steps"] == 3 and state["finished"]
 
         # A resumed learner continues the same coefficient run (H_0 kept, α keeps moving).
         second = learner(tmp_path, "svc-b", redis_url, "svc", *coef, "--resume", steps=5)
@@ -339,6 +344,7 @@ def test_alpha_and_initial_entropy_in_the_coefficient_service_follow_the_run(tmp
         assert [r["step"] for r in rows] == list(range(5))
         later = get_json(api)
         assert later["step"] == 4 and later["initial_entropy"] == state["initial_entropy"]
+        assert later["total_steps"] == 5 and later["finished"]  # live again at step 3, finished at 4
         assert later["alpha"] > state["alpha"] and rows[3]["alpha"] == pytest.approx(state["alpha"], rel=1e-9)
     finally:
         for p in reversed(procs):

@@ -29,7 +29,7 @@ from aerplane.common.closing import Closing
 from aerplane.rpc.v1 import coefficient_pb2 as pb
 from aerplane.rpc.v1 import coefficient_pb2_grpc as pb_grpc
 
-_OPTIONAL = ("initial_entropy", "target_entropy", "last_entropy", "p_term", "i_term", "d_term")
+_OPTIONAL = ("initial_entropy", "target_entropy", "last_entropy", "p_term", "i_term", "d_term", "total_steps")
 _RETRY_CONFIG = json.dumps(
     {
         "methodConfig": [
@@ -109,6 +109,7 @@ def state_dict(msg: pb.RunState) -> dict[str, Any]:
         "version": msg.version,
         "target_overridden": msg.target_overridden,
         "updated_at": msg.updated_at,
+        "finished": msg.finished,
     }
 
 
@@ -185,9 +186,28 @@ class CoefficientClient(Closing):
         target = reply.target_entropy if reply.HasField("target_entropy") else None
         return reply.alpha, list(reply.prompt_weights), target
 
-    def report_entropy(self, run_id: str, step: int, mean_entropy: float, num_tokens: int) -> dict[str, Any]:
-        """Apply step `step`'s token-mean entropy; a step applied before changes nothing (the state is returned)."""
-        request = pb.ReportEntropyRequest(run_id=run_id, step=step, mean_entropy=mean_entropy, num_tokens=num_tokens)
+    def report_entropy(
+        self,
+        run_id: str,
+        step: int,
+        mean_entropy: float,
+        num_tokens: int,
+        *,
+        accuracy_by_difficulty: Mapping[str, float] | None = None,
+        response_length: float | None = None,
+        total_steps: int | None = None,
+    ) -> dict[str, Any]:
+        """Apply step `step`'s token-mean entropy; a step applied before changes nothing (the state is returned).
+        The keyword figures go in the run's history for people to watch (the console); they do not move α."""
+        request = pb.ReportEntropyRequest(
+            run_id=run_id,
+            step=step,
+            mean_entropy=mean_entropy,
+            num_tokens=num_tokens,
+            accuracy_by_difficulty=accuracy_by_difficulty or {},
+            response_length=response_length,
+            total_steps=total_steps,
+        )
         return state_dict(self._call(self._stub.ReportEntropy, request))
 
     def get_state(self, run_id: str) -> dict[str, Any]:

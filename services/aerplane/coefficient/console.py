@@ -13,19 +13,21 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Generator
 from importlib.resources import files
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import iterate_in_threadpool
 
 from aerplane.coefficient.auth import ANONYMOUS, Permission, PermissionDenied, Unauthenticated
 from aerplane.coefficient.http_routes import Reader, RunId, Store
 from aerplane.coefficient.store import RunStore
 
 CONSOLE_DIR = files("aerplane.coefficient") / "console"
+KEEP_ALIVE = ": keep-alive\n\n"
 router = APIRouter()
 
 
@@ -63,7 +65,7 @@ def stream(
     `stream_seconds` is not a response a contract fuzzer can check."""
     store.get_run(run_id)  # 404 before the stream starts
     options = request.app.state.console
-    body = run_events(store, run_id, since, **options)
+    body = closing(run_events(store, run_id, since, **options))
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
@@ -94,22 +96,37 @@ def run_events(
     stream_seconds: float,
     poll_seconds: float,
     stopping: threading.Event,
-) -> Iterator[str]:
+) -> Generator[str, None, None]:
     """The stream's text: at each new version of the run (every report and override), its state, then the history
-    rows from `since` on. The next event starts at the last row when its entropy is not reported yet (it will be
-    sent again, complete), else after it: each event carries what is new, and at most one row twice."""
+    rows from `since` on; after each poll with no change, a keep-alive comment. The next event starts at the last
+    row when its entropy is not reported yet (it will be sent again, complete), else after it: each event carries
+    what is new, and at most one row twice."""
     deadline = time.monotonic() + stream_seconds
 
     def keep_going() -> bool:
         return time.monotonic() < deadline and not stopping.is_set()
 
-    for run in store.watch(run_id, poll_seconds=poll_seconds, keep_going=keep_going):
+    for run in store.watch(run_id, poll_seconds=poll_seconds, keep_going=keep_going, idle_ticks=True):
+        if run is None:  # a comment line each quiet poll: a closed tab is noticed at the next write, not at the end
+            yield KEEP_ALIVE
+            continue
         rows = store.history(run_id, since=since, limit=100_000)
         yield sse("state", {**run.view(), "overrides": run.overrides()}, since)
         if rows:
             last = rows[-1]
             since = last["step"] + (1 if last.get("mean_entropy") is not None else 0)
             yield sse("history", rows, since)
+
+
+async def closing(events: Generator[str, None, None]) -> AsyncIterator[str]:
+    """`events`, each drawn in the thread pool, and closed (its Redis subscription with it) as soon as the response
+    ends: a closed tab cancels the response at the next keep-alive, and the generator must not wait for the garbage
+    collector to let go."""
+    try:
+        async for chunk in iterate_in_threadpool(events):
+            yield chunk
+    finally:
+        events.close()  # the thread that drew the last chunk is done: anyio waits for it before it cancels
 
 
 def sse(event: str, data: Any, event_id: int) -> str:

@@ -29,6 +29,7 @@ from aerplane.coefficient.errors import status_of
 from aerplane.coefficient.metrics import CoefficientMetrics
 from aerplane.coefficient.runs import InvalidValue, Override, Run
 from aerplane.coefficient.store import RunStore
+from aerplane.core.step_figures import StepFigures
 from aerplane.rpc.v1 import coefficient_pb2 as pb
 from aerplane.rpc.v1 import coefficient_pb2_grpc as pb_grpc
 
@@ -166,7 +167,14 @@ class CoefficientServicer(pb_grpc.CoefficientServiceServicer):
 
     @_rpc(Permission.LEARN)
     def ReportEntropy(self, request: pb.ReportEntropyRequest, context: grpc.ServicerContext, actor: str) -> pb.RunState:
-        run, applied = self.store.report_entropy(request.run_id, request.step, request.mean_entropy, request.num_tokens)
+        figures = StepFigures(
+            accuracy_by_difficulty=dict(request.accuracy_by_difficulty) or None,
+            response_length=request.response_length if request.HasField("response_length") else None,
+            total_steps=request.total_steps if request.HasField("total_steps") else None,
+        )
+        run, applied = self.store.report_entropy(
+            request.run_id, request.step, request.mean_entropy, request.num_tokens, figures
+        )
         if not applied:
             log.info("run %s: step %d was applied before; state unchanged", run.run_id, request.step)
         return run_state_message(run.view())

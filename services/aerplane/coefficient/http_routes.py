@@ -22,6 +22,7 @@ from aerplane.coefficient.schemas import (
     OverrideBody,
     RunDetailOut,
     RunStateOut,
+    RunSummaryOut,
 )
 from aerplane.coefficient.store import RunStore
 
@@ -85,12 +86,15 @@ def _ok(run_id: str | None, description: str) -> dict[int | str, dict[str, Any]]
 @router.get(
     "/runs",
     operation_id="listRuns",
-    response_model=list[RunStateOut],
+    response_model=list[RunSummaryOut],
     responses={**_ok("$response.body#/0/run_id", "Every run, by run id."), 401: _UNAUTHENTICATED, 503: _UNAVAILABLE},
 )
 def list_runs(store: Store, actor: Reader) -> list[dict]:
-    """Every run the service knows, by run id."""
-    return [run.view() for run in store.list_runs()]
+    """Every run the service knows, by run id, with the mean λ and accuracy of its latest batch."""
+    runs = store.list_runs()
+    batches = store.last_batches([run.run_id for run in runs])
+    empty = {"mean_prompt_weight": None, "mean_accuracy": None}
+    return [{**run.view(), **{k: batches.get(run.run_id, empty).get(k) for k in empty}} for run in runs]
 
 
 @router.get(

@@ -138,6 +138,7 @@ class Run:
     target_override: float | None = None
     frozen: bool = False
     last_step: int | None = None
+    total_steps: int | None = None  # as the learner last reported it
     version: int = 1
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -182,7 +183,13 @@ class Run:
             "p_term": self.state.p_term,
             "i_term": self.state.i_term,
             "d_term": self.state.d_term,
+            "total_steps": self.total_steps,
+            "finished": self.finished(),
         }
+
+    def finished(self) -> bool:
+        """True once the last of the run's reported `total_steps` is applied."""
+        return self.last_step is not None and self.total_steps is not None and self.last_step + 1 >= self.total_steps
 
     def overrides(self) -> dict[str, Any]:
         return {"alpha": self.pin_alpha, "target_entropy": self.target_override, "frozen": self.frozen}
@@ -200,6 +207,7 @@ class Run:
                 "target_override": self.target_override,
                 "frozen": self.frozen,
                 "last_step": self.last_step,
+                "total_steps": self.total_steps,
                 "version": self.version,
                 "created_at": self.created_at,
                 "updated_at": self.updated_at,
@@ -222,6 +230,7 @@ class Run:
             target_override=d["target_override"],
             frozen=d["frozen"],
             last_step=d["last_step"],
+            total_steps=d.get("total_steps"),  # records from before the field have none
             version=d["version"],
             created_at=d["created_at"],
             updated_at=d["updated_at"],
@@ -249,10 +258,12 @@ def apply_report(
     now: float,
     *,
     applied: Callable[[int], bool] = lambda step: False,
+    total_steps: int | None = None,
 ) -> tuple[Run, bool]:
     """The run after step `step` measured `entropy`; `(run, False)` when that step was already applied.
 
-    `applied(step)` says whether an older step than the last one was applied (the store keeps a record per step)."""
+    `applied(step)` says whether an older step than the last one was applied (the store keeps a record per step).
+    `total_steps` (checked by `StepFigures.checked`), when given, replaces the run's."""
     try:
         h = check_entropy(entropy)
     except ValueError as exc:
@@ -278,7 +289,8 @@ def apply_report(
         state = state.held_at(run.pin_alpha)
     elif run.frozen:
         state = replace(state, alpha=run.state.alpha, integral=run.state.integral)
-    return replace(run, state=state, last_step=step, version=run.version + 1, updated_at=now), True
+    total = run.total_steps if total_steps is None else total_steps
+    return replace(run, state=state, last_step=step, total_steps=total, version=run.version + 1, updated_at=now), True
 
 
 def apply_override(run: Run, change: Override, now: float) -> tuple[Run, dict[str, dict[str, Any]]]:

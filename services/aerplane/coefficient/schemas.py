@@ -147,12 +147,21 @@ class RunStateOut(BaseModel):
     p_term: float | None = Field(None, description="aer: kp·e of the last update (null before one).")
     i_term: float | None = Field(None, description="aer: the integral term I after the last update.")
     d_term: float | None = Field(None, description="aer: the derivative term D of the last update.")
+    total_steps: int | None = Field(None, description="The steps the run is set to train, as its learner reported.")
+    finished: bool = Field(False, description="True once the run's last step (total_steps - 1) is applied.")
 
 
 class OverridesOut(BaseModel):
     alpha: float | None = Field(description="Pinned α, or null.")
     target_entropy: float | None = Field(description="Target override, or null.")
     frozen: bool
+
+
+class RunSummaryOut(RunStateOut):
+    """RunState plus the means of the run's latest GetCoefficients batch (the runs list)."""
+
+    mean_prompt_weight: float | None = Field(None, description="Mean λ_q of the latest batch (null before one).")
+    mean_accuracy: float | None = Field(None, description="Mean prompt accuracy of the latest batch.")
 
 
 class RunDetailOut(RunStateOut):
@@ -175,6 +184,12 @@ class HistoryRow(BaseModel):
     p_term: float | None = Field(None, description="aer: kp·e of this step's update (α_next = clip(P + I + D)).")
     i_term: float | None = Field(None, description="aer: the integral term I after this step's update.")
     d_term: float | None = Field(None, description="aer: the derivative term D of this step's update.")
+    accuracy_by_difficulty: dict[str, float] | None = Field(
+        None, description="Mean reward per difficulty bucket, as the learner reported it with H (null if not)."
+    )
+    response_length: float | None = Field(
+        None, description="Mean response length in tokens, as the learner reported it with H (null if not)."
+    )
 
 
 class AuditEntry(BaseModel):

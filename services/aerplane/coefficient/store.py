@@ -54,6 +54,7 @@ from aerplane.coefficient.runs import (
 )
 from aerplane.common.redis_client import connect
 from aerplane.common.retry import REDIS_BACKOFF
+from aerplane.core.step_figures import NO_FIGURES, StepFigures
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,8 @@ class RunStore:
         return {i: json.loads(raw) for i, raw in zip(run_ids, raws, strict=True) if raw is not None}
 
     def history(self, run_id: str, *, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-        """Per step, oldest first: step, alpha, mean_entropy, target_entropy, mean_prompt_weight, mean_accuracy."""
+        """Per step, oldest first: step, α, H, H*, mean λ, mean accuracy, the PID terms, and the figures the
+        learner reported with H (accuracy by difficulty, response length)."""
         self.get_run(run_id)  # 404 for unknown runs
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(run_key(run_id, "steps"))
@@ -168,6 +170,8 @@ class RunStore:
                     "p_term": None,
                     "i_term": None,
                     "d_term": None,
+                    "accuracy_by_difficulty": None,
+                    "response_length": None,
                 },
             )
 
@@ -184,8 +188,8 @@ class RunStore:
             r["mean_entropy"] = rec["mean_entropy"]
             r["num_tokens"] = rec["num_tokens"]
             r["alpha_next"] = rec["alpha_next"]
-            for term in ("p_term", "i_term", "d_term"):  # records written before the PID terms have none
-                r[term] = rec.get(term)
+            for key in ("p_term", "i_term", "d_term", "accuracy_by_difficulty", "response_length"):
+                r[key] = rec.get(key)  # records written before these fields have none
             if rec["target_entropy"] is not None:
                 r["target_entropy"] = rec["target_entropy"]  # known once the step anchored H_0
         sums: dict[int, list[float]] = {}
@@ -335,16 +339,28 @@ class RunStore:
         self._parsed[run_id] = (raw, run)
         return run
 
-    def report_entropy(self, run_id: str, step: int, mean_entropy: float, num_tokens: int) -> tuple[Run, bool]:
-        """Apply step `step`'s entropy once. Returns (run, applied); applied is False for a step applied before
-        (the run is then returned unchanged: the first report of a step stands)."""
+    def report_entropy(
+        self, run_id: str, step: int, mean_entropy: float, num_tokens: int, figures: StepFigures = NO_FIGURES
+    ) -> tuple[Run, bool]:
+        """Apply step `step`'s entropy once, and keep its `figures` in the history. Returns (run, applied); applied
+        is False for a step applied before (the run is then returned unchanged: the first report of a step stands)."""
+        try:
+            figures = figures.checked(step)
+        except ValueError as exc:
+            raise InvalidValue(str(exc)) from None
         applied = False
         entropy_key = run_key(run_id, "entropy")
 
         def change(run: Run) -> tuple[Run, Callable[[Any], None] | None]:
             nonlocal applied
             new, applied = apply_report(  # a step's record is written once, with the report: no need to WATCH it
-                run, step, mean_entropy, num_tokens, self._clock(), applied=lambda s: self.redis.hexists(entropy_key, s)
+                run,
+                step,
+                mean_entropy,
+                num_tokens,
+                self._clock(),
+                applied=lambda s: self.redis.hexists(entropy_key, s),
+                total_steps=figures.total_steps,
             )
             if not applied:
                 return run, None
@@ -358,6 +374,8 @@ class RunStore:
                     "p_term": new.state.p_term,
                     "i_term": new.state.i_term,
                     "d_term": new.state.d_term,
+                    "accuracy_by_difficulty": figures.accuracy_by_difficulty,
+                    "response_length": figures.response_length,
                     "at": new.updated_at,
                 },
                 allow_nan=False,
@@ -390,8 +408,10 @@ class RunStore:
         *,
         poll_seconds: float,
         keep_going: Callable[[], bool],
-    ) -> Iterator[Run]:
-        """The run now, then every new version, until `keep_going()` is false (checked at least every poll)."""
+        idle_ticks: bool = False,
+    ) -> Iterator[Run | None]:
+        """The run now, then every new version, until `keep_going()` is false (checked at least every poll). With
+        `idle_ticks`, also None after each poll that found no change (a stream's cue to send a keep-alive)."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(run_key(check_run_id(run_id), "changes"))
@@ -409,6 +429,8 @@ class RunStore:
                 if run.version > last:
                     last = run.version
                     yield run
+                elif idle_ticks:
+                    yield None
         finally:
             pubsub.close()
 

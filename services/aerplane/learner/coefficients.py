@@ -9,9 +9,12 @@ so the learner's loop does not know which one it has.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from aerplane.core.step_figures import NO_FIGURES, StepFigures
 
 if TYPE_CHECKING:
     from aerplane.learner.settings import CoefficientSettings, StrategySettings
@@ -25,7 +28,9 @@ PromptStats = tuple[str, float, int]  # (prompt_id, accuracy, num_samples)
 class CoefficientSource(Protocol):
     def start(self, resume: bool) -> dict[str, Any]: ...
     def coefficients(self, step: int, prompts: Sequence[PromptStats]) -> tuple[float, list[float], float | None]: ...
-    def report(self, step: int, mean_entropy: float, num_tokens: int) -> dict[str, Any]: ...
+    def report(
+        self, step: int, mean_entropy: float, num_tokens: int, figures: StepFigures = NO_FIGURES
+    ) -> dict[str, Any]: ...
     def state(self) -> dict[str, Any]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, data: dict[str, Any]) -> None: ...
@@ -51,7 +56,10 @@ class LocalCoefficients:
         weights = self.strategy.prompt_weights(self._state, [acc for _, acc, _ in prompts])
         return self.strategy.coefficient(self._state), list(weights), self._state.target_entropy
 
-    def report(self, step: int, mean_entropy: float, num_tokens: int) -> dict[str, Any]:
+    def report(
+        self, step: int, mean_entropy: float, num_tokens: int, figures: StepFigures = NO_FIGURES
+    ) -> dict[str, Any]:
+        """Apply H_t (the figures have no one to show them to here: metrics.jsonl has them)."""
         if step > self._applied_step:  # idempotent by step, like the service
             self._state = self.strategy.observe(self._state, entropy=mean_entropy)
             self._applied_step = step
@@ -129,13 +137,20 @@ class RemoteCoefficients:
         alpha, weights, target = self._retrying(lambda: self.client.get_coefficients(self.run_id, step, list(prompts)))
         return float(alpha), [float(w) for w in weights], (float(target) if target else None)
 
-    def report(self, step: int, mean_entropy: float, num_tokens: int) -> dict[str, Any]:
+    def report(
+        self, step: int, mean_entropy: float, num_tokens: int, figures: StepFigures = NO_FIGURES
+    ) -> dict[str, Any]:
         from aerplane.coefficient.client import StaleStepError
 
         # A resumed learner re-trains the steps after its last checkpoint, which it may have reported before it died:
         # the service applies each step's entropy once, so such a report changes nothing (α does not move twice).
         try:
-            return dict(self._retrying(lambda: self.client.report_entropy(self.run_id, step, mean_entropy, num_tokens)))
+            extras = dataclasses.asdict(figures)
+            return dict(
+                self._retrying(
+                    lambda: self.client.report_entropy(self.run_id, step, mean_entropy, num_tokens, **extras)
+                )
+            )
         except StaleStepError as exc:  # an older step the service never applied: it cannot be applied out of order
             log.warning("step %d: the coefficient service refused the report (%s); keeping its state", step, exc)
             return self.state()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from aerplane.common.liveness import Progress, Watchdog
+from aerplane.core.step_figures import StepFigures
 from aerplane.learner import checkpoint as ckpt
 from aerplane.learner.batching import TrainSample, group_accuracy, mean_by, truncate_response
 from aerplane.learner.metrics import LearnerMetrics, MetricsLog
@@ -233,7 +234,12 @@ class Driver:
         from aerplane.learner.ledger import Sample
 
         t = time.perf_counter()
-        state = self.coefficients.report(step, result.mean_entropy, result.num_tokens)
+        figures = StepFigures(
+            accuracy_by_difficulty=self.last_info.get("accuracy_by_difficulty"),
+            response_length=self.last_info.get("response_length"),
+            total_steps=self.requests.run.steps,
+        )
+        state = self.coefficients.report(step, result.mean_entropy, result.num_tokens, figures)
         self.trackers.coefficient_state(step, state)
         groups = {pid: [Sample(x.sample_index, x.policy_version) for x in xs] for pid, xs in self.consumed.items()}
         self.ledger.record(

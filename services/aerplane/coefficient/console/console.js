@@ -39,23 +39,27 @@ function setupToken() {
 
 // --- the runs page ----------------------------------------------------------------------------------------------
 
-function runState(run) {
+// Where the run is (finished: its last step is in; live: a report in the last minute; idle: neither), and
+// whether people have overridden it (a pin, a freeze or a target, shown beside).
+function runStates(run) {
   const age = Date.now() / 1000 - run.updated_at;
-  if (run.alpha_pinned || run.frozen || run.target_overridden) return "overridden";
-  return age < 60 ? "live" : "idle";
+  const states = [run.finished ? "finished" : age < 60 ? "live" : "idle"];
+  if (run.alpha_pinned || run.frozen || run.target_overridden) states.push("overridden");
+  return states;
 }
 
 async function refreshRuns() {
   try {
     const runs = await api("/v1/runs");
     const rows = runs.map((r) => {
-      const state = runState(r);
+      const badges = runStates(r).map((s) => `<span class="badge ${s}">${s}</span>`).join(" ");
+      const step = r.has_step ? (r.total_steps ? `${r.step} / ${r.total_steps - 1}` : r.step) : "–"; // last / final
       return `<tr data-run="${r.run_id}"><td><a href="/runs/${encodeURIComponent(r.run_id)}">${r.run_id}</a></td>
-        <td>${r.strategy}</td><td class="num">${r.has_step ? r.step : "–"}</td>
+        <td>${r.strategy}</td><td class="num">${step}</td>
         <td class="num">${fmt(r.last_entropy)}</td><td class="num">${fmt(r.target_entropy)}</td>
-        <td class="num">${fmt(r.alpha, 3)}</td>
+        <td class="num">${fmt(r.alpha, 3)}</td><td class="num">${fmt(r.mean_prompt_weight, 3)}</td>
         <td>${new Date(r.updated_at * 1000).toLocaleTimeString()}</td>
-        <td><span class="badge ${state}">${state}</span></td></tr>`;
+        <td class="state">${badges}</td></tr>`;
     });
     document.querySelector("#runs tbody").innerHTML = rows.join("");
     $("runs-updated").textContent = new Date().toLocaleTimeString();
@@ -71,7 +75,8 @@ const CHARTS = {
   entropy: { id: "chart-entropy", title: "Entropy H with H*, H₀ and the ±20 % band", y: "H (nats/token)" },
   alpha: { id: "chart-alpha", title: "α and the controller's terms", y: "α (entropy coefficient)" },
   weight: { id: "chart-weight", title: "Mean prompt weight λ", y: "mean λ (weight)" },
-  accuracy: { id: "chart-accuracy", title: "Mean accuracy of the step's prompts", y: "accuracy (fraction correct)" },
+  accuracy: { id: "chart-accuracy", title: "Accuracy, overall and per difficulty", y: "accuracy (fraction correct)" },
+  length: { id: "chart-length", title: "Mean response length", y: "response length (tokens)" },
 };
 
 function layout(chart, lastStep) {
@@ -103,11 +108,17 @@ function traces(rows, state) {
   for (const term of ["p_term", "i_term", "d_term"]) {
     if (rows.some((r) => r[term] != null)) alpha.push(line(term, col(term), { mode: "lines" }));
   }
+  const accuracy = [line("all prompts", col("mean_accuracy"))];
+  const buckets = [...new Set(rows.flatMap((r) => Object.keys(r.accuracy_by_difficulty || {})))].sort();
+  for (const b of buckets) {
+    accuracy.push(line(b, rows.map((r) => (r.accuracy_by_difficulty || {})[b] ?? null), { line: { dash: "dot" } }));
+  }
   return {
     entropy,
     alpha,
     weight: [line("mean λ", col("mean_prompt_weight"))],
-    accuracy: [line("accuracy", col("mean_accuracy"))],
+    accuracy,
+    length: [line("response length", col("response_length"))],
   };
 }
 
@@ -138,15 +149,21 @@ async function* sseEvents(url) {
       const ev = { event: "message", id: null, data: "" };
       for (const line of block.split("\n")) {
         const i = line.indexOf(":");
-        if (i <= 0) continue;
+        if (i <= 0) continue; // a comment (": keep-alive") or a blank
         const [k, v] = [line.slice(0, i), line.slice(i + 1).trimStart()];
         if (k === "event") ev.event = v;
         else if (k === "id") ev.id = Number(v);
         else if (k === "data") ev.data += v;
       }
-      yield { ...ev, data: JSON.parse(ev.data) };
+      if (ev.data) yield { ...ev, data: JSON.parse(ev.data) };
     }
   }
+}
+
+function summary(state) {
+  const steps = state.total_steps ? ` / ${state.total_steps - 1}` : ""; // steps count from 0, as in metrics.jsonl
+  const where = state.finished ? "finished" : state.has_step ? `step ${state.step}${steps}` : "no step yet";
+  return `${state.strategy} · ${where} · α ${fmt(state.alpha, 3)} · H* ${fmt(state.target_entropy)}`;
 }
 
 async function followRun(runId, onChange) {
@@ -164,9 +181,7 @@ async function followRun(runId, onChange) {
         if (ev.event === "history") for (const r of ev.data) rows.set(r.step, r);
         if (ev.id !== null) since = ev.id;
         const sorted = [...rows.values()].sort((a, b) => a.step - b.step);
-        $("run-summary").textContent = state
-          ? `${state.strategy} · step ${state.step} · α ${fmt(state.alpha, 3)} · H* ${fmt(state.target_entropy)}`
-          : "";
+        $("run-summary").textContent = state ? summary(state) : "";
         draw(sorted, state);
         $("run-error").textContent = "";
       }

@@ -75,16 +75,29 @@ class Coefficients(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., alpha: _Optional[float] = ..., prompt_weights: _Optional[_Iterable[float]] = ..., target_entropy: _Optional[float] = ...) -> None: ...
 
 class ReportEntropyRequest(_message.Message):
-    __slots__ = ("run_id", "step", "mean_entropy", "num_tokens")
+    __slots__ = ("run_id", "step", "mean_entropy", "num_tokens", "accuracy_by_difficulty", "response_length", "total_steps")
+    class AccuracyByDifficultyEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     MEAN_ENTROPY_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_BY_DIFFICULTY_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     step: int
     mean_entropy: float
     num_tokens: int
-    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., mean_entropy: _Optional[float] = ..., num_tokens: _Optional[int] = ...) -> None: ...
+    accuracy_by_difficulty: _containers.ScalarMap[str, float]
+    response_length: float
+    total_steps: int
+    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., mean_entropy: _Optional[float] = ..., num_tokens: _Optional[int] = ..., accuracy_by_difficulty: _Optional[_Mapping[str, float]] = ..., response_length: _Optional[float] = ..., total_steps: _Optional[int] = ...) -> None: ...
 
 class GetStateRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -129,7 +142,7 @@ class OverrideRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., alpha: _Optional[float] = ..., target_entropy: _Optional[float] = ..., params: _Optional[_Mapping[str, float]] = ..., frozen: _Optional[bool] = ..., reason: _Optional[str] = ..., release: _Optional[bool] = ..., strategy: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RunState(_message.Message):
-    __slots__ = ("run_id", "strategy", "step", "alpha", "initial_entropy", "target_entropy", "last_entropy", "params", "alpha_pinned", "frozen", "options", "has_step", "observations", "version", "target_overridden", "updated_at", "p_term", "i_term", "d_term")
+    __slots__ = ("run_id", "strategy", "step", "alpha", "initial_entropy", "target_entropy", "last_entropy", "params", "alpha_pinned", "frozen", "options", "has_step", "observations", "version", "target_overridden", "updated_at", "p_term", "i_term", "d_term", "total_steps", "finished")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +176,8 @@ class RunState(_message.Message):
     P_TERM_FIELD_NUMBER: _ClassVar[int]
     I_TERM_FIELD_NUMBER: _ClassVar[int]
     D_TERM_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     strategy: str
     step: int
@@ -182,7 +197,9 @@ class RunState(_message.Message):
     p_term: float
     i_term: float
     d_term: float
-    def __init__(self, run_id: _Optional[str] = ..., strategy: _Optional[str] = ..., step: _Optional[int] = ..., alpha: _Optional[float] = ..., initial_entropy: _Optional[float] = ..., target_entropy: _Optional[float] = ..., last_entropy: _Optional[float] = ..., params: _Optional[_Mapping[str, float]] = ..., alpha_pinned: _Optional[bool] = ..., frozen: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., has_step: _Optional[bool] = ..., observations: _Optional[int] = ..., version: _Optional[int] = ..., target_overridden: _Optional[bool] = ..., updated_at: _Optional[float] = ..., p_term: _Optional[float] = ..., i_term: _Optional[float] = ..., d_term: _Optional[float] = ...) -> None: ...
+    total_steps: int
+    finished: bool
+    def __init__(self, run_id: _Optional[str] = ..., strategy: _Optional[str] = ..., step: _Optional[int] = ..., alpha: _Optional[float] = ..., initial_entropy: _Optional[float] = ..., target_entropy: _Optional[float] = ..., last_entropy: _Optional[float] = ..., params: _Optional[_Mapping[str, float]] = ..., alpha_pinned: _Optional[bool] = ..., frozen: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., has_step: _Optional[bool] = ..., observations: _Optional[int] = ..., version: _Optional[int] = ..., target_overridden: _Optional[bool] = ..., updated_at: _Optional[float] = ..., p_term: _Optional[float] = ..., i_term: _Optional[float] = ..., d_term: _Optional[float] = ..., total_steps: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ()
