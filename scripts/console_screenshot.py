@@ -24,7 +24,7 @@ def main() -> int:
     parser.add_argument("out", help="PNG to write")
     parser.add_argument("--token", default="", help="an API token, when the service requires one for reads")
     parser.add_argument("--min-points", type=int, default=2, help="wait until the charts hold this many steps")
-    parser.add_argument("--size", default="1400,1250", help="window size, W,H")
+    parser.add_argument("--size", default="1400,1500", help="window size, W,H (the five charts and the form's top)")
     args = parser.parse_args()
 
     options = webdriver.ChromeOptions()
