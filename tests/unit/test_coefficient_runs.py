@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -28,6 +29,7 @@ from aerplane.coefficient.runs import (
 from aerplane.coefficient.schemas import OverrideBody
 from aerplane.coefficient.settings import CoefficientSettings, parse_token_list
 from aerplane.common.settings import SettingsError, load_settings
+from aerplane.core.step_figures import StepFigures
 from aerplane.core.strategies import build_strategy
 
 
@@ -143,6 +145,60 @@ def test_strategy_switch_keeps_alpha_and_anchor() -> None:
 def test_run_record_round_trips_through_json() -> None:
     run, _ = apply_override(_report(_aer(), 0, 2.0), Override(alpha=0.003, frozen=True), now=1.0)
     assert Run.from_json(run.to_json()) == run
+    run, _ = apply_report(run, 1, 1.5, 100, now=2.0, total_steps=2)
+    assert Run.from_json(run.to_json()) == run and run.view()["finished"]
+
+
+def test_a_record_from_before_total_steps_reads_as_not_finished() -> None:
+    record = json.loads(_report(_aer(), 0, 2.0).to_json())
+    del record["total_steps"]
+    view = Run.from_json(json.dumps(record)).view()
+    assert view["total_steps"] is None and not view["finished"] and view["has_step"]
+
+
+def test_the_run_is_finished_at_its_last_step_and_live_again_when_resumed_with_more() -> None:
+    run = _aer()
+    for step in range(3):
+        run, _ = apply_report(run, step, 2.0, 100, now=float(step), total_steps=3)
+        assert run.finished() == (step == 2)
+    unchanged, applied = apply_report(run, 2, 1.0, 100, now=9.0, total_steps=10)  # a step applied before: no change
+    assert not applied and unchanged.total_steps == 3
+    run, _ = apply_report(run, 3, 2.0, 100, now=3.0, total_steps=5)
+    assert not run.finished() and run.total_steps == 5
+    run, _ = apply_report(run, 4, 2.0, 100, now=4.0)  # a report without it keeps the run's
+    assert run.finished()
+
+
+@pytest.mark.parametrize(
+    ("figures", "step", "match"),
+    [
+        (StepFigures(accuracy_by_difficulty={f"b{i}": 0.5 for i in range(65)}), 0, "at most 64 buckets"),
+        (StepFigures(accuracy_by_difficulty={"x" * 65: 0.5}), 0, "bucket names"),
+        (StepFigures(accuracy_by_difficulty={"": 0.5}), 0, "bucket names"),
+        (StepFigures(accuracy_by_difficulty={"hard": 1.01}), 0, r"accuracy_by_difficulty\.hard: must be within"),
+        (StepFigures(accuracy_by_difficulty={"hard": -0.1}), 0, r"accuracy_by_difficulty\.hard"),
+        (StepFigures(accuracy_by_difficulty={"hard": math.nan}), 0, r"accuracy_by_difficulty\.hard"),
+        (StepFigures(accuracy_by_difficulty={"hard": "0.5"}), 0, "must be a number"),  # type: ignore[dict-item]
+        (StepFigures(response_length=math.inf), 0, "response_length: must be finite"),
+        (StepFigures(response_length=-1.0), 0, "response_length"),
+        (StepFigures(response_length=True), 0, "response_length: must be a number"),  # type: ignore[arg-type]
+        (StepFigures(total_steps=0), 0, "total_steps: must be a positive integer"),
+        (StepFigures(total_steps=2.0), 0, "total_steps: must be a positive integer"),  # type: ignore[arg-type]
+        (StepFigures(total_steps=3), 3, "step 3 is past the run's 3 steps"),
+    ],
+)
+def test_bad_step_figures_are_refused_naming_the_field(figures: StepFigures, step: int, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        figures.checked(step)
+
+
+def test_sound_step_figures_come_back_as_plain_numbers() -> None:
+    buckets = {f"level {i}": i / 64 for i in range(64)}  # the most buckets, each in [0, 1]
+    figures = StepFigures(accuracy_by_difficulty=buckets | {"level 0": 0}, response_length=0, total_steps=1)
+    checked = figures.checked(0)
+    assert checked.accuracy_by_difficulty == {**buckets, "level 0": 0.0}
+    assert isinstance(checked.accuracy_by_difficulty["level 0"], float) and checked.response_length == 0.0
+    assert StepFigures().checked(7) == StepFigures()
 
 
 def _credentials(*items: tuple[str, Role, str]) -> list[Credential]:
