@@ -167,6 +167,9 @@ def test_the_run_is_finished_at_its_last_step_and_live_again_when_resumed_with_m
     assert not run.finished() and run.total_steps == 5
     run, _ = apply_report(run, 4, 2.0, 100, now=4.0)  # a report without it keeps the run's
     assert run.finished()
+    assert _aer().view()["reported_at"] is None
+    overridden, _ = apply_override(run, Override(alpha=0.001), now=50.0)  # people's changes are not reports
+    assert (overridden.reported_at, overridden.updated_at) == (4.0, 50.0)
 
 
 @pytest.mark.parametrize(

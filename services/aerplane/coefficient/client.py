@@ -29,7 +29,16 @@ from aerplane.common.closing import Closing
 from aerplane.rpc.v1 import coefficient_pb2 as pb
 from aerplane.rpc.v1 import coefficient_pb2_grpc as pb_grpc
 
-_OPTIONAL = ("initial_entropy", "target_entropy", "last_entropy", "p_term", "i_term", "d_term", "total_steps")
+_OPTIONAL = (
+    "initial_entropy",
+    "target_entropy",
+    "last_entropy",
+    "p_term",
+    "i_term",
+    "d_term",
+    "total_steps",
+    "reported_at",
+)
 _RETRY_CONFIG = json.dumps(
     {
         "methodConfig": [

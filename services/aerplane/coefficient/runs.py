@@ -139,6 +139,7 @@ class Run:
     frozen: bool = False
     last_step: int | None = None
     total_steps: int | None = None  # as the learner last reported it
+    reported_at: float | None = None  # when the last report was applied (updated_at moves on overrides too)
     version: int = 1
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -185,6 +186,7 @@ class Run:
             "d_term": self.state.d_term,
             "total_steps": self.total_steps,
             "finished": self.finished(),
+            "reported_at": self.reported_at,
         }
 
     def finished(self) -> bool:
@@ -208,6 +210,7 @@ class Run:
                 "frozen": self.frozen,
                 "last_step": self.last_step,
                 "total_steps": self.total_steps,
+                "reported_at": self.reported_at,
                 "version": self.version,
                 "created_at": self.created_at,
                 "updated_at": self.updated_at,
@@ -230,7 +233,8 @@ class Run:
             target_override=d["target_override"],
             frozen=d["frozen"],
             last_step=d["last_step"],
-            total_steps=d.get("total_steps"),  # records from before the field have none
+            total_steps=d.get("total_steps"),  # records from before these fields have none
+            reported_at=d.get("reported_at"),
             version=d["version"],
             created_at=d["created_at"],
             updated_at=d["updated_at"],
@@ -290,7 +294,8 @@ def apply_report(
     elif run.frozen:
         state = replace(state, alpha=run.state.alpha, integral=run.state.integral)
     total = run.total_steps if total_steps is None else total_steps
-    return replace(run, state=state, last_step=step, total_steps=total, version=run.version + 1, updated_at=now), True
+    after = replace(run, state=state, last_step=step, total_steps=total, reported_at=now, updated_at=now)
+    return replace(after, version=run.version + 1), True
 
 
 def apply_override(run: Run, change: Override, now: float) -> tuple[Run, dict[str, dict[str, Any]]]:

@@ -149,6 +149,9 @@ class RunStateOut(BaseModel):
     d_term: float | None = Field(None, description="aer: the derivative term D of the last update.")
     total_steps: int | None = Field(None, description="The steps the run is set to train, as its learner reported.")
     finished: bool = Field(False, description="True once the run's last step (total_steps - 1) is applied.")
+    reported_at: float | None = Field(
+        None, description="Unix seconds of the last applied entropy report (updated_at moves on overrides too)."
+    )
 
 
 class OverridesOut(BaseModel):

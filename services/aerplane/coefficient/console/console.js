@@ -42,7 +42,7 @@ function setupToken() {
 // Where the run is (finished: its last step is in; live: a report in the last minute; idle: neither), and
 // whether people have overridden it (a pin, a freeze or a target, shown beside).
 function runStates(run) {
-  const age = Date.now() / 1000 - run.updated_at;
+  const age = run.reported_at == null ? Infinity : Date.now() / 1000 - run.reported_at;
   const states = [run.finished ? "finished" : age < 60 ? "live" : "idle"];
   if (run.alpha_pinned || run.frozen || run.target_overridden) states.push("overridden");
   return states;
@@ -58,7 +58,7 @@ async function refreshRuns() {
         <td>${r.strategy}</td><td class="num">${step}</td>
         <td class="num">${fmt(r.last_entropy)}</td><td class="num">${fmt(r.target_entropy)}</td>
         <td class="num">${fmt(r.alpha, 3)}</td><td class="num">${fmt(r.mean_prompt_weight, 3)}</td>
-        <td>${new Date(r.updated_at * 1000).toLocaleTimeString()}</td>
+        <td>${r.reported_at == null ? "–" : new Date(r.reported_at * 1000).toLocaleTimeString()}</td>
         <td class="state">${badges}</td></tr>`;
     });
     document.querySelector("#runs tbody").innerHTML = rows.join("");

@@ -142,7 +142,7 @@ class OverrideRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., alpha: _Optional[float] = ..., target_entropy: _Optional[float] = ..., params: _Optional[_Mapping[str, float]] = ..., frozen: _Optional[bool] = ..., reason: _Optional[str] = ..., release: _Optional[bool] = ..., strategy: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RunState(_message.Message):
-    __slots__ = ("run_id", "strategy", "step", "alpha", "initial_entropy", "target_entropy", "last_entropy", "params", "alpha_pinned", "frozen", "options", "has_step", "observations", "version", "target_overridden", "updated_at", "p_term", "i_term", "d_term", "total_steps", "finished")
+    __slots__ = ("run_id", "strategy", "step", "alpha", "initial_entropy", "target_entropy", "last_entropy", "params", "alpha_pinned", "frozen", "options", "has_step", "observations", "version", "target_overridden", "updated_at", "p_term", "i_term", "d_term", "total_steps", "finished", "reported_at")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +178,7 @@ class RunState(_message.Message):
     D_TERM_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     strategy: str
     step: int
@@ -199,7 +200,8 @@ class RunState(_message.Message):
     d_term: float
     total_steps: int
     finished: bool
-    def __init__(self, run_id: _Optional[str] = ..., strategy: _Optional[str] = ..., step: _Optional[int] = ..., alpha: _Optional[float] = ..., initial_entropy: _Optional[float] = ..., target_entropy: _Optional[float] = ..., last_entropy: _Optional[float] = ..., params: _Optional[_Mapping[str, float]] = ..., alpha_pinned: _Optional[bool] = ..., frozen: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., has_step: _Optional[bool] = ..., observations: _Optional[int] = ..., version: _Optional[int] = ..., target_overridden: _Optional[bool] = ..., updated_at: _Optional[float] = ..., p_term: _Optional[float] = ..., i_term: _Optional[float] = ..., d_term: _Optional[float] = ..., total_steps: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
+    reported_at: float
+    def __init__(self, run_id: _Optional[str] = ..., strategy: _Optional[str] = ..., step: _Optional[int] = ..., alpha: _Optional[float] = ..., initial_entropy: _Optional[float] = ..., target_entropy: _Optional[float] = ..., last_entropy: _Optional[float] = ..., params: _Optional[_Mapping[str, float]] = ..., alpha_pinned: _Optional[bool] = ..., frozen: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., has_step: _Optional[bool] = ..., observations: _Optional[int] = ..., version: _Optional[int] = ..., target_overridden: _Optional[bool] = ..., updated_at: _Optional[float] = ..., p_term: _Optional[float] = ..., i_term: _Optional[float] = ..., d_term: _Optional[float] = ..., total_steps: _Optional[int] = ..., finished: _Optional[bool] = ..., reported_at: _Optional[float] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ()
