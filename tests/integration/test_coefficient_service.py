@@ -876,3 +876,30 @@ def test_pid_gains_change_mid_run_through_patch(client: CoefficientClient, http:
         "/v1/runs/run-gains/coefficients", json={"params": {"smoothing": 1.0}, "reason": "x"}, headers=AUTH
     )
     assert bad.status_code == 422 and "smoothing" in bad.text
+
+
+def test_history_between_reads_a_few_steps_exactly_as_the_whole_history_has_them(redis_url: str) -> None:
+    """The console's stream reads the steps since its last event by name (`history_between`): the same rows as the
+    full `history`, with a step's several batches (a retry of one counted once) and the report's figures."""
+    from aerplane.coefficient.store import STEPS_PER_READ, RunStore
+    from aerplane.core.step_figures import StepFigures
+
+    store = RunStore(redis_url)
+    try:
+        store.start_run("between", "aer", {"anchor_steps": 2}, {}, resume=False)
+        for step in range(10):
+            store.get_coefficients("between", step, [0.25, 0.5, 1.0])
+            if step % 3 == 0:  # a second batch for the step, then a retry of it: counted once
+                store.get_coefficients("between", step, [0.0, 0.125])
+                store.get_coefficients("between", step, [0.0, 0.125])
+            if step < 8:
+                figures = StepFigures({"easy": 0.5, "hard": step / 10}, 100.0 + step, 10) if step % 2 else StepFigures()
+                store.report_entropy("between", step, 2.0 - step / 10, 100, figures)
+        whole = store.history("between", since=0, limit=100)
+        assert [r["num_prompts"] for r in whole[:4]] == [5, 3, 3, 5]
+        assert whole[3]["accuracy_by_difficulty"] == {"easy": 0.5, "hard": 0.3} and whole[3]["response_length"] == 103
+        for first, last in [(0, 9), (3, 5), (7, 7), (8, 12), (12, 20), (5, 4), (0, STEPS_PER_READ + 5)]:
+            expected = [r for r in whole if first <= r["step"] <= last]
+            assert store.history_between("between", first, last) == expected, (first, last)
+    finally:
+        store.close()

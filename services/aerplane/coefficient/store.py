@@ -8,6 +8,8 @@ several replicas may serve the same runs. Keys, namespaced by run as in DESIGN �
     aerplane:{run_id}:coefficient:steps        hash step → the α / H* answered for that step (first answer wins)
     aerplane:{run_id}:coefficient:batches      hash "step:digest" → prompt count, accuracy and λ sums of one
                                                GetCoefficients input (a retry with the same input counts once)
+    aerplane:{run_id}:coefficient:batch_fields hash step → that step's "step:digest" fields of `batches`, space-
+                                               separated (what lets a reader fetch a few steps without the rest)
     aerplane:{run_id}:coefficient:last_batch   the latest batch's means (the mean-prompt-weight gauge)
     aerplane:{run_id}:coefficient:entropy      hash step → the applied report (H, tokens, α before/after, H*)
     aerplane:{run_id}:coefficient:audit        list of audit entries (JSON), oldest first
@@ -60,22 +62,35 @@ log = logging.getLogger(__name__)
 
 RUNS_KEY = "aerplane:coefficient:runs"
 
-# GetCoefficients' write, atomic in Redis. KEYS: run, steps, batches, last_batch. ARGV: step, the run record the
-# answer was computed from, the step's answer, then the batch field, its value and the last-batch JSON ('' = none).
-# Replies {3} stored, {0} no such run, {1, run} the run changed, {2, run, answer} the step was answered before.
-_ANSWER_STEP_LUA = """
+# A batch's write (Lua, inside the scripts below): the field once, listed under its step; the latest batch's means.
+_ADD_BATCH = """
+local function add_batch(batches, last_batch, batch_fields, step, field, value, last)
+  if redis.call('HSETNX', batches, field, value) == 1 then
+    local listed = redis.call('HGET', batch_fields, step)
+    redis.call('HSET', batch_fields, step, listed and (listed .. ' ' .. field) or field)
+  end
+  redis.call('SET', last_batch, last)
+end
+"""
+# GetCoefficients' write, atomic in Redis. KEYS: run, steps, batches, last_batch, batch_fields. ARGV: step, the run
+# record the answer was computed from, the step's answer, then the batch field, its value and the last-batch JSON
+# ('' = none). Replies {3} stored, {0} no such run, {1, run} the run changed, {2, run, answer} the step was answered.
+_ANSWER_STEP_LUA = (
+    _ADD_BATCH
+    + """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {0} end
 local answer = redis.call('HGET', KEYS[2], ARGV[1])
 if answer then return {2, raw, answer} end
 if raw ~= ARGV[2] then return {1, raw} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
-  redis.call('SET', KEYS[4], ARGV[6])
-end
+if ARGV[4] ~= '' then add_batch(KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[4], ARGV[5], ARGV[6]) end
 return {3}
 """
+)
+# Another batch of a step answered before. KEYS: batches, last_batch, batch_fields. ARGV: step, field, value, last.
+_ADD_BATCH_LUA = _ADD_BATCH + "add_batch(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
+STEPS_PER_READ = 1000  # history_between reads at most this many steps by name; a wider range reads everything
 _NO_RUN, _RUN_CHANGED, _STEP_EXISTS, _ANSWERED = 0, 1, 2, 3
 
 
@@ -109,6 +124,7 @@ class RunStore:
         self.conflicts = 0  # optimistic-transaction retries (a gauge reads it)
         self._conflicts_lock = threading.Lock()
         self._answer_step = self.redis.register_script(_ANSWER_STEP_LUA)
+        self._add_batch = self.redis.register_script(_ADD_BATCH_LUA)
         # The run record (raw bytes) as this process last read or wrote it, and its parse: GetCoefficients
         # computes from it and the Lua script checks it is still current.
         self._seen: dict[str, bytes] = {}
@@ -148,66 +164,33 @@ class RunStore:
         learner reported with H (accuracy by difficulty, response length)."""
         self.get_run(run_id)  # 404 for unknown runs
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(run_key(run_id, "steps"))
-        pipe.hgetall(run_key(run_id, "entropy"))
-        pipe.hgetall(run_key(run_id, "batches"))
-        steps_raw, entropy_raw, batches_raw = pipe.execute()
-        rows: dict[int, dict[str, Any]] = {}
-
-        def row(step: int) -> dict[str, Any]:
-            return rows.setdefault(
-                step,
-                {
-                    "step": step,
-                    "alpha": None,
-                    "mean_entropy": None,
-                    "target_entropy": None,
-                    "mean_prompt_weight": None,
-                    "mean_accuracy": None,
-                    "num_prompts": 0,
-                    "num_tokens": None,
-                    "alpha_next": None,
-                    "p_term": None,
-                    "i_term": None,
-                    "d_term": None,
-                    "accuracy_by_difficulty": None,
-                    "response_length": None,
-                },
-            )
-
-        for k, v in steps_raw.items():
-            rec = json.loads(v)
-            r = row(int(k))
-            r["alpha"] = rec["alpha"]
-            r["target_entropy"] = rec["target_entropy"]
-        for k, v in entropy_raw.items():
-            rec = json.loads(v)
-            r = row(int(k))
-            if r["alpha"] is None:
-                r["alpha"] = rec["alpha_used"]
-            r["mean_entropy"] = rec["mean_entropy"]
-            r["num_tokens"] = rec["num_tokens"]
-            r["alpha_next"] = rec["alpha_next"]
-            for key in ("p_term", "i_term", "d_term", "accuracy_by_difficulty", "response_length"):
-                r[key] = rec.get(key)  # records written before these fields have none
-            if rec["target_entropy"] is not None:
-                r["target_entropy"] = rec["target_entropy"]  # known once the step anchored H_0
-        sums: dict[int, list[float]] = {}
-        for k, v in batches_raw.items():
-            step = int(k.split(b":", 1)[0])
-            n, acc, lam = msgpack.unpackb(v)
-            s = sums.setdefault(step, [0, 0.0, 0.0])
-            s[0] += n
-            s[1] += acc
-            s[2] += lam
-        for step, (n, acc, lam) in sums.items():
-            r = row(step)
-            r["num_prompts"] = n
-            if n:
-                r["mean_accuracy"] = acc / n
-                r["mean_prompt_weight"] = lam / n
+        for name in ("steps", "entropy", "batches"):
+            pipe.hgetall(run_key(run_id, name))
+        rows = history_rows(*pipe.execute())
         ordered = [rows[s] for s in sorted(rows) if s >= since]
         return ordered[:limit]
+
+    def history_between(self, run_id: str, first: int, last: int) -> list[dict[str, Any]]:
+        """`history`'s rows of steps `first` to `last` only, read by name: the cost of a few steps, not of the whole
+        run (the console's stream reads this at every report). A step answered by a service from before
+        `batch_fields` has no mean λ or accuracy here (the full `history` has them)."""
+        if last - first >= STEPS_PER_READ:
+            return [r for r in self.history(run_id, since=first, limit=100_000) if r["step"] <= last]
+        names = [str(s).encode() for s in range(first, last + 1)]
+        if not names:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for name in ("steps", "entropy", "batch_fields"):
+            pipe.hmget(run_key(run_id, name), names)
+        steps, entropy, listed = pipe.execute()
+        fields = [f for value in listed if value for f in value.split(b" ")]
+        values = self.redis.hmget(run_key(run_id, "batches"), fields) if fields else []
+
+        def present(keys: list[bytes], got: list[bytes | None]) -> dict[bytes, bytes]:
+            return {k: v for k, v in zip(keys, got, strict=True) if v is not None}
+
+        rows = history_rows(present(names, steps), present(names, entropy), present(fields, values))
+        return [rows[s] for s in sorted(rows)]
 
     def audit(self, run_id: str, *, limit: int = 1000) -> list[dict[str, Any]]:
         """The newest `limit` audit entries, oldest first."""
@@ -269,7 +252,8 @@ class RunStore:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise InvalidValue(f"step: must be a non-negative integer, got {step!r}")
         accs = accuracies if isinstance(accuracies, list) else list(accuracies)
-        keys = [run_key(check_run_id(run_id), name) for name in ("run", "steps", "batches", "last_batch")]
+        names = ("run", "steps", "batches", "last_batch", "batch_fields")
+        keys = [run_key(check_run_id(run_id), name) for name in names]
         raw_run = self._seen.get(run_id)
         raw_step = None
         if raw_run is None:
@@ -287,10 +271,7 @@ class RunStore:
                 weights = self._weights(record, run, accs)
                 batch = self._batch(step, accs, weights, digest)
                 if batch:
-                    pipe = self.redis.pipeline(transaction=False)
-                    pipe.hset(keys[2], batch[0], batch[1])
-                    pipe.set(keys[3], batch[2])
-                    pipe.execute()
+                    self._add_batch(keys=keys[2:], args=[step, *batch])
                 return CoefficientsAnswer(run_id, step, float(record["alpha"]), weights, record["target_entropy"])
             effective = run.effective()
             record = {
@@ -492,6 +473,66 @@ class RunStore:
             },
             allow_nan=False,
         )
+
+
+def history_rows(
+    steps_raw: dict[bytes, bytes], entropy_raw: dict[bytes, bytes], batches_raw: dict[bytes, bytes]
+) -> dict[int, dict[str, Any]]:
+    """The history rows by step from the fields of a run's `steps`, `entropy` and `batches` hashes."""
+    rows: dict[int, dict[str, Any]] = {}
+
+    def row(step: int) -> dict[str, Any]:
+        return rows.setdefault(step, {"step": step, **EMPTY_ROW})
+
+    for k, v in steps_raw.items():
+        rec = json.loads(v)
+        r = row(int(k))
+        r["alpha"] = rec["alpha"]
+        r["target_entropy"] = rec["target_entropy"]
+    for k, v in entropy_raw.items():
+        rec = json.loads(v)
+        r = row(int(k))
+        if r["alpha"] is None:
+            r["alpha"] = rec["alpha_used"]
+        r["mean_entropy"] = rec["mean_entropy"]
+        r["num_tokens"] = rec["num_tokens"]
+        r["alpha_next"] = rec["alpha_next"]
+        for key in ("p_term", "i_term", "d_term", "accuracy_by_difficulty", "response_length"):
+            r[key] = rec.get(key)  # records written before these fields have none
+        if rec["target_entropy"] is not None:
+            r["target_entropy"] = rec["target_entropy"]  # known once the step anchored H_0
+    sums: dict[int, list[float]] = {}
+    for k, v in batches_raw.items():
+        step = int(k.split(b":", 1)[0])
+        n, acc, lam = msgpack.unpackb(v)
+        s = sums.setdefault(step, [0, 0.0, 0.0])
+        s[0] += n
+        s[1] += acc
+        s[2] += lam
+    for step, (n, acc, lam) in sums.items():
+        r = row(step)
+        r["num_prompts"] = n
+        if n:
+            r["mean_accuracy"] = acc / n
+            r["mean_prompt_weight"] = lam / n
+    return rows
+
+
+EMPTY_ROW: dict[str, Any] = {
+    "alpha": None,
+    "mean_entropy": None,
+    "target_entropy": None,
+    "mean_prompt_weight": None,
+    "mean_accuracy": None,
+    "num_prompts": 0,
+    "num_tokens": None,
+    "alpha_next": None,
+    "p_term": None,
+    "i_term": None,
+    "d_term": None,
+    "accuracy_by_difficulty": None,
+    "response_length": None,
+}
 
 
 def _sets_anything(change: Override) -> bool:
