@@ -148,6 +148,7 @@ def test_redoc_is_off_and_docs_name_only_our_own_assets(coefficient_http: str) -
 ENTROPIES = [2.0, 1.7, 1.2, 0.9]
 EASY, HARD = [0.5, 0.75, 0.75, 1.0], [0.0, 0.25, 0.0, 0.5]  # accuracy per difficulty bucket, as the learner reports
 LENGTHS = [212.0, 190.5, 171.25, 160.0]  # mean response length, tokens
+MARKUP = "<i>level 5</i>"  # a difficulty label from the data, shown as text and never as markup
 
 
 def report(target: str, run_id: str, steps: range) -> None:
@@ -160,7 +161,7 @@ def report(target: str, run_id: str, steps: range) -> None:
             client.start_run(run_id, "aer", {"anchor_steps": 1, "eta": 0.05}, {})
         for step in steps:
             client.get_coefficients(run_id, step, [("a", 0.25, 4), ("b", 0.75, 4)])
-            buckets = {"easy": EASY[step], "hard": HARD[step]}
+            buckets = {"easy": EASY[step], "hard": HARD[step], MARKUP: 0.5}
             client.report_entropy(
                 run_id,
                 step,
@@ -271,6 +272,9 @@ def test_the_run_page_plots_the_reported_steps_and_a_new_one_without_a_reload(
     assert browser.execute_script(trace, "chart-accuracy", "hard") == HARD
     assert browser.execute_script(trace, "chart-accuracy", "all prompts") == [0.5] * 4
     assert browser.execute_script(trace, "chart-length", "response length") == LENGTHS
+    legend = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#chart-accuracy .legendtext")]
+    assert legend == ["all prompts", MARKUP, "easy", "hard"]  # the label's tags as text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#chart-accuracy .legendtext *")
     WebDriverWait(browser, 10).until(lambda d: "finished" in d.find_element(By.ID, "run-summary").text)
     time.sleep(4)  # past the 3 s stream: the page reconnects where it left off, nothing twice
     assert browser.execute_script(plotted) == ENTROPIES

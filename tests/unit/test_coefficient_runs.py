@@ -195,6 +195,18 @@ def test_bad_step_figures_are_refused_naming_the_field(figures: StepFigures, ste
         figures.checked(step)
 
 
+def test_a_learner_sends_the_sound_figures_and_says_why_it_left_out_the_others() -> None:
+    buckets = {f"label {i}": 0.5 for i in range(65)}  # a dataset with one difficulty label too many
+    kept, why = StepFigures(buckets, 120.0, 10).sound_part(step=3)
+    assert kept == StepFigures(None, 120.0, 10) and len(why) == 1 and why[0].startswith("accuracy_by_difficulty:")
+    kept, why = StepFigures({"easy": 0.5}, math.nan, 3).sound_part(step=3)
+    assert kept == StepFigures({"easy": 0.5}, None, None) and [w.split(":")[0] for w in why] == [
+        "response_length",
+        "total_steps",
+    ]
+    assert StepFigures({"easy": 1}, 2, 4).sound_part(step=0) == (StepFigures({"easy": 1.0}, 2.0, 4), [])
+
+
 def test_sound_step_figures_come_back_as_plain_numbers() -> None:
     buckets = {f"level {i}": i / 64 for i in range(64)}  # the most buckets, each in [0, 1]
     figures = StepFigures(accuracy_by_difficulty=buckets | {"level 0": 0}, response_length=0, total_steps=1)
@@ -381,3 +393,18 @@ def test_the_service_imports_without_torch() -> None:
     code = "import sys, aerplane.coefficient.app, aerplane.coefficient.client; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+def test_the_console_stream_starts_its_next_event_at_the_first_row_still_open() -> None:
+    from aerplane.coefficient.console import next_since
+
+    def rows(*reported: bool) -> list[dict]:
+        return [{"step": 5 + i, "mean_entropy": 1.0 if r else None} for i, r in enumerate(reported)]
+
+    assert next_since(rows(True, True), last_step=6) == 7  # all in: after the last
+    assert next_since(rows(True, False), last_step=5) == 6  # step 6 asked for, not reported yet
+    # A learner that asks for step 7 before it reports step 6: 6 is still open, the stream must come back for it.
+    assert next_since(rows(True, False, False), last_step=5) == 6
+    # A step at or before the last applied one without entropy never gets one: not waited for.
+    assert next_since(rows(False, True, False), last_step=6) == 7
+    assert next_since(rows(False), last_step=None) == 5  # nothing reported yet

@@ -99,8 +99,8 @@ def run_events(
 ) -> Generator[str, None, None]:
     """The stream's text: at each new version of the run (every report and override), its state, then the history
     rows from `since` on; after each poll with no change, a keep-alive comment. The next event starts at the last
-    row when its entropy is not reported yet (it will be sent again, complete), else after it: each event carries
-    what is new, and at most one row twice. The first event reads the whole history; the later ones read only the
+    row still open (`next_since`: it will be sent again, complete), else after the last: each event carries what is
+    new, and the open rows again. The first event reads the whole history; the later ones read only the
     steps from `since` to the one after the last report (`RunStore.history_between`), so a report costs the stream
     the same on the run's 10th step as on its 10 000th."""
     deadline = time.monotonic() + stream_seconds
@@ -120,16 +120,24 @@ def run_events(
         first = False
         events = sse("state", {**run.view(), "overrides": run.overrides()}, since)
         if rows:
-            last = rows[-1]
-            since = last["step"] + (1 if last.get("mean_entropy") is not None else 0)
+            since = next_since(rows, run.last_step)
             events += sse("history", rows, since)
         yield events  # one write for both: one hop from the worker thread to the event loop per change
 
 
+def next_since(rows: list[dict[str, Any]], last_step: int | None) -> int:
+    """Where the next event starts: the first row still open (no entropy yet, and past the last applied step, so its
+    report may still come: a learner may ask for a step's α before it reports the one before), else after the last
+    row. A row at or before the last applied step without entropy never gets one (an older report is refused)."""
+    open_steps = [r["step"] for r in rows if r["mean_entropy"] is None and (last_step is None or r["step"] > last_step)]
+    return open_steps[0] if open_steps else rows[-1]["step"] + 1
+
+
 async def closing(events: Generator[str, None, None]) -> AsyncIterator[str]:
     """`events`, each drawn in the thread pool, and closed (its Redis subscription with it) as soon as the response
-    ends: a closed tab cancels the response at the next keep-alive, and the generator must not wait for the garbage
-    collector to let go."""
+    ends. A closed tab cancels the response at once, but the cancel waits for the worker thread's current draw, which
+    returns within a poll since quiet polls yield a keep-alive; the generator is then closed here, not whenever the
+    garbage collector gets to it (a test saw the subscription outlive the tab without this)."""
     try:
         async for chunk in iterate_in_threadpool(events):
             yield chunk

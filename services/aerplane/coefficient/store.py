@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 RUNS_KEY = "aerplane:coefficient:runs"
 
 # A batch's write (Lua, inside the scripts below): the field once, listed under its step; the latest batch's means.
+# Once, like the step's answer: a retry of the same input after α moved keeps the λ sums the first answer gave.
 _ADD_BATCH = """
 local function add_batch(batches, last_batch, batch_fields, step, field, value, last)
   if redis.call('HSETNX', batches, field, value) == 1 then
@@ -172,10 +173,14 @@ class RunStore:
 
     def history_between(self, run_id: str, first: int, last: int) -> list[dict[str, Any]]:
         """`history`'s rows of steps `first` to `last` only, read by name: the cost of a few steps, not of the whole
-        run (the console's stream reads this at every report). A step answered by a service from before
-        `batch_fields` has no mean λ or accuracy here (the full `history` has them)."""
-        if last - first >= STEPS_PER_READ:
+        run (the console's stream reads this at every report). A wide range, or a step answered without an entry in
+        `batch_fields` (by a service from before it, or with no prompts), is read in full instead."""
+
+        def in_full() -> list[dict[str, Any]]:
             return [r for r in self.history(run_id, since=first, limit=100_000) if r["step"] <= last]
+
+        if last - first >= STEPS_PER_READ:
+            return in_full()
         names = [str(s).encode() for s in range(first, last + 1)]
         if not names:
             return []
@@ -183,6 +188,8 @@ class RunStore:
         for name in ("steps", "entropy", "batch_fields"):
             pipe.hmget(run_key(run_id, name), names)
         steps, entropy, listed = pipe.execute()
+        if any(answer is not None and index is None for answer, index in zip(steps, listed, strict=True)):
+            return in_full()
         fields = [f for value in listed if value for f in value.split(b" ")]
         values = self.redis.hmget(run_key(run_id, "batches"), fields) if fields else []
 

@@ -4,7 +4,8 @@ The learner sends them with ReportEntropy, the coefficient service keeps them in
 charts them. None of them moves α. One record for both sides, checked once on the service's side:
 
     figures = StepFigures(accuracy_by_difficulty={"easy": 0.8, "hard": 0.1}, response_length=212.5, total_steps=20)
-    figures.checked(step=7)  # ValueError naming the field unless every figure is sound
+    figures.checked(step=7)  # ValueError naming the field unless every figure is sound (the service's check)
+    figures.sound_part(step=7)  # (the sound ones, why the others were left out): what the learner sends
 """
 
 from __future__ import annotations
@@ -36,6 +37,19 @@ class StepFigures:
             if isinstance(step, int) and step >= total:  # a malformed step is the caller's to refuse
                 raise ValueError(f"total_steps: step {step} is past the run's {total} steps (0 to {total - 1})")
         return StepFigures(buckets, length, total)
+
+    def sound_part(self, step: int) -> tuple[StepFigures, list[str]]:
+        """The figures that pass `checked`, each on its own, and why each of the others was left out: what a learner
+        sends, so a figure that is only there to be watched (a dataset's 65th difficulty label, say) never costs it
+        the report that moves α."""
+        kept, why = {}, []
+        for name in ("accuracy_by_difficulty", "response_length", "total_steps"):
+            one = StepFigures(**{name: getattr(self, name)})
+            try:
+                kept[name] = getattr(one.checked(step), name)
+            except ValueError as exc:
+                why.append(str(exc))
+        return StepFigures(**kept), why
 
 
 NO_FIGURES = StepFigures()

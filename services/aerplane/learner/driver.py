@@ -105,6 +105,7 @@ class Driver:
     published_through: int = -1
     consumed: dict[str, list[Any]] = field(default_factory=dict)  # the groups of the step being trained
     last_info: dict[str, Any] = field(default_factory=dict)
+    figures_left_out: set[str] = field(default_factory=set)  # the figures whose leaving out was logged once
     ready: bool = False
     ops: OpsServer | None = None  # started by open_driver, stopped by close
 
@@ -234,11 +235,16 @@ class Driver:
         from aerplane.learner.ledger import Sample
 
         t = time.perf_counter()
-        figures = StepFigures(
+        figures, left_out = StepFigures(
             accuracy_by_difficulty=self.last_info.get("accuracy_by_difficulty"),
             response_length=self.last_info.get("response_length"),
             total_steps=self.requests.run.steps,
-        )
+        ).sound_part(step)
+        for why in left_out:  # the service would refuse the whole report for it (metrics.jsonl keeps the figure)
+            name = why.split(":", 1)[0].split(".", 1)[0]
+            if name not in self.figures_left_out:
+                self.figures_left_out.add(name)
+                log.warning("step %d: %s; left out of the report to the coefficient service (said once)", step, why)
         state = self.coefficients.report(step, result.mean_entropy, result.num_tokens, figures)
         self.trackers.coefficient_state(step, state)
         groups = {pid: [Sample(x.sample_index, x.policy_version) for x in xs] for pid, xs in self.consumed.items()}

@@ -110,8 +110,13 @@ function traces(rows, state) {
   }
   const accuracy = [line("all prompts", col("mean_accuracy"))];
   const buckets = [...new Set(rows.flatMap((r) => Object.keys(r.accuracy_by_difficulty || {})))].sort();
+  const bucketAcc = (r, b) => {
+    const by = r.accuracy_by_difficulty;
+    return by && Object.hasOwn(by, b) ? by[b] : null;
+  };
   for (const b of buckets) {
-    accuracy.push(line(b, rows.map((r) => (r.accuracy_by_difficulty || {})[b] ?? null), { line: { dash: "dot" } }));
+    // Bucket names come from the learner's data: plotly would render tags in a trace name, so they go in as text.
+    accuracy.push(line(plotlyText(b), rows.map((r) => bucketAcc(r, b)), { line: { dash: "dot" } }));
   }
   return {
     entropy,
@@ -120,6 +125,10 @@ function traces(rows, state) {
     accuracy,
     length: [line("response length", col("response_length"))],
   };
+}
+
+function plotlyText(text) {
+  return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 }
 
 function draw(rows, state) {
