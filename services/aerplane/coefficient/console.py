@@ -110,7 +110,7 @@ def run_events(
 
     first = True
     for run in store.watch(run_id, poll_seconds=poll_seconds, keep_going=keep_going, idle_ticks=True):
-        if run is None:  # a comment line each quiet poll: a closed tab is noticed at the next write, not at the end
+        if run is None:  # each quiet poll: keeps proxies open, and a closed tab's cancel waits a poll at most
             yield KEEP_ALIVE
             continue
         if first or run.last_step is None:
