@@ -27,6 +27,11 @@ OPERATOR, READER = "operator-token", "read-token"
 AS_READER, AS_OPERATOR = {"Authorization": f"Bearer {READER}"}, {"Authorization": f"Bearer {OPERATOR}"}
 
 
+def browser_test(test: Any) -> Any:
+    """A test that drives Chromium: marked `browser`, skipped where chromium or chromedriver is missing."""
+    return pytest.mark.browser(pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=NO_BROWSER)(test))
+
+
 @pytest.fixture
 def service(tmp_path: Path, redis_url: str) -> Iterator[dict[str, str]]:
     """A real coefficient service with an operator and a read-only token (reads need a token too) and short console
@@ -104,8 +109,7 @@ def loopback_only(driver: Any, asset: str, answered: tuple[int, ...] = (401,)) -
     assert not failed, failed
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=NO_BROWSER)
+@browser_test
 def test_docs_render_every_operation_with_no_request_beyond_loopback(
     coefficient_http: str, browser: Any, tmp_path: Path
 ) -> None:
@@ -238,8 +242,7 @@ def test_a_closed_stream_lets_go_of_its_subscription_long_before_the_stream_woul
         proc.stop(timeout=20)
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=NO_BROWSER)
+@browser_test
 def test_the_run_page_plots_the_reported_steps_and_a_new_one_without_a_reload(
     service: dict[str, str], browser: Any, tmp_path: Path
 ) -> None:
@@ -315,8 +318,7 @@ def field_error(browser: Any, field: str) -> str:
     return browser.find_element(By.CSS_SELECTOR, f".field-error[data-for='{field}']").text
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=NO_BROWSER)
+@browser_test
 def test_an_alpha_pin_through_the_form_changes_the_run_and_its_audit_and_a_409_shows_at_its_field(
     service: dict[str, str], browser: Any, tmp_path: Path
 ) -> None:
@@ -354,8 +356,7 @@ def test_an_alpha_pin_through_the_form_changes_the_run_and_its_audit_and_a_409_s
     loopback_only(browser, "/console/assets/console.js", answered=(401, 409))
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=NO_BROWSER)
+@browser_test
 def test_a_read_only_token_sees_the_run_but_cannot_submit(service: dict[str, str], browser: Any) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

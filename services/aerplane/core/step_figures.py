@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from aerplane.core.strategies import check_finite
+
 MAX_DIFFICULTY_BUCKETS = 64
 MAX_BUCKET_CHARS = 64
 
@@ -70,10 +72,8 @@ def _check_buckets(accuracies: dict[str, Any]) -> dict[str, float]:
 
 def _number(name: str, value: Any, *, high: float) -> float:
     """`value` as a finite float within [0, high]."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name}: must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or not 0.0 <= value <= high:
-        bound = "finite and >= 0" if high == math.inf else f"within [0, {high:g}]"
+    value = check_finite(name, value)
+    if not 0.0 <= value <= high:
+        bound = ">= 0" if high == math.inf else f"within [0, {high:g}]"
         raise ValueError(f"{name}: must be {bound}, got {value!r}")
     return value

@@ -287,22 +287,23 @@ class StrategyState:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"state.step: must be a non-negative integer, got {step!r}")
         values: dict[str, Any] = {"step": step}
-        values["alpha"] = _finite("state.alpha", data["alpha"])
-        values["anchor_sum"] = _finite("state.anchor_sum", data.get("anchor_sum", 0.0))
+        values["alpha"] = check_finite("state.alpha", data["alpha"])
+        values["anchor_sum"] = check_finite("state.anchor_sum", data.get("anchor_sum", 0.0))
         for key in ("initial_entropy", "target_entropy", "last_entropy", "integral", "filtered_entropy"):
             value = data.get(key)
             if value is not None:
-                value = _finite(f"state.{key}", value)
+                value = check_finite(f"state.{key}", value)
                 if value < 0:
                     raise ValueError(f"state.{key}: must be >= 0, got {value!r}")
             values[key] = value
         for key in ("p_term", "i_term", "d_term"):
             value = data.get(key)
-            values[key] = None if value is None else _finite(f"state.{key}", value)
+            values[key] = None if value is None else check_finite(f"state.{key}", value)
         return cls(**values)
 
 
-def _finite(name: str, value: Any) -> float:
+def check_finite(name: str, value: Any) -> float:
+    """`value` as a float; ValueError naming `name` unless it is a finite number (a bool is not one)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name}: must be a number, got {value!r}")
     value = float(value)
@@ -317,7 +318,7 @@ def _clip(value: float, low: float, high: float) -> float:
 
 def check_entropy(entropy: Any) -> float:
     """A measured mean entropy as a float; ValueError unless finite and >= 0."""
-    value = _finite("entropy", entropy)
+    value = check_finite("entropy", entropy)
     if value < 0:
         raise ValueError(f"entropy: must be >= 0, got {value!r}")
     return value
@@ -332,7 +333,7 @@ def check_accuracies(accuracies: Iterable[Any]) -> list[float]:
         return values
     out = []
     for i, acc in enumerate(values):
-        value = _finite(f"accuracies[{i}]", acc)
+        value = check_finite(f"accuracies[{i}]", acc)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"accuracies[{i}]: must be within [0, 1], got {value!r}")
         out.append(value)
@@ -646,7 +647,7 @@ def _relative_error(target: float, h: float) -> float:
 def _number(
     name: str, value: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False
 ) -> float:
-    value = _finite(name, value)
+    value = check_finite(name, value)
     if low is not None and (value < low or (low_open and value == low)):
         bound = f"> {low:g}" if low_open else f">= {low:g}"
         raise ValueError(f"{name}: must be {bound}, got {value!r}")
