@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -35,6 +34,7 @@ from aerplane.core.strategies import (
     StrategyState,
     build_strategy,
     check_entropy,
+    check_finite,
 )
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -76,11 +76,10 @@ def check_run_id(run_id: str) -> str:
 
 
 def _finite(name: str, value: Any, *, low: float | None = None, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidValue(f"{name}: must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise InvalidValue(f"{name}: must be finite, got {value!r}")
+    try:
+        value = check_finite(name, value)
+    except ValueError as exc:
+        raise InvalidValue(str(exc)) from None
     if low is not None and (value < low or (low_open and value == low)):
         raise InvalidValue(f"{name}: must be {'>' if low_open else '>='} {low:g}, got {value!r}")
     return value
